@@ -1,0 +1,1 @@
+"""Every line of every GitLab repository searchable in Elasticsearch, as Dagster assets."""

@@ -1,0 +1,190 @@
+"""The Elasticsearch side: index setup and bulk writes that retry exactly what failed."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from gitlab_es_pipeline.core.bulk import BulkOperation, chunk_operations, describe_operation
+from gitlab_es_pipeline.core.mapping import (
+    concrete_index_name,
+    index_body,
+    missing_or_conflicting_fields,
+)
+
+# Item statuses worth another try: the cluster is busy, not the document wrong.
+RETRYABLE_ITEM_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class IndexSetupError(Exception):
+    """The target index exists but cannot hold line documents."""
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    location: str
+    status: int
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: HTTP {self.status} {self.error}"
+
+
+@dataclass
+class BulkReport:
+    succeeded: int = 0
+    retried_items: int = 0
+    requests: int = 0
+    bytes_sent: int = 0
+    results: Counter[str] = field(default_factory=Counter)
+    failures: list[ItemFailure] = field(default_factory=list)
+    failed: int = 0
+
+    def merge(self, other: BulkReport) -> None:
+        self.succeeded += other.succeeded
+        self.retried_items += other.retried_items
+        self.requests += other.requests
+        self.bytes_sent += other.bytes_sent
+        self.results.update(other.results)
+        self.failures.extend(other.failures)
+        self.failed += other.failed
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, ConnectionTimeout)):
+        return True
+    return isinstance(exc, ApiError) and exc.meta.status in RETRYABLE_ITEM_STATUSES
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        return f"{error.get('type')}: {error.get('reason')}"
+    return str(error)
+
+
+class LineIndex:
+    """The index (or alias) that searches use, and the bulk writer that fills it."""
+
+    def __init__(
+        self,
+        client: Elasticsearch,
+        name: str,
+        *,
+        max_chunk_bytes: int = 8 * 1024 * 1024,
+        max_chunk_docs: int = 5000,
+        max_retries: int = 8,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        keep_failures: int = 100,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.max_chunk_bytes = max_chunk_bytes
+        self.max_chunk_docs = max_chunk_docs
+        self.max_retries = max_retries
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.keep_failures = keep_failures
+        self._sleep = sleep
+
+    def ensure(self) -> str:
+        """Create `<name>-v<N>` with our mapping and `<name>` as its alias, unless it exists.
+
+        An existing index or alias is checked: it must carry every field of our mapping.
+        """
+        if self.client.indices.exists(index=self.name):
+            mappings = self.client.indices.get_mapping(index=self.name)
+            for index, body in mappings.body.items():
+                properties = body.get("mappings", {}).get("properties", {})
+                problems = missing_or_conflicting_fields(properties)
+                if problems:
+                    raise IndexSetupError(
+                        f"index {index!r} behind {self.name!r} has an incompatible mapping: "
+                        + "; ".join(problems)
+                    )
+            return "existing"
+        concrete = concrete_index_name(self.name)
+        try:
+            self.client.indices.create(
+                index=concrete,
+                **index_body(),
+                aliases={self.name: {"is_write_index": True}},
+            )
+        except ApiError as exc:
+            if exc.meta.status == 400 and "already_exists" in str(exc.error):
+                return "existing"  # a concurrent run created it first
+            raise
+        return "created"
+
+    def _send(self, body: bytes) -> dict[str, Any]:
+        for attempt in Retrying(
+            retry=retry_if_exception(_is_transient),
+            wait=wait_exponential_jitter(initial=self.initial_backoff, max=self.max_backoff),
+            stop=stop_after_attempt(self.max_retries + 1),
+            sleep=self._sleep,
+            reraise=True,
+        ):
+            with attempt:
+                return self.client.bulk(index=self.name, operations=body).body
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_chunk(self, chunk: list[BulkOperation]) -> BulkReport:
+        report = BulkReport()
+        pending = chunk
+        for attempt in range(self.max_retries + 1):
+            body = b"".join(op.payload for op in pending)
+            report.requests += 1
+            report.bytes_sent += len(body)
+            response = self._send(body)
+            retry: list[BulkOperation] = []
+            for op, item in zip(pending, response["items"], strict=True):
+                ((action, result),) = item.items()
+                status = int(result.get("status", 500))
+                if status < 300 or (action == "delete" and status == 404):
+                    report.succeeded += 1
+                    report.results[result.get("result", action)] += 1
+                elif status in RETRYABLE_ITEM_STATUSES and attempt < self.max_retries:
+                    retry.append(op)
+                else:
+                    report.failed += 1
+                    if len(report.failures) < self.keep_failures:
+                        report.failures.append(
+                            ItemFailure(
+                                describe_operation(op), status, _error_text(result.get("error"))
+                            )
+                        )
+            if not retry:
+                break
+            report.retried_items += len(retry)
+            delay = min(self.max_backoff, self.initial_backoff * 2**attempt)
+            self._sleep(delay * random.uniform(0.5, 1.0))
+            pending = retry
+        return report
+
+    def write(self, operations: Iterable[BulkOperation]) -> BulkReport:
+        """Send operations in byte-bounded chunks; items rejected for a while are re-sent alone."""
+        report = BulkReport()
+        for chunk in chunk_operations(operations, self.max_chunk_bytes, self.max_chunk_docs):
+            report.merge(self._write_chunk(chunk))
+        return report
+
+    def refresh(self) -> None:
+        self.client.indices.refresh(index=self.name)
+
+    def count(self, project_id: int) -> int:
+        return int(
+            self.client.count(index=self.name, query={"term": {"project_id": project_id}})["count"]
+        )

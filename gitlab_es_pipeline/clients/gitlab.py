@@ -1,0 +1,168 @@
+"""The GitLab side: every request the pipeline makes goes through GitLabSource."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import gitlab
+import requests
+from gitlab.exceptions import GitlabError
+
+# Request kinds, for the run's metadata and the request budgets. First match wins.
+_REQUEST_KINDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), kind)
+    for pattern, kind in (
+        (r"/repository/archive", "archive"),
+        (r"/repository/blobs/[^/]+/raw", "raw_blob"),
+        (r"/repository/files/", "file"),
+        (r"/repository/tree", "tree"),
+        (r"/repository/branches/", "branch"),
+        (r"/repository/compare", "compare"),
+        (r"/groups/[^/]+/projects", "projects_list"),
+        (r"/projects/?$", "projects_list"),
+        (r"/projects/[^/]+/?$", "project"),
+    )
+)
+
+
+def request_kind(path: str) -> str:
+    for pattern, kind in _REQUEST_KINDS:
+        if pattern.search(path):
+            return kind
+    return "other"
+
+
+class GitLabError(Exception):
+    """A GitLab request failed for good (after retries); the message says what to do."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _explain(exc: GitlabError, what: str) -> GitLabError:
+    status = exc.response_code
+    hint = {
+        401: "the token is missing, expired or revoked: check GITLAB_TOKEN",
+        403: "the token lacks access: it needs the read_api and read_repository scopes",
+        404: "not found (deleted, moved, or not visible to the token)",
+    }.get(status or 0, "")
+    message = f"GitLab refused {what}: HTTP {status}" + (f" - {hint}" if hint else "")
+    return GitLabError(message, status)
+
+
+class GitLabSource:
+    """python-gitlab with retries for 429/5xx (Retry-After, RateLimit-Reset) and request counts."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 60.0,
+        max_retries: int = 10,
+        ssl_verify: bool | str = True,
+    ) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        session = requests.Session()
+        session.hooks["response"].append(self._count)
+        self.gl = gitlab.Gitlab(
+            url,
+            private_token=token,
+            timeout=timeout,
+            retry_transient_errors=True,
+            ssl_verify=ssl_verify,
+            session=session,
+            per_page=100,
+        )
+        self.max_retries = max_retries
+
+    def _count(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        kind = request_kind(requests.utils.urlparse(response.url).path)
+        with self._lock:
+            self.requests[kind] += 1
+
+    def _list_options(self) -> dict[str, Any]:
+        return {"iterator": True, "per_page": 100, "max_retries": self.max_retries}
+
+    def list_projects(self, groups: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+        """Non-archived projects, by keyset pagination (offset pagination stops at 50,000)."""
+        try:
+            if not groups:
+                for project in self.gl.projects.list(
+                    pagination="keyset",
+                    order_by="id",
+                    sort="asc",
+                    archived=False,
+                    **self._list_options(),
+                ):
+                    yield project.attributes
+                return
+            for group in groups:
+                # /groups/:id/projects has no keyset pagination; offset with order_by=id is stable.
+                for project in self.gl.groups.get(group, lazy=True).projects.list(
+                    include_subgroups=True,
+                    with_shared=False,
+                    archived=False,
+                    order_by="id",
+                    sort="asc",
+                    **self._list_options(),
+                ):
+                    yield project.attributes
+        except GitlabError as exc:
+            raise _explain(exc, "the project list") from exc
+
+    def project(self, path_with_namespace: str) -> dict[str, Any]:
+        try:
+            return self.gl.projects.get(
+                path_with_namespace, max_retries=self.max_retries
+            ).attributes
+        except GitlabError as exc:
+            raise _explain(exc, f"project {path_with_namespace!r}") from exc
+
+    def head_commit(self, project_id: int, branch: str) -> str:
+        project = self.gl.projects.get(project_id, lazy=True)
+        try:
+            return project.branches.get(branch, max_retries=self.max_retries).commit["id"]
+        except GitlabError as exc:
+            raise _explain(exc, f"branch {branch!r} of project {project_id}") from exc
+
+    def iter_tree(self, project_id: int, commit_sha: str) -> Iterator[dict[str, Any]]:
+        """Every entry of the tree at a commit (blobs, trees, submodules), 100 per request."""
+        project = self.gl.projects.get(project_id, lazy=True)
+        try:
+            yield from project.repository_tree(
+                ref=commit_sha, recursive=True, pagination="keyset", **self._list_options()
+            )
+        except GitlabError as exc:
+            raise _explain(exc, f"the tree of project {project_id} at {commit_sha}") from exc
+
+    def archive_chunks(
+        self, project_id: int, commit_sha: str, archive_format: str = "tar.gz"
+    ) -> Iterator[bytes]:
+        """The repository archive at a commit, as it arrives; LFS pointers stay pointers."""
+        project = self.gl.projects.get(project_id, lazy=True)
+        try:
+            return project.repository_archive(
+                sha=commit_sha,
+                format=archive_format,
+                streamed=True,
+                iterator=True,
+                chunk_size=1 << 16,
+                include_lfs_blobs="false",
+                max_retries=self.max_retries,
+            )
+        except GitlabError as exc:
+            raise _explain(exc, f"the archive of project {project_id} at {commit_sha}") from exc
+
+    def raw_blob(self, project_id: int, blob_sha: str) -> bytes:
+        project = self.gl.projects.get(project_id, lazy=True)
+        try:
+            return project.repository_raw_blob(blob_sha, max_retries=self.max_retries)
+        except GitlabError as exc:
+            raise _explain(exc, f"blob {blob_sha} of project {project_id}") from exc

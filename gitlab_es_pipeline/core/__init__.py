@@ -1,0 +1,1 @@
+"""The pure core: no Dagster, no network. Everything here is tested directly."""

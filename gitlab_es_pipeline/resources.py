@@ -1,0 +1,123 @@
+"""Dagster resources: configuration from the environment, clients built from it."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import ConfigurableResource, EnvVar
+from elasticsearch import Elasticsearch
+from pydantic import Field
+
+from gitlab_es_pipeline.clients.elasticsearch import LineIndex
+from gitlab_es_pipeline.clients.gitlab import GitLabSource
+from gitlab_es_pipeline.core.filtering import (
+    DEFAULT_EXCLUDED_PATHS,
+    DEFAULT_MAX_FILE_BYTES,
+    compile_globs,
+)
+from gitlab_es_pipeline.core.lines import DEFAULT_MAX_LINE_CHARS
+
+DEFAULT_INDEX = "gitlab-lines"
+
+
+class GitLabResource(ConfigurableResource):
+    """The GitLab instance to index. The token needs read_api and read_repository."""
+
+    url: str = Field(description="Base URL of the GitLab instance, e.g. https://gitlab.example.com")
+    token: str = Field(description="Personal, group or project access token (GITLAB_TOKEN)")
+    groups: str = Field(
+        default="",
+        description="Comma-separated group full paths; discovery is limited to their projects, "
+        "subgroups included. Empty: every project the token can see.",
+    )
+    request_timeout_seconds: float = Field(default=60.0)
+    max_retries: int = Field(default=10, description="Retries of a 429/5xx answer per request")
+    archive_format: str = Field(default="tar.gz", description="tar.gz (less traffic) or tar")
+
+    def group_paths(self) -> list[str]:
+        return [g.strip().strip("/") for g in self.groups.split(",") if g.strip().strip("/")]
+
+    def source(self) -> GitLabSource:
+        return GitLabSource(
+            self.url,
+            self.token,
+            timeout=self.request_timeout_seconds,
+            max_retries=self.max_retries,
+        )
+
+
+class IndexingResource(ConfigurableResource):
+    """What gets indexed and how it is cut: the tunables of the line documents."""
+
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, description="Larger files skipped")
+    max_line_chars: int = Field(
+        default=DEFAULT_MAX_LINE_CHARS, description="Longer lines cut and flagged line_truncated"
+    )
+    excluded_paths: list[str] = Field(
+        default=list(DEFAULT_EXCLUDED_PATHS),
+        description="gitignore-like globs of paths never indexed",
+    )
+    row_group_lines: int = Field(default=65536, description="Lines per Parquet row group")
+
+    def excluded_regex(self):
+        return compile_globs(tuple(self.excluded_paths))
+
+
+class ElasticsearchResource(ConfigurableResource):
+    """The cluster and index that hold the line documents."""
+
+    url: str = Field(description="Elasticsearch URL, e.g. https://es.example.com:9200")
+    api_key: str | None = Field(default=None, description="ELASTICSEARCH_API_KEY (preferred)")
+    username: str | None = Field(default=None)
+    password: str | None = Field(default=None)
+    index: str = Field(default=DEFAULT_INDEX, description="Index or alias that searches use")
+    bulk_max_bytes: int = Field(default=8 * 1024 * 1024, description="Bytes per _bulk request")
+    bulk_max_docs: int = Field(default=10000, description="Documents per _bulk request")
+    bulk_max_retries: int = Field(default=8, description="Retries of rejected (429) items")
+    request_timeout_seconds: float = Field(default=120.0)
+
+    def client(self) -> Elasticsearch:
+        auth: dict[str, object] = {}
+        if self.api_key:
+            auth["api_key"] = self.api_key
+        elif self.username:
+            auth["basic_auth"] = (self.username, self.password or "")
+        return Elasticsearch(
+            self.url,
+            request_timeout=self.request_timeout_seconds,
+            retry_on_timeout=True,
+            max_retries=3,
+            **auth,
+        )
+
+    def line_index(self) -> LineIndex:
+        return LineIndex(
+            self.client(),
+            self.index,
+            max_chunk_bytes=self.bulk_max_bytes,
+            max_chunk_docs=self.bulk_max_docs,
+            max_retries=self.bulk_max_retries,
+        )
+
+
+def _optional_env(name: str, default: str | None = None) -> EnvVar | str | None:
+    """EnvVar when the variable is set (its value stays out of the run config), else default."""
+    return EnvVar(name) if os.environ.get(name) else default
+
+
+def resources_from_env() -> dict[str, ConfigurableResource]:
+    return {
+        "gitlab": GitLabResource(
+            url=EnvVar("GITLAB_URL"),
+            token=EnvVar("GITLAB_TOKEN"),
+            groups=_optional_env("GITLAB_GROUPS", ""),
+        ),
+        "elasticsearch": ElasticsearchResource(
+            url=EnvVar("ELASTICSEARCH_URL"),
+            api_key=_optional_env("ELASTICSEARCH_API_KEY"),
+            username=_optional_env("ELASTICSEARCH_USERNAME"),
+            password=_optional_env("ELASTICSEARCH_PASSWORD"),
+            index=_optional_env("ELASTICSEARCH_INDEX", DEFAULT_INDEX),
+        ),
+        "indexing": IndexingResource(),
+    }

@@ -1,0 +1,202 @@
+"""The test corpus, and the documents every repository should have, computed from git alone.
+
+The expectation does not use the pipeline's code: it reads blobs with `git cat-file`, decides
+what is indexed by the documented rules, and builds documents by its own simple means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from gitlab_es_pipeline_tests.repos import (
+    FileSpec,
+    Submodule,
+    Symlink,
+    commit_files,
+    init_repo,
+    run_git,
+)
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_LINE_CHARS = 4096
+EXCLUDED = re.compile(
+    r"(?:.*/)?node_modules/.*|(?:.*/)?[^/]*\.min\.js|(?:.*/)?[^/]*\.min\.css|(?:.*/)?[^/]*\.map"
+)
+
+LATIN1_TEXT = (
+    (
+        "Le cœur déçu mais l'âme plutôt naïve, Louÿs rêva de crapaüter en canoë au delà des îles,\n"
+        "près du mälström où brûlent les novæ. Voix ambiguë d'un cœur qui au zéphyr préfère les jattes\n"
+        "de kiwis. Où est la forêt? À côté de l'église, près du château, garçon. Ça va très bien, merci.\n"
+    )
+    .replace("œ", "oe")
+    .replace("æ", "ae")
+)
+
+
+def _png() -> bytes:
+    raw = b"\x00" + b"\xff\x00\x00" * 4
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+        )
+
+    header = (4).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def edge_case_files(submodule_commit: str) -> dict[str, FileSpec]:
+    """Every edge case issue #2 lists, in one repository."""
+    big_line = "x = '" + "abcdefghij" * 1000 + "'"  # 10,005 characters
+    return {
+        "src/main.py": "import sys\n\n\ndef main() -> int:\n    print('hello, world')\n    return 0\n",
+        "src/lib/util.go": "package lib\n\n// Add adds.\nfunc Add(a, b int) int {\n\treturn a + b\n}\n",
+        "web/app.ts": "export const parseHttpResponse = (body: string): number => body.length;\n",
+        "java/com/acme/Main.java": "public class Main {\n  public static void main(String[] args) {}\n}\n",
+        "docs/README.md": "# Title\n\nSome *markdown* text.\n",
+        "crlf.txt": b"first line\r\nsecond line\r\n\r\nlast\r\n",
+        "bom.py": b"\xef\xbb\xbfprint('bom')\nx = 1\n",
+        "no_newline.c": "int x;\nint y;",
+        "empty.txt": b"",
+        "blank_lines.txt": "\n\n\nmiddle\n\n",
+        "only_newline.txt": "\n",
+        "latin1.txt": LATIN1_TEXT.encode("latin-1"),
+        "binary.bin": b"\x01\x02\x00\x03binary\x00data" * 10,
+        "image.png": _png(),
+        "big.txt": ("0123456789" * 10 + "\n") * 11000,  # 1,111,000 bytes > 1 MiB
+        "long_line.js": "const a = 1;\n" + big_line + "\nconst b = 2;\n",
+        "link_to_main": Symlink("src/main.py"),
+        "vendor/dep": Submodule(submodule_commit),
+        "dir with space/file name.txt": "spaces in the path\n",
+        "ünïcödé/日本語.md": "こんにちは世界\nnon-ASCII path\n",
+        "a/b/c/d/e/deep.txt": "deep\nnested\n",
+        "node_modules/pkg/index.js": "module.exports = 1;\n",
+        "dist/app.min.js": "var a=1;\n",
+        "tabs\tand#hash?.txt": "odd characters in the name\n",
+    }
+
+
+#: Files whose bytes are not UTF-8: what a person reads in them.
+KNOWN_TEXT = {"latin1.txt": LATIN1_TEXT}
+
+
+def build_corpus(root: Path) -> dict[str, Path]:
+    """Repositories by path_with_namespace: the edge-case one and a few ordinary ones."""
+    sub = init_repo(root / "submodule-source")
+    sub_commit = commit_files(sub, {"x.txt": "x\n"})
+    repos: dict[str, Path] = {}
+    edge = init_repo(root / "acme" / "backend")
+    commit_files(edge, edge_case_files(sub_commit), "edge cases")
+    repos["acme/backend"] = edge
+    tools = init_repo(root / "acme" / "tools" / "cli")
+    commit_files(
+        tools,
+        {
+            "cli.rs": 'fn main() {\n    println!("hi");\n}\n',
+            "Cargo.toml": '[package]\nname = "cli"\n',
+        },
+    )
+    repos["acme/tools/cli"] = tools
+    other = init_repo(root / "other" / "lib", branch="develop")
+    commit_files(
+        other,
+        {
+            "lib.rb": "module Lib\n  VERSION = '1.0'\nend\n",
+            "spec/lib_spec.rb": "describe Lib do\nend\n",
+        },
+    )
+    repos["other/lib"] = other
+    return repos
+
+
+@dataclass
+class Expected:
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _lines(text: str) -> list[str]:
+    out = []
+    for match in re.finditer(r"[^\n]*\n|[^\n]+\Z", text):
+        line = match.group(0)
+        if line.endswith("\n"):
+            line = line[:-1]
+            if line.endswith("\r"):
+                line = line[:-1]
+        out.append(line)
+    return out
+
+
+def expected_documents(
+    repo: Path,
+    project_id: int,
+    repository_name: str,
+    branch: str,
+    web_url: str,
+    known_text: dict[str, str] | None = None,
+) -> Expected:
+    known_text = KNOWN_TEXT if known_text is None else known_text
+    commit = run_git(repo, "rev-parse", f"refs/heads/{branch}").strip()
+    listing = run_git(
+        repo, "-c", "core.quotepath=false", "ls-tree", "-r", "-z", "--full-tree", commit
+    )
+    expected = Expected()
+    for record in listing.split("\x00"):
+        if not record:
+            continue
+        meta, _, path = record.partition("\t")
+        mode, type_, sha = meta.split()
+        if type_ == "commit":
+            expected.skipped[path] = "submodule"
+            continue
+        if mode == "120000":
+            expected.skipped[path] = "symlink"
+            continue
+        if EXCLUDED.fullmatch(path):
+            expected.skipped[path] = "excluded"
+            continue
+        data = _cat_blob(repo, sha)
+        if len(data) > MAX_FILE_BYTES:
+            expected.skipped[path] = "too_large"
+            continue
+        if b"\x00" in data[:8000]:
+            expected.skipped[path] = "binary"
+            continue
+        text = known_text.get(path) or data.decode("utf-8")
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        digest = hashlib.blake2b(path.encode(), digest_size=16).hexdigest()
+        for number, line in enumerate(_lines(text), start=1):
+            expected.documents[f"{project_id}-{digest}-{number}"] = {
+                "project_id": project_id,
+                "repository_name": repository_name,
+                "branch": branch,
+                "commit_sha": commit,
+                "file_path": path,
+                "blob_sha": sha,
+                "line_number": number,
+                "line_content": line[:MAX_LINE_CHARS],
+                "line_truncated": len(line) > MAX_LINE_CHARS,
+                "web_url": f"{web_url}/-/blob/{commit}/{quote(path)}#L{number}",
+            }
+    return expected
+
+
+def _cat_blob(repo: Path, sha: str) -> bytes:
+    import subprocess
+
+    return subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "blob", sha], check=True, capture_output=True
+    ).stdout

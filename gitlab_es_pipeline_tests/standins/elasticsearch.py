@@ -1,0 +1,728 @@
+"""An Elasticsearch 9 stand-in: indices with mappings, aliases, _bulk, _refresh, _count, _search.
+
+It speaks the REST API as the official client expects it (X-Elastic-Product header, the
+compatible-with media types, error bodies with type and reason) and keeps documents in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import re
+import threading
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
+
+VERSION = "9.1.0"
+MAX_ID_BYTES = 512
+MAX_CONTENT_LENGTH = 100 * 1024 * 1024
+_MEDIA = re.compile(r"application/vnd\.elasticsearch\+(json|x-ndjson)\s*;\s*compatible-with=(\d+)")
+
+
+@dataclass
+class Index:
+    name: str
+    mappings: dict[str, Any]
+    settings: dict[str, Any]
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    visible: dict[str, dict[str, Any]] = field(default_factory=dict)
+    versions: Counter[str] = field(default_factory=Counter)
+    last_refresh: float = field(default_factory=time.monotonic)
+    seq_no: int = 0
+
+    @property
+    def refresh_interval(self) -> float | None:
+        value = str(self.settings.get("index", {}).get("refresh_interval", "1s"))
+        if value == "-1":
+            return None
+        if value.endswith("ms"):
+            return float(value[:-2]) / 1000
+        return float(value.rstrip("s"))
+
+    def refresh(self) -> None:
+        self.visible = dict(self.docs)
+        self.last_refresh = time.monotonic()
+
+    def searchable(self) -> dict[str, dict[str, Any]]:
+        interval = self.refresh_interval
+        if interval is not None and time.monotonic() - self.last_refresh >= interval:
+            self.refresh()
+        return self.visible
+
+
+def _error(status: int, type_: str, reason: str, **extra: Any) -> Response:
+    cause = {"type": type_, "reason": reason, **extra}
+    return Response(status, {"error": {"root_cause": [cause], **cause}, "status": status})
+
+
+class ElasticsearchStandIn(StandInServer):
+    def __init__(
+        self, api_key: str | None = None, basic_auth: tuple[str, str] | None = None
+    ) -> None:
+        super().__init__()
+        self.indices: dict[str, Index] = {}
+        self.aliases: dict[str, dict[str, dict[str, Any]]] = {}  # alias -> index -> options
+        self.api_key = api_key
+        self.basic_auth = basic_auth
+        self.requests: list[tuple[str, str]] = []
+        self.bulk_actions: Counter[str] = Counter()
+        # Fault injection: (action, meta, source) -> an item result to answer instead, or None.
+        self.item_faults: list[Any] = []
+        self._lock = threading.RLock()
+
+    # -- test API ---------------------------------------------------------------------------
+    def documents(self, name: str) -> dict[str, dict[str, Any]]:
+        """Every document (refreshed or not) of the indices behind a name, by id."""
+        with self._lock:
+            out: dict[str, dict[str, Any]] = {}
+            for index in self._resolve(name):
+                out.update(copy.deepcopy(index.docs))
+            return out
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        with self._lock:
+            self.requests.append((request.method, request.raw_path))
+            try:
+                response = (
+                    self._authorised(request) or self._negotiated(request) or self._route(request)
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                response = _error(
+                    400, "parsing_exception", f"stand-in could not parse the request: {exc}"
+                )
+        response.headers["X-Elastic-Product"] = "Elasticsearch"
+        accept = request.headers.get("Accept") or ""
+        match = _MEDIA.search(accept)
+        if match and response.content_type == "application/json":
+            response.content_type = (
+                f"application/vnd.elasticsearch+json;compatible-with={match.group(2)}"
+            )
+        return response
+
+    def _authorised(self, request: Request) -> Response | None:
+        if self.api_key is None and self.basic_auth is None:
+            return None
+        auth = request.headers.get("Authorization") or ""
+        if self.api_key is not None and auth == f"ApiKey {self.api_key}":
+            return None
+        if self.basic_auth is not None:
+            import base64
+
+            expected = base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            if auth == f"Basic {expected}":
+                return None
+        response = _error(401, "security_exception", "unable to authenticate user for REST request")
+        response.headers["WWW-Authenticate"] = 'Basic realm="security", charset="UTF-8", ApiKey'
+        return response
+
+    def _negotiated(self, request: Request) -> Response | None:
+        for header in ("Accept", "Content-Type"):
+            value = request.headers.get(header) or ""
+            match = _MEDIA.search(value)
+            if match and match.group(2) not in ("8", "9"):
+                return _error(
+                    400,
+                    "media_type_header_exception",
+                    f"Invalid media-type value on headers [{header}]",
+                )
+        if len(request.body) > MAX_CONTENT_LENGTH:
+            return _error(413, "content_too_long_exception", "request body is too large")
+        return None
+
+    def _route(self, request: Request) -> Response:
+        parts = [unquote(p) for p in request.raw_path.strip("/").split("/") if p]
+        method = request.method
+        if not parts:
+            return Response(
+                200,
+                {
+                    "name": "stand-in",
+                    "cluster_name": "stand-in",
+                    "cluster_uuid": "stand-in",
+                    "version": {
+                        "number": VERSION,
+                        "build_flavor": "default",
+                        "lucene_version": "10.2.0",
+                    },
+                    "tagline": "You Know, for Search",
+                },
+            )
+        if parts == ["_bulk"]:
+            return self._bulk(request, None)
+        if parts == ["_aliases"] and method == "POST":
+            return self._update_aliases(request.json() or {})
+        if parts[0] == "_alias" and len(parts) == 2:
+            return self._get_alias(parts[1], method)
+        name, rest = parts[0], parts[1:]
+        if not rest:
+            if method == "HEAD":
+                return Response(200 if self._resolve(name) else 404)
+            if method == "PUT":
+                return self._create_index(name, request.json() or {})
+            if method == "DELETE":
+                return self._delete_index(name)
+            if method == "GET":
+                return self._get_index(name)
+        op = rest[0]
+        if op == "_bulk":
+            return self._bulk(request, name)
+        if op in (
+            "_refresh",
+            "_mapping",
+            "_settings",
+            "_count",
+            "_search",
+            "_alias",
+            "_doc",
+            "_delete_by_query",
+        ):
+            targets = self._resolve(name)
+            if not targets:
+                return _error(
+                    404, "index_not_found_exception", f"no such index [{name}]", index=name
+                )
+            if op == "_refresh":
+                for index in targets:
+                    index.refresh()
+                return Response(
+                    200,
+                    {"_shards": {"total": len(targets), "successful": len(targets), "failed": 0}},
+                )
+            if op == "_mapping":
+                return Response(200, {i.name: {"mappings": i.mappings} for i in targets})
+            if op == "_settings":
+                if method == "PUT":
+                    for index in targets:
+                        _merge(index.settings, _nest_settings(request.json() or {}))
+                    return Response(200, {"acknowledged": True})
+                return Response(200, {i.name: {"settings": i.settings} for i in targets})
+            if op == "_alias":
+                return self._get_alias("*", "GET", targets)
+            if op == "_count":
+                body = request.json() or {}
+                hits = self._matching(targets, body.get("query"))
+                return Response(
+                    200, {"count": len(hits), "_shards": {"total": 1, "successful": 1, "failed": 0}}
+                )
+            if op == "_search":
+                return self._search(targets, request.json() or {})
+            if op == "_delete_by_query":
+                return self._delete_by_query(targets, request.json() or {})
+            if op == "_doc" and len(rest) == 2:
+                for index in targets:
+                    if rest[1] in index.docs:
+                        return Response(
+                            200,
+                            {
+                                "_index": index.name,
+                                "_id": rest[1],
+                                "found": True,
+                                "_source": index.docs[rest[1]],
+                            },
+                        )
+                return Response(404, {"_index": name, "_id": rest[1], "found": False})
+        return _error(
+            400, "illegal_argument_exception", f"unsupported request [{method} {request.raw_path}]"
+        )
+
+    # -- indices and aliases ------------------------------------------------------------------
+    def _resolve(self, name: str) -> list[Index]:
+        names = set()
+        for pattern in name.split(","):
+            for index in self.indices:
+                if fnmatch.fnmatchcase(index, pattern):
+                    names.add(index)
+            for alias, members in self.aliases.items():
+                if fnmatch.fnmatchcase(alias, pattern):
+                    names.update(members)
+        return [self.indices[n] for n in sorted(names) if n in self.indices]
+
+    def _write_index(self, name: str) -> Index | str:
+        if name in self.indices:
+            return self.indices[name]
+        members = self.aliases.get(name)
+        if not members:
+            return f"no such index [{name}]"
+        writers = [i for i, opts in members.items() if opts.get("is_write_index")]
+        if len(members) == 1:
+            return self.indices[next(iter(members))]
+        if len(writers) == 1:
+            return self.indices[writers[0]]
+        return (
+            f"no write index is defined for alias [{name}]. The write index may be explicitly "
+            "disabled using is_write_index=false or the alias points to multiple indices "
+            "without one being designated as a write index"
+        )
+
+    def _create_index(self, name: str, body: dict[str, Any]) -> Response:
+        if name in self.indices:
+            return _error(
+                400,
+                "resource_already_exists_exception",
+                f"index [{name}/stand-in] already exists",
+                index=name,
+            )
+        if name in self.aliases:
+            return _error(
+                400,
+                "invalid_index_name_exception",
+                f"Invalid index name [{name}], already exists as alias",
+                index=name,
+            )
+        if name != name.lower() or name.startswith(("_", "-", "+")):
+            return _error(
+                400, "invalid_index_name_exception", f"Invalid index name [{name}]", index=name
+            )
+        settings = _nest_settings(body.get("settings") or {})
+        self.indices[name] = Index(name, body.get("mappings") or {"properties": {}}, settings)
+        for alias, opts in (body.get("aliases") or {}).items():
+            self.aliases.setdefault(alias, {})[name] = dict(opts or {})
+        return Response(200, {"acknowledged": True, "shards_acknowledged": True, "index": name})
+
+    def _delete_index(self, name: str) -> Response:
+        if name not in self.indices:
+            return _error(404, "index_not_found_exception", f"no such index [{name}]", index=name)
+        del self.indices[name]
+        for members in self.aliases.values():
+            members.pop(name, None)
+        self.aliases = {a: m for a, m in self.aliases.items() if m}
+        return Response(200, {"acknowledged": True})
+
+    def _get_index(self, name: str) -> Response:
+        targets = self._resolve(name)
+        if not targets:
+            return _error(404, "index_not_found_exception", f"no such index [{name}]", index=name)
+        out = {}
+        for index in targets:
+            aliases = {
+                a: opts for a, m in self.aliases.items() for i, opts in m.items() if i == index.name
+            }
+            out[index.name] = {
+                "aliases": aliases,
+                "mappings": index.mappings,
+                "settings": index.settings,
+            }
+        return Response(200, out)
+
+    def _get_alias(self, alias: str, method: str, targets: list[Index] | None = None) -> Response:
+        out: dict[str, Any] = {}
+        allowed = {i.name for i in targets} if targets is not None else None
+        for name, members in self.aliases.items():
+            if not fnmatch.fnmatchcase(name, alias):
+                continue
+            for index, opts in members.items():
+                if allowed is None or index in allowed:
+                    out.setdefault(index, {"aliases": {}})["aliases"][name] = opts
+        if method == "HEAD":
+            return Response(200 if out else 404)
+        if not out and targets is None:
+            return Response(404, {"error": f"alias [{alias}] missing", "status": 404})
+        return Response(200, out)
+
+    def _update_aliases(self, body: dict[str, Any]) -> Response:
+        for action in body.get("actions", []):
+            ((kind, spec),) = action.items()
+            index, alias = spec.get("index"), spec.get("alias")
+            if kind == "add":
+                if index not in self.indices:
+                    return _error(
+                        404, "index_not_found_exception", f"no such index [{index}]", index=index
+                    )
+                opts = {k: v for k, v in spec.items() if k not in ("index", "alias")}
+                self.aliases.setdefault(alias, {})[index] = opts
+            elif kind == "remove":
+                self.aliases.get(alias, {}).pop(index, None)
+            elif kind == "remove_index":
+                self._delete_index(index)
+        self.aliases = {a: m for a, m in self.aliases.items() if m}
+        return Response(200, {"acknowledged": True, "errors": False})
+
+    # -- documents ----------------------------------------------------------------------------
+    def _bulk(self, request: Request, default_index: str | None) -> Response:
+        content_type = request.headers.get("Content-Type") or ""
+        if "ndjson" not in content_type:
+            return _error(
+                406, "media_type_header_exception", "bulk requests need an NDJSON content type"
+            )
+        started = time.monotonic()
+        lines = request.body.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        else:
+            return _error(
+                400,
+                "illegal_argument_exception",
+                "The bulk request must be terminated by a newline [\\n]",
+            )
+        items, errors, i = [], False, 0
+        refresh = request.query.get("refresh") in ("", "true", "wait_for")
+        touched: set[str] = set()
+        while i < len(lines):
+            try:
+                action = json.loads(lines[i])
+            except ValueError:
+                return _error(
+                    400, "x_content_parse_exception", f"Malformed action/metadata line [{i + 1}]"
+                )
+            ((kind, meta),) = action.items()
+            i += 1
+            source = None
+            if kind in ("index", "create", "update"):
+                if i >= len(lines):
+                    return _error(
+                        400,
+                        "illegal_argument_exception",
+                        "Validation Failed: 1: no requests added;",
+                    )
+                source = json.loads(lines[i])
+                i += 1
+            elif kind != "delete":
+                return _error(
+                    400,
+                    "illegal_argument_exception",
+                    f"Malformed action/metadata line [{i}], "
+                    f"expected one of [create, delete, index, update] but found [{kind}]",
+                )
+            self.bulk_actions[kind] += 1
+            item = next(
+                (r for f in self.item_faults if (r := f(kind, meta, source)) is not None), None
+            )
+            if item is None:
+                item = self._bulk_item(kind, meta, source, meta.get("_index") or default_index)
+            errors = errors or "error" in item
+            if "_index" in item:
+                touched.add(item["_index"])
+            items.append({kind: item})
+        if refresh:
+            for name in touched:
+                if name in self.indices:
+                    self.indices[name].refresh()
+        took = int((time.monotonic() - started) * 1000)
+        return Response(200, {"errors": errors, "took": took, "items": items})
+
+    def _bulk_item(
+        self, kind: str, meta: dict[str, Any], source: Any, target: str | None
+    ) -> dict[str, Any]:
+        doc_id = meta.get("_id")
+        if target is None:
+            return {
+                "_id": doc_id,
+                "status": 400,
+                "error": {
+                    "type": "action_request_validation_exception",
+                    "reason": "Validation Failed: 1: index is missing;",
+                },
+            }
+        index = self._write_index(target)
+        if isinstance(index, str):
+            status = 404 if index.startswith("no such index") else 400
+            type_ = "index_not_found_exception" if status == 404 else "illegal_argument_exception"
+            return {
+                "_index": target,
+                "_id": doc_id,
+                "status": status,
+                "error": {"type": type_, "reason": index},
+            }
+        base = {"_index": index.name, "_id": doc_id}
+        if doc_id is not None and len(str(doc_id).encode()) > MAX_ID_BYTES:
+            return {
+                **base,
+                "status": 400,
+                "error": {
+                    "type": "illegal_argument_exception",
+                    "reason": f"id [{doc_id}] is too long, must be no longer than 512 bytes but was: "
+                    f"{len(str(doc_id).encode())}",
+                },
+            }
+        if kind == "delete":
+            if doc_id in index.docs:
+                del index.docs[doc_id]
+                index.versions[doc_id] += 1
+                return {
+                    **base,
+                    "_version": index.versions[doc_id],
+                    "result": "deleted",
+                    "status": 200,
+                }
+            return {
+                **base,
+                "_version": index.versions[doc_id] + 1,
+                "result": "not_found",
+                "status": 404,
+            }
+        if doc_id is None:
+            doc_id = f"auto-{index.seq_no}"
+            base["_id"] = doc_id
+        if kind == "update":
+            if doc_id not in index.docs:
+                return {
+                    **base,
+                    "status": 404,
+                    "error": {
+                        "type": "document_missing_exception",
+                        "reason": f"[{doc_id}]: document missing",
+                    },
+                }
+            source = {**index.docs[doc_id], **(source or {}).get("doc", {})}
+        if kind == "create" and doc_id in index.docs:
+            return {
+                **base,
+                "status": 409,
+                "error": {
+                    "type": "version_conflict_engine_exception",
+                    "reason": f"[{doc_id}]: version conflict, document already exists",
+                },
+            }
+        problem = _mapping_problem(index.mappings, source)
+        if problem:
+            return {**base, "status": 400, "error": problem}
+        existed = doc_id in index.docs
+        index.docs[doc_id] = source
+        index.versions[doc_id] += 1
+        index.seq_no += 1
+        return {
+            **base,
+            "_version": index.versions[doc_id],
+            "result": "updated" if existed else "created",
+            "status": 200 if existed else 201,
+            "_seq_no": index.seq_no,
+            "_primary_term": 1,
+            "_shards": {"total": 1, "successful": 1, "failed": 0},
+        }
+
+    def _matching(
+        self, targets: list[Index], query: dict[str, Any] | None
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        out = []
+        for index in targets:
+            for doc_id, doc in index.searchable().items():
+                if _matches(index.mappings, query or {"match_all": {}}, doc_id, doc):
+                    out.append((index.name, doc_id, doc))
+        return out
+
+    def _search(self, targets: list[Index], body: dict[str, Any]) -> Response:
+        hits = self._matching(targets, body.get("query"))
+        for spec in reversed(body.get("sort") or []):
+            ((name, order),) = spec.items() if isinstance(spec, dict) else [(spec, "asc")]
+            order = order.get("order", "asc") if isinstance(order, dict) else order
+            hits.sort(
+                key=lambda h: (h[2].get(name) is None, h[2].get(name)), reverse=order == "desc"
+            )
+        start, size = int(body.get("from", 0)), int(body.get("size", 10))
+        page = hits[start : start + size]
+        return Response(
+            200,
+            {
+                "took": 1,
+                "timed_out": False,
+                "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+                "hits": {
+                    "total": {"value": len(hits), "relation": "eq"},
+                    "max_score": 1.0 if page else None,
+                    "hits": [
+                        {"_index": i, "_id": d, "_score": 1.0, "_source": s} for i, d, s in page
+                    ],
+                },
+            },
+        )
+
+    def _delete_by_query(self, targets: list[Index], body: dict[str, Any]) -> Response:
+        deleted = 0
+        for index in targets:
+            for doc_id, doc in list(index.docs.items()):
+                if _matches(index.mappings, body.get("query") or {"match_all": {}}, doc_id, doc):
+                    del index.docs[doc_id]
+                    deleted += 1
+        return Response(
+            200,
+            {
+                "took": 1,
+                "timed_out": False,
+                "total": deleted,
+                "deleted": deleted,
+                "failures": [],
+                "version_conflicts": 0,
+            },
+        )
+
+
+# -- mapping ---------------------------------------------------------------------------------
+_TYPE_CHECKS = {
+    "long": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**31) <= v < 2**31,
+    "boolean": lambda v: isinstance(v, bool),
+    "keyword": lambda v: isinstance(v, (str, int, float, bool)),
+    "text": lambda v: isinstance(v, str),
+    "wildcard": lambda v: isinstance(v, str),
+}
+
+
+def _mapping_problem(mappings: dict[str, Any], source: Any) -> dict[str, str] | None:
+    if not isinstance(source, dict):
+        return {
+            "type": "document_parsing_exception",
+            "reason": "[1:1] failed to parse: not an object",
+        }
+    properties = mappings.get("properties", {})
+    strict = mappings.get("dynamic") == "strict"
+    for name, value in source.items():
+        spec = properties.get(name)
+        if spec is None:
+            if strict:
+                return {
+                    "type": "strict_dynamic_mapping_exception",
+                    "reason": f"[1:2] mapping set to strict, dynamic introduction of [{name}] "
+                    "within [_doc] is not allowed",
+                }
+            continue
+        check = _TYPE_CHECKS.get(spec.get("type", "object"))
+        if value is not None and check is not None and not check(value):
+            return {
+                "type": "document_parsing_exception",
+                "reason": f"[1:2] failed to parse field [{name}] of type [{spec.get('type')}]",
+            }
+    return None
+
+
+def _nest_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """{"index.refresh_interval": x} and {"refresh_interval": x} -> {"index": {...}}."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key == "index" and isinstance(value, dict):
+            _merge(out.setdefault("index", {}), value)
+        elif key == "analysis":
+            out.setdefault("index", {})["analysis"] = value
+        else:
+            key = key.removeprefix("index.")
+            out.setdefault("index", {})[key] = value
+    return out
+
+
+def _merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+# -- queries ---------------------------------------------------------------------------------
+def _field_value(doc: dict[str, Any], field_name: str) -> tuple[Any, str]:
+    """("line_content.wildcard") -> (doc["line_content"], "wildcard")."""
+    if field_name in doc:
+        return doc[field_name], ""
+    base, _, sub = field_name.partition(".")
+    return doc.get(base), sub
+
+
+def _fold(token: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", token) if not unicodedata.combining(c))
+
+
+_WORD_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_]+", re.UNICODE)
+
+
+def analyze(text: str, analyzer: str) -> list[str]:
+    """Approximations of the project's analyzers (see core.mapping)."""
+    if analyzer == "code":
+        out: list[str] = []
+        for token in text.split():
+            parts = _WORD_PART.findall(token)
+            for t in [token, *parts]:
+                t = _fold(t.lower())
+                if t and t not in out:
+                    out.append(t)
+        return out
+    if analyzer == "path_parts":
+        return [_fold(t.lower()) for t in re.split(r"[/._\-\s]+", text) if t]
+    if analyzer == "path_prefixes":
+        parts = text.split("/")
+        return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return [t.lower() for t in re.findall(r"\w+", text)]
+
+
+def _analyzer_of(mappings: dict[str, Any], field_name: str) -> str | None:
+    base, _, sub = field_name.partition(".")
+    spec = mappings.get("properties", {}).get(base, {})
+    if sub:
+        spec = spec.get("fields", {}).get(sub, {})
+    if spec.get("type") == "text":
+        return spec.get("analyzer", "standard")
+    return None
+
+
+def _wildcard_regex(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
+    out = []
+    for ch in pattern:
+        out.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
+    return re.compile("".join(out) + r"\Z", re.DOTALL | (re.IGNORECASE if case_insensitive else 0))
+
+
+def _matches(
+    mappings: dict[str, Any], query: dict[str, Any], doc_id: str, doc: dict[str, Any]
+) -> bool:
+    ((kind, spec),) = query.items()
+    if kind == "match_all":
+        return True
+    if kind == "ids":
+        return doc_id in spec.get("values", [])
+    if kind == "bool":
+
+        def many(key: str) -> list[dict[str, Any]]:
+            value = spec.get(key) or []
+            return value if isinstance(value, list) else [value]
+
+        if not all(_matches(mappings, q, doc_id, doc) for q in many("must") + many("filter")):
+            return False
+        if any(_matches(mappings, q, doc_id, doc) for q in many("must_not")):
+            return False
+        should = many("should")
+        if should:
+            need = int(spec.get("minimum_should_match", 0 if many("must") + many("filter") else 1))
+            return sum(_matches(mappings, q, doc_id, doc) for q in should) >= need
+        return True
+    if kind == "exists":
+        return _field_value(doc, spec["field"])[0] is not None
+    ((field_name, arg),) = spec.items()
+    value, _ = _field_value(doc, field_name)
+    if value is None:
+        return False
+    analyzer = _analyzer_of(mappings, field_name)
+    if kind in ("term", "terms"):
+        wanted = arg if kind == "terms" else [arg.get("value") if isinstance(arg, dict) else arg]
+        if analyzer:
+            return any(str(w) in analyze(str(value), analyzer) for w in wanted)
+        return any(value == w or str(value) == str(w) for w in wanted)
+    if kind == "range":
+        ops = {
+            "gt": lambda a, b: a > b,
+            "gte": lambda a, b: a >= b,
+            "lt": lambda a, b: a < b,
+            "lte": lambda a, b: a <= b,
+        }
+        return all(ops[op](value, bound) for op, bound in arg.items() if op in ops)
+    if kind in ("prefix", "wildcard"):
+        pattern = arg.get("value") if isinstance(arg, dict) else arg
+        insensitive = bool(isinstance(arg, dict) and arg.get("case_insensitive"))
+        if kind == "prefix":
+            pattern = pattern.replace("*", "\\*") + "*"
+        return bool(_wildcard_regex(pattern, insensitive).match(str(value)))
+    if kind in ("match", "match_phrase"):
+        text = arg.get("query") if isinstance(arg, dict) else arg
+        tokens = analyze(str(value), analyzer or "keyword_like") if analyzer else [str(value)]
+        wanted = analyze(str(text), analyzer) if analyzer else [str(text)]
+        if kind == "match_phrase":
+            n = len(wanted)
+            return any(tokens[i : i + n] == wanted for i in range(len(tokens) - n + 1))
+        operator = arg.get("operator", "or").lower() if isinstance(arg, dict) else "or"
+        hits = [w in tokens for w in wanted]
+        return all(hits) if operator == "and" else any(hits)
+    raise ValueError(f"query [{kind}] is not supported by the stand-in")

@@ -1,0 +1,103 @@
+"""A small threaded HTTP/1.1 server base shared by the stand-ins."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+
+class Request:
+    def __init__(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        parts = urlsplit(handler.path)
+        self.method = handler.command
+        self.raw_path = parts.path
+        self.query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        self.headers = handler.headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+class Response:
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes | Any = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        stream: Any = None,
+    ) -> None:
+        self.status = status
+        if not isinstance(body, (bytes, bytearray)):
+            body = json.dumps(body).encode()
+        self.body = bytes(body)
+        self.headers = dict(headers or {})
+        self.content_type = content_type
+        self.stream = stream  # an iterator of bytes: sent with chunked transfer encoding
+
+
+class StandInServer:
+    """Runs `self.handle(request) -> Response` for every request, on a background thread."""
+
+    def __init__(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version: ClassVar[str] = "stand-in"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                response = owner.handle(Request(self, body))
+                self.send_response(response.status)
+                self.send_header("Content-Type", response.content_type)
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                if response.stream is not None:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    try:
+                        for chunk in response.stream:
+                            if chunk:
+                                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.write(b"0\r\n\r\n")
+                    except owner.BrokenStream:
+                        self.close_connection = True
+                    return
+                self.send_header("Content-Length", str(len(response.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(response.body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    class BrokenStream(Exception):
+        """Raised by a stream to cut the connection mid-body (fault injection)."""
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> StandInServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def handle(self, request: Request) -> Response:  # pragma: no cover - overridden
+        raise NotImplementedError

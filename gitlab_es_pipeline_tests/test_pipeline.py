@@ -1,0 +1,319 @@
+"""End to end through Dagster: discovery, then every partition, against both stand-ins."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter
+
+from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline_tests.corpus import expected_documents
+from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo
+
+BRANCHES = {"other/lib": "develop"}
+
+
+def _serve_corpus(pipeline: Pipeline, corpus: dict[str, Path], tmp_path: Path) -> dict[str, int]:
+    ids = {}
+    for path, repo in corpus.items():
+        project = pipeline.gitlab.add_project(
+            path, str(repo), default_branch_name=BRANCHES.get(path, "main")
+        )
+        ids[path] = project.id
+    archived = init_repo(tmp_path / "archived")
+    commit_files(archived, {"old.txt": "old\n"})
+    pipeline.gitlab.add_project("acme/archived", str(archived), archived=True)
+    pipeline.gitlab.add_project("acme/empty", str(init_repo(tmp_path / "empty")))
+    return ids
+
+
+def _latest_metadata(pipeline: Pipeline, key: str, partition: str) -> dict:
+    records = pipeline.instance.get_event_records(
+        EventRecordsFilter(
+            DagsterEventType.ASSET_MATERIALIZATION,
+            asset_key=AssetKey(key),
+            asset_partitions=[partition],
+        ),
+        limit=1,
+    )
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def _assert_index_matches_git(
+    pipeline: Pipeline, corpus: dict[str, Path], ids: dict[str, int]
+) -> None:
+    documents = pipeline.es.documents(INDEX)
+    expected_all: dict[str, dict] = {}
+    for path, repo in corpus.items():
+        expected = expected_documents(
+            repo, ids[path], path, BRANCHES.get(path, "main"), f"{pipeline.gitlab.url}/{path}"
+        )
+        assert expected.documents, path
+        expected_all.update(expected.documents)
+    assert set(documents) == set(expected_all)
+    for doc_id, doc in expected_all.items():
+        assert documents[doc_id] == doc, doc_id
+
+
+def test_every_line_of_every_repository_is_indexed_field_by_field(
+    pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path
+) -> None:
+    ids = _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.discover()
+    # Archived and empty projects are left out; the others become partitions.
+    assert pipeline.partitions() == sorted(corpus_repos)
+    discovery = pipeline.instance.get_latest_materialization_event(AssetKey("repositories"))
+    meta = {k: v.value for k, v in discovery.asset_materialization.metadata.items()}
+    assert meta["partitions_added"] == 3 and meta["partitions_removed"] == 0
+    assert meta["projects_left_out"] == 1  # the empty one; the archived one is filtered by GitLab
+
+    pipeline.index_all()
+    _assert_index_matches_git(pipeline, corpus_repos, ids)
+
+    # The manifest knows every path and why it was skipped.
+    edge = corpus_repos["acme/backend"]
+    expected = expected_documents(edge, ids["acme/backend"], "acme/backend", "main", "")
+    manifest = pq.read_table(pipeline.storage / "file_manifest" / "acme" / "backend.parquet")
+    reasons = dict(
+        zip(
+            manifest.column("path").to_pylist(),
+            manifest.column("skip_reason").to_pylist(),
+            strict=True,
+        )
+    )
+    assert {p: r for p, r in reasons.items() if r} == expected.skipped
+    assert expected.skipped == {
+        "binary.bin": "binary",
+        "image.png": "binary",
+        "big.txt": "too_large",
+        "link_to_main": "symlink",
+        "vendor/dep": "submodule",
+        "node_modules/pkg/index.js": "excluded",
+        "dist/app.min.js": "excluded",
+    }
+    meta = _latest_metadata(pipeline, "file_manifest", "acme/backend")
+    assert meta["skipped_binary"] == 2 and meta["skipped_too_large"] == 1
+    assert (
+        meta["skipped_symlink"] == 1
+        and meta["skipped_submodule"] == 1
+        and meta["skipped_excluded"] == 2
+    )
+    assert meta["lines"] == len(expected.documents)
+    assert meta["commit_sha"] == expected.documents[next(iter(expected.documents))]["commit_sha"]
+    es_meta = _latest_metadata(pipeline, "es_index", "acme/backend")
+    assert es_meta["lines"] == es_meta["documents_written"] == len(expected.documents)
+    assert es_meta["project"] == f"{pipeline.gitlab.url}/acme/backend"
+
+    # A second run changes nothing and duplicates nothing.
+    before = pipeline.es.documents(INDEX)
+    pipeline.index_all()
+    assert pipeline.es.documents(INDEX) == before
+    _assert_index_matches_git(pipeline, corpus_repos, ids)
+
+
+def test_full_load_uses_the_archive_not_one_request_per_file(
+    pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path
+) -> None:
+    _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.discover()
+    pipeline.gitlab.requests.clear()
+    pipeline.index("acme/backend")
+    kinds = [
+        r.path.rsplit("/", 1)[-1] if "/repository/" in r.path else r.path
+        for r in pipeline.gitlab.requests
+    ]
+    assert len(pipeline.gitlab.requests_of_kind("archive")) == 1
+    assert len(pipeline.gitlab.requests_of_kind("raw_blob")) == 0
+    assert len(pipeline.gitlab.requests_of_kind("file")) == 0
+    assert len(pipeline.gitlab.requests) == 4, kinds  # project, branch, one tree page, archive
+
+
+def test_files_the_archive_leaves_out_are_fetched_alone(pipeline: Pipeline, tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "exportignore")
+    commit_files(
+        repo,
+        {
+            ".gitattributes": "secret.txt export-ignore\n",
+            "secret.txt": "still indexed\n",
+            "a.txt": "a\n",
+        },
+    )
+    project = pipeline.gitlab.add_project("g/exportignore", str(repo))
+    pipeline.discover()
+    pipeline.index("g/exportignore")
+    expected = expected_documents(
+        repo, project.id, "g/exportignore", "main", f"{pipeline.gitlab.url}/g/exportignore"
+    )
+    assert pipeline.es.documents(INDEX) == expected.documents
+    assert len(pipeline.gitlab.requests_of_kind("raw_blob")) == 1
+    assert (
+        _latest_metadata(pipeline, "line_documents", "g/exportignore")["files_fetched_alone"] == 1
+    )
+
+
+def test_groups_scope_discovery_and_vanished_projects_lose_their_partition(
+    pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path
+) -> None:
+    _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.groups = "acme"
+    pipeline.discover()
+    assert pipeline.partitions() == ["acme/backend", "acme/tools/cli"]
+    pipeline.groups = "acme/tools, other"
+    pipeline.discover()
+    assert pipeline.partitions() == ["acme/tools/cli", "other/lib"]
+    meta = {
+        k: v.value
+        for k, v in pipeline.instance.get_latest_materialization_event(
+            AssetKey("repositories")
+        ).asset_materialization.metadata.items()
+    }
+    assert (meta["partitions_added"], meta["partitions_removed"]) == (1, 1)
+    assert (
+        sorted(pipeline.instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
+        == pipeline.partitions()
+    )
+
+
+def test_keyset_pagination_walks_every_page(pipeline: Pipeline, tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "many")
+    commit_files(repo, {"x.txt": "x\n"})
+    for i in range(230):
+        pipeline.gitlab.add_project(f"fleet/p{i:03d}", str(repo))
+    pipeline.discover()
+    assert len(pipeline.partitions()) == 230
+    lists = pipeline.gitlab.requests_of_kind("projects_list")
+    assert len(lists) == 3
+    assert all(r.query.get("pagination") == "keyset" for r in lists)
+
+
+def test_rejected_documents_fail_the_run_naming_repository_file_and_line(
+    pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path
+) -> None:
+    _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.discover()
+
+    def reject_line_two_of_cli(kind, meta, source):
+        if source and source["file_path"] == "cli.rs" and source["line_number"] == 2:
+            return {
+                "_index": "x",
+                "_id": meta["_id"],
+                "status": 400,
+                "error": {"type": "document_parsing_exception", "reason": "boom"},
+            }
+        return None
+
+    pipeline.es.item_faults.append(reject_line_two_of_cli)
+    result = pipeline.index("acme/tools/cli", raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "acme/tools/cli" in failure.message and "cli.rs:2" in failure.message
+    assert "document_parsing_exception" in failure.message
+    # Not marked indexed: no es_index materialization for the partition.
+    assert pipeline.instance.get_latest_materialization_event(AssetKey("es_index")) is None
+
+
+def test_rejections_for_overload_are_retried_until_accepted(
+    pipeline: Pipeline,
+    corpus_repos: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.discover()
+    monkeypatch.setattr("gitlab_es_pipeline.clients.elasticsearch.time.sleep", lambda s: None)
+    rejected: dict[str, int] = {}
+
+    def busy_twice(kind, meta, source):
+        """The first 20 documents seen are rejected as overload twice each, then accepted."""
+        doc_id = meta["_id"]
+        if (doc_id not in rejected and len(rejected) >= 20) or rejected.get(doc_id, 0) >= 2:
+            return None
+        rejected[doc_id] = rejected.get(doc_id, 0) + 1
+        return {
+            "_index": "x",
+            "_id": meta["_id"],
+            "status": 429,
+            "error": {"type": "es_rejected_execution_exception", "reason": "queue full"},
+        }
+        return None
+
+    pipeline.es.item_faults.append(busy_twice)
+    pipeline.index("acme/backend")
+    assert len(rejected) == 20 and set(rejected.values()) == {2}
+    meta = _latest_metadata(pipeline, "es_index", "acme/backend")
+    assert meta["items_retried"] == 40
+    expected = expected_documents(
+        corpus_repos["acme/backend"],
+        ids["acme/backend"],
+        "acme/backend",
+        "main",
+        f"{pipeline.gitlab.url}/acme/backend",
+    )
+    assert pipeline.es.documents(INDEX) == expected.documents
+
+
+def test_the_index_is_created_with_the_mapping_behind_an_alias(
+    pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path
+) -> None:
+    _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.discover()
+    pipeline.index("other/lib")
+    client = pipeline.resources()["elasticsearch"].client()
+    aliases = client.indices.get_alias(name=INDEX).body
+    assert list(aliases) == [f"{INDEX}-v1"]
+    mapping = client.indices.get_mapping(index=INDEX).body[f"{INDEX}-v1"]["mappings"]
+    assert mapping["dynamic"] == "strict"
+    assert mapping["properties"]["line_content"]["fields"]["wildcard"]["type"] == "wildcard"
+    client.indices.refresh(index=INDEX)
+    hits = client.search(index=INDEX, query={"match": {"line_content": "version"}}, size=5)["hits"][
+        "hits"
+    ]
+    assert [h["_source"]["line_content"] for h in hits] == ["  VERSION = '1.0'"]
+
+
+def test_the_readme_example_queries_find_what_they_say(
+    pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path
+) -> None:
+    _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.discover()
+    pipeline.index_all()
+    client = pipeline.resources()["elasticsearch"].client()
+    client.indices.refresh(index=INDEX)
+
+    def lines(query: dict, **kw) -> list[tuple[str, str, int]]:
+        hits = client.search(index=INDEX, query=query, size=100, **kw)["hits"]["hits"]
+        return [
+            (
+                h["_source"]["repository_name"],
+                h["_source"]["file_path"],
+                h["_source"]["line_number"],
+            )
+            for h in hits
+        ]
+
+    # An identifier part: camelCase is split.
+    assert lines({"match": {"line_content": "response"}}) == [("acme/backend", "web/app.ts", 1)]
+    # Exact substring in one repository.
+    assert lines(
+        {
+            "bool": {
+                "filter": [{"term": {"repository_name": "acme/backend"}}],
+                "must": [{"wildcard": {"line_content.wildcard": {"value": "*print('hello*"}}}],
+            }
+        }
+    ) == [("acme/backend", "src/main.py", 5)]
+    # Under a folder, in Go files.
+    found = lines(
+        {
+            "bool": {
+                "filter": [
+                    {"term": {"file_path.tree": "src/lib"}},
+                    {"wildcard": {"file_path": "*.go"}},
+                ],
+                "must": [{"match": {"line_content": "func"}}],
+            }
+        },
+        sort=["repository_name", "file_path", "line_number"],
+    )
+    assert found == [("acme/backend", "src/lib/util.go", 4)]
