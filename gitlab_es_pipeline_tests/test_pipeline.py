@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter
+from dagster import AssetKey, AssetRecordsFilter
 
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline_tests.corpus import expected_documents
@@ -29,14 +29,9 @@ def _serve_corpus(pipeline: Pipeline, corpus: dict[str, Path], tmp_path: Path) -
 
 
 def _latest_metadata(pipeline: Pipeline, key: str, partition: str) -> dict:
-    records = pipeline.instance.get_event_records(
-        EventRecordsFilter(
-            DagsterEventType.ASSET_MATERIALIZATION,
-            asset_key=AssetKey(key),
-            asset_partitions=[partition],
-        ),
-        limit=1,
-    )
+    records = pipeline.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[partition]), limit=1
+    ).records
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
