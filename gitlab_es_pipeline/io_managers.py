@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
+    AssetKey,
     ConfigurableIOManagerFactory,
     InputContext,
     OutputContext,
@@ -59,7 +60,7 @@ class ParquetFile:
             return pq.ParquetFile(f).metadata.num_rows
 
 
-class _ParquetUPathIOManager(UPathIOManager):
+class ParquetStore(UPathIOManager):
     extension = ".parquet"
 
     def make_safe_partition_path(self, base_path: UPath, partition: str) -> UPath:
@@ -85,6 +86,16 @@ class _ParquetUPathIOManager(UPathIOManager):
     def load_from_path(self, context: InputContext, path: UPath) -> ParquetFile:
         return ParquetFile(path)
 
+    def partition_path(self, asset_key: AssetKey, partition: str) -> UPath:
+        """Where this IO manager keeps one partition of an asset (as handle_output does)."""
+        asset_path = self._base_path.joinpath(*asset_key.path)
+        return self._with_extension(self.make_safe_partition_path(asset_path, partition))
+
+    def read_partition(self, asset_key: AssetKey, partition: str) -> pa.Table | None:
+        """An asset's stored partition outside its own inputs (e.g. a previous state)."""
+        path = self.partition_path(asset_key, partition)
+        return ParquetFile(path).read() if path.exists() else None
+
 
 def default_storage_url() -> str:
     home = os.environ.get("DAGSTER_HOME")
@@ -97,5 +108,5 @@ class ParquetIOManager(ConfigurableIOManagerFactory):
     base_path: str = Field(default_factory=default_storage_url)
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
-    def create_io_manager(self, context: Any) -> _ParquetUPathIOManager:
-        return _ParquetUPathIOManager(base_path=UPath(self.base_path, **self.storage_options))
+    def create_io_manager(self, context: Any) -> ParquetStore:
+        return ParquetStore(base_path=UPath(self.base_path, **self.storage_options))

@@ -58,6 +58,11 @@ class IndexingResource(ConfigurableResource):
         description="gitignore-like globs of paths never indexed",
     )
     row_group_lines: int = Field(default=65536, description="Lines per Parquet row group")
+    max_files_fetched_alone: int = Field(
+        default=100,
+        description="An incremental run fetches up to this many changed files one by one; "
+        "more, and it streams the archive instead",
+    )
 
     def excluded_regex(self):
         return compile_globs(tuple(self.excluded_paths))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -15,7 +16,7 @@ from gitlab_es_pipeline.core.decoding import decode
 from gitlab_es_pipeline.core.documents import RepositorySnapshot, file_documents
 from gitlab_es_pipeline.core.filtering import SkipReason, content_skip_reason, tree_skip_reason
 from gitlab_es_pipeline.core.lines import count_lines
-from gitlab_es_pipeline.core.manifest import ManifestEntry
+from gitlab_es_pipeline.core.manifest import ManifestEntry, classify
 
 
 class RepositoryError(Exception):
@@ -34,6 +35,22 @@ class ScanSettings:
     max_line_chars: int
     excluded: re.Pattern[str] | None
     archive_format: str = "tar.gz"
+    # Up to this many changed files are fetched one by one; more, and the archive is cheaper.
+    max_files_fetched_alone: int = 100
+    fetch_workers: int = 4
+
+    def fingerprint(self) -> str:
+        """What decides a file's documents; when it changes, every file is read again."""
+        excluded = self.excluded.pattern if self.excluded is not None else ""
+        return (
+            f"max_file_bytes={self.max_file_bytes};max_line_chars={self.max_line_chars};"
+            f"excluded={excluded}"
+        )
+
+
+TREE_SKIP_REASONS = frozenset(
+    {SkipReason.SUBMODULE.value, SkipReason.SYMLINK.value, SkipReason.EXCLUDED.value}
+)
 
 
 @dataclass
@@ -59,6 +76,9 @@ class RepositoryScan:
         self.snapshot = snapshot
         self.settings = settings
         self.entries: dict[str, ManifestEntry] = {}
+        self.deleted: list[ManifestEntry] = []
+        self.wanted: set[str] = set()
+        self.use_archive = True
         self.stats = ScanStats()
 
     def _fail(self, problem: object, path: str | None = None) -> RepositoryError:
@@ -80,16 +100,37 @@ class RepositoryScan:
         except GitLabError as exc:
             raise self._fail(exc) from exc
 
+    def plan(self, base: dict[str, ManifestEntry] | None, read_everything: bool) -> None:
+        """Classify every path against the base and decide which files must be read.
+
+        With read_everything (no base, a full refresh, changed settings, a renamed project),
+        every file the tree does not rule out is read; otherwise only added, modified and
+        renamed ones.
+        """
+        self.deleted = classify(self.entries, base)
+        for entry in self.entries.values():
+            if read_everything and entry.skip_reason not in TREE_SKIP_REASONS:
+                entry.size = entry.line_count = entry.encoding = entry.skip_reason = None
+        self.wanted = {
+            path
+            for path, entry in self.entries.items()
+            if (read_everything and entry.skip_reason is None) or entry.needs_content()
+        }
+        # A full read streams the archive (one request); a few changed files come one by one.
+        self.use_archive = (
+            read_everything or len(self.wanted) > self.settings.max_files_fetched_alone
+        )
+
     def _scan_file(
-        self, entry: ManifestEntry, data: bytes | None, size: int
+        self, entry: ManifestEntry, size: int, read: Callable[[], bytes]
     ) -> pa.RecordBatch | None:
-        """`data` is None for a file too large to read."""
+        """Documents of one file; a file over the size cap is never read."""
         entry.size = size
-        reason = content_skip_reason(size, data or b"", self.settings.max_file_bytes)
+        data = b"" if size > self.settings.max_file_bytes else read()
+        reason = content_skip_reason(size, data, self.settings.max_file_bytes)
         if reason is not None:
             entry.skip_reason = reason.value
             return None
-        assert data is not None
         try:
             decoded = decode(data)
             entry.encoding = decoded.encoding
@@ -107,43 +148,57 @@ class RepositoryScan:
         return batch
 
     def documents(self) -> Iterator[pa.RecordBatch]:
-        """Line documents file by file; fills in size, lines and content skip reasons."""
+        """Line documents of the wanted files; fills in their size, lines and skip reasons."""
         started = time.monotonic()
-        pending = {path for path, e in self.entries.items() if e.skip_reason is None}
-        stream = None
         try:
-            if pending:
-                chunks = self.source.archive_chunks(
-                    self.snapshot.project_id, self.snapshot.commit_sha, self.settings.archive_format
-                )
-                stream = ChunkStream(chunks)
-                for member in iter_archive_files(stream):
-                    entry = self.entries.get(member.path)
-                    if entry is None or member.path not in pending:
-                        continue
-                    pending.discard(member.path)
-                    self.stats.files_from_archive += 1
-                    too_large = member.size > self.settings.max_file_bytes
-                    data = None if too_large else member.read()
-                    batch = self._scan_file(entry, data, member.size)
-                    if batch is not None:
-                        yield batch
-            for path in sorted(pending):
-                entry = self.entries[path]
-                data = self.source.raw_blob(self.snapshot.project_id, entry.blob_sha)
-                self.stats.files_fetched_alone += 1
-                too_large = len(data) > self.settings.max_file_bytes
-                batch = self._scan_file(entry, None if too_large else data, len(data))
-                if batch is not None:
-                    yield batch
+            pending = set(self.wanted)
+            if pending and self.use_archive:
+                yield from self._from_archive(pending)
+            yield from self._one_by_one(sorted(pending))
         except (ArchiveError, GitLabError) as exc:
             raise self._fail(exc) from exc
         except OSError as exc:  # the HTTP body broke off (requests' ChunkedEncodingError etc.)
-            raise self._fail(f"archive download broke off: {exc}") from exc
+            raise self._fail(f"download broke off: {exc}") from exc
         finally:
-            if stream is not None:
-                self.stats.archive_bytes = stream.bytes_read
             self.stats.seconds = time.monotonic() - started
+
+    def _from_archive(self, pending: set[str]) -> Iterator[pa.RecordBatch]:
+        """One streamed archive; what it yields is removed from pending."""
+        chunks = self.source.archive_chunks(
+            self.snapshot.project_id, self.snapshot.commit_sha, self.settings.archive_format
+        )
+        stream = ChunkStream(chunks)
+        try:
+            for member in iter_archive_files(stream):
+                if member.path not in pending:
+                    continue
+                pending.discard(member.path)
+                self.stats.files_from_archive += 1
+                batch = self._scan_file(self.entries[member.path], member.size, member.read)
+                if batch is not None:
+                    yield batch
+        finally:
+            self.stats.archive_bytes += stream.bytes_read
+
+    def _one_by_one(self, paths: list[str]) -> Iterator[pa.RecordBatch]:
+        """Raw blobs by id, a few at a time; also what the archive left out (export-ignore)."""
+        if not paths:
+            return
+        window = self.settings.fetch_workers * 4
+        with ThreadPoolExecutor(self.settings.fetch_workers) as pool:
+            for start in range(0, len(paths), window):
+                group = paths[start : start + window]
+                blobs = pool.map(
+                    lambda p: self.source.raw_blob(
+                        self.snapshot.project_id, self.entries[p].blob_sha
+                    ),
+                    group,
+                )
+                for path, data in zip(group, blobs, strict=True):
+                    self.stats.files_fetched_alone += 1
+                    batch = self._scan_file(self.entries[path], len(data), lambda d=data: d)
+                    if batch is not None:
+                        yield batch
 
     def skipped(self) -> dict[str, int]:
         counts = {reason.value: 0 for reason in SkipReason}

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
 from gitlab_es_pipeline_tests.corpus import build_corpus
 from gitlab_es_pipeline_tests.pipeline import Pipeline
+from gitlab_es_pipeline_tests.postgres import TempPostgres
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -34,12 +40,49 @@ def corpus_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[TempPostgres]:
+    # Not under pytest's tmp_path: that is private to root, and the server runs as `postgres`.
+    root = Path(tempfile.mkdtemp(prefix="gitlab-es-pipeline-pg-"))
+    server = TempPostgres(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
     home = tmp_path / "dagster_home"
     home.mkdir()
     with instance_for_test(temp_dir=str(home)) as inst:
         yield inst
+
+
+@pytest.fixture
+def project_instance(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DagsterInstance]:
+    """An instance from the project's own dagster.yaml, on SQLite or on a real PostgreSQL."""
+    home = tmp_path / "dagster_home_project"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    monkeypatch.delenv("DAGSTER_PG_HOST", raising=False)
+    if request.param == "postgres":
+        server: TempPostgres = request.getfixturevalue("postgres")
+        database = f"t{abs(hash(request.node.nodeid)) % 10**9}"
+        conn = psycopg2.connect(server.url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {database}")
+        conn.close()
+        monkeypatch.setenv("DAGSTER_PG_URL", server.url.rsplit("/", 1)[0] + "/" + database)
+    inst = DagsterInstance.from_config(str(home))
+    try:
+        yield inst
+    finally:
+        inst.dispose()
 
 
 @dataclass

@@ -146,9 +146,10 @@ def expected_documents(
     branch: str,
     web_url: str,
     known_text: dict[str, str] | None = None,
+    commit: str | None = None,
 ) -> Expected:
     known_text = KNOWN_TEXT if known_text is None else known_text
-    commit = run_git(repo, "rev-parse", f"refs/heads/{branch}").strip()
+    commit = commit or run_git(repo, "rev-parse", f"refs/heads/{branch}").strip()
     listing = run_git(
         repo, "-c", "core.quotepath=false", "ls-tree", "-r", "-z", "--full-tree", commit
     )
@@ -200,3 +201,51 @@ def _cat_blob(repo: Path, sha: str) -> bytes:
     return subprocess.run(
         ["git", "-C", str(repo), "cat-file", "blob", sha], check=True, capture_output=True
     ).stdout
+
+
+def _tree(repo: Path, commit: str) -> dict[str, tuple[str, str]]:
+    listing = run_git(
+        repo, "-c", "core.quotepath=false", "ls-tree", "-r", "-z", "--full-tree", commit
+    )
+    out = {}
+    for record in listing.split("\x00"):
+        if record:
+            meta, _, path = record.partition("\t")
+            mode, _type, sha = meta.split()
+            out[path] = (mode, sha)
+    return out
+
+
+def expected_after_runs(
+    repo: Path,
+    indexed_commits: list[str],
+    project_id: int,
+    repository_name: str,
+    branch: str,
+    web_url: str,
+    known_text: dict[str, str] | None = None,
+) -> Expected:
+    """The index after runs at each of indexed_commits, incremental from the first one.
+
+    A line's commit_sha (and link) is the indexed commit at which its file last changed:
+    unchanged files are not rewritten. Successive indexed commits are compared as trees,
+    so rewritten histories need nothing special.
+    """
+    head = indexed_commits[-1]
+    expected = expected_documents(
+        repo, project_id, repository_name, branch, web_url, known_text, commit=head
+    )
+    trees = [_tree(repo, c) for c in indexed_commits]
+    written_at: dict[str, str] = {}
+    for path in trees[-1]:
+        i = len(trees) - 1
+        while i > 0 and trees[i - 1].get(path) == trees[i][path]:
+            i -= 1
+        written_at[path] = indexed_commits[i]
+    for doc in expected.documents.values():
+        commit = written_at[doc["file_path"]]
+        doc["commit_sha"] = commit
+        doc["web_url"] = (
+            f"{web_url}/-/blob/{commit}/{quote(doc['file_path'])}#L{doc['line_number']}"
+        )
+    return expected

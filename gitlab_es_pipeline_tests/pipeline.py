@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
+from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.io_managers import ParquetIOManager
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
+from gitlab_es_pipeline.sensors import SensorLimits, evaluate_tick
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
@@ -26,6 +29,7 @@ class Pipeline:
     storage: Path
     groups: str = ""
     indexing: dict[str, Any] = field(default_factory=dict)
+    sensor_cursor: str | None = None
 
     def resources(self) -> dict[str, Any]:
         return {
@@ -45,7 +49,9 @@ class Pipeline:
     def partitions(self) -> list[str]:
         return sorted(self.instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
 
-    def index(self, partition: str, raise_on_error: bool = True) -> ExecuteInProcessResult:
+    def index(
+        self, partition: str, raise_on_error: bool = True, full_refresh: bool = False
+    ) -> ExecuteInProcessResult:
         return materialize(
             [manifest_and_line_documents, es_index, repositories],
             selection=[manifest_and_line_documents, es_index],
@@ -53,7 +59,30 @@ class Pipeline:
             instance=self.instance,
             resources=self.resources(),
             raise_on_error=raise_on_error,
+            run_config={
+                "ops": {"manifest_and_line_documents": {"config": {"full_refresh": full_refresh}}}
+            },
         )
+
+    def sensor_tick(self, limits: SensorLimits | None = None) -> list[tuple[str, str, str]]:
+        """One evaluation of the HEAD-commit sensor; its cursor is kept between calls."""
+        tick = evaluate_tick(
+            self.instance,
+            self.resources()["gitlab"].source(),
+            self.resources()["gitlab"].group_paths(),
+            TrackerCursor.from_json(self.sensor_cursor),
+            limits or SensorLimits(recheck_seconds=0),
+            time.time(),
+        )
+        self.sensor_cursor = tick.cursor.to_json()
+        return tick.runs
+
+    def run_sensor_requests(self, limits: SensorLimits | None = None) -> list[str]:
+        """A tick, then the runs it asked for (as the daemon would launch them)."""
+        runs = self.sensor_tick(limits)
+        for key, _commit, _run_key in runs:
+            self.index(key)
+        return [key for key, _, _ in runs]
 
     def index_all(self) -> None:
         for key in self.partitions():

@@ -18,7 +18,6 @@ from gitlab_es_pipeline.core.documents import (
     document_ids,
     file_documents,
 )
-from gitlab_es_pipeline.core.manifest import ManifestEntry, manifest_table, snapshot_of, summarize
 
 SNAPSHOT = RepositorySnapshot(
     7, "acme/backend", "main", "c" * 40, "https://gitlab.example.com/acme/backend"
@@ -94,23 +93,3 @@ def test_chunks_are_bounded_by_bytes_and_count() -> None:
     assert all(sum(len(o.payload) for o in c) <= size * 3 for c in chunks)
     # One operation larger than the limit still goes, alone.
     assert list(chunk_operations(ops[:2], max_bytes=1, max_docs=10)) == [[ops[0]], [ops[1]]]
-
-
-def test_manifest_round_trip_and_summary() -> None:
-    entries = [
-        ManifestEntry("b.py", "1" * 40, "100644", size=10, line_count=3, encoding="utf-8"),
-        ManifestEntry("a.py", "2" * 40, "100644", size=5, line_count=1, encoding="utf-8"),
-        ManifestEntry("img.png", "3" * 40, "100644", size=99, skip_reason="binary"),
-        ManifestEntry("link", "4" * 40, "120000", skip_reason="symlink"),
-    ]
-    table = manifest_table(SNAPSHOT, entries)
-    assert table.column("path").to_pylist() == ["a.py", "b.py", "img.png", "link"]
-    assert snapshot_of(table) == SNAPSHOT
-    summary = summarize(table)
-    assert (summary.files, summary.indexed_files, summary.lines, summary.indexed_bytes) == (
-        4,
-        2,
-        4,
-        15,
-    )
-    assert summary.skipped == {"binary": 1, "symlink": 1}

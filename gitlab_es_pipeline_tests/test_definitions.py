@@ -4,9 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance
+import pytest
+from dagster import AssetKey
 
 from gitlab_es_pipeline.definitions import defs
+from gitlab_es_pipeline.storage import postgres_url_from_env, with_psycopg2_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,12 +44,30 @@ def test_secrets_are_env_vars_not_values(monkeypatch) -> None:
     assert "GITLAB_TOKEN" in out and "ELASTICSEARCH_API_KEY" in out
 
 
-def test_workspace_and_dagster_yaml_load(tmp_path: Path) -> None:
+def test_workspace_names_the_definitions() -> None:
     workspace = (ROOT / "workspace.yaml").read_text()
     assert "gitlab_es_pipeline.definitions" in workspace
-    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    instance = DagsterInstance.from_config(str(tmp_path))
-    try:
-        assert instance.run_storage is not None
-    finally:
-        instance.dispose()
+
+
+@pytest.mark.parametrize("project_instance", ["sqlite", "postgres"], indirect=True)
+def test_dagster_yaml_selects_the_storage_from_the_environment(project_instance, request) -> None:
+    storage = type(project_instance.get_ref().storage).__name__
+    expected = (
+        "DagsterPostgresStorage" if "postgres" in request.node.name else "DagsterSqliteStorage"
+    )
+    assert storage == expected
+    # And it works: a run record goes in and comes back out.
+    assert project_instance.get_runs() == []
+
+
+def test_postgres_url_from_the_environment() -> None:
+    assert postgres_url_from_env({}) is None
+    assert postgres_url_from_env({"DAGSTER_PG_URL": "postgresql://u@h/d"}) == "postgresql://u@h/d"
+    assert (
+        postgres_url_from_env(
+            {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_USER": "me", "DAGSTER_PG_PASSWORD": "p@ss/word"}
+        )
+        == "postgresql://me:p%40ss%2Fword@db:5432/dagster"
+    )
+    assert with_psycopg2_driver("postgres://x") == "postgresql+psycopg2://x"
+    assert with_psycopg2_driver("postgresql+psycopg://x") == "postgresql+psycopg://x"

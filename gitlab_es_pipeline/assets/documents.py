@@ -1,4 +1,4 @@
-"""file_manifest and line_documents: one step, because both come from one archive download."""
+"""file_manifest and line_documents: one step, because both come from one read of the repository."""
 
 import os
 import tempfile
@@ -9,11 +9,14 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetOut,
+    Config,
     DataVersion,
     MetadataValue,
     Output,
+    ResourceParam,
     multi_asset,
 )
+from pydantic import Field
 
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
 from gitlab_es_pipeline.core.documents import (
@@ -21,12 +24,27 @@ from gitlab_es_pipeline.core.documents import (
     RepositorySnapshot,
     coalesce_batches,
 )
-from gitlab_es_pipeline.core.manifest import manifest_table, summarize
+from gitlab_es_pipeline.core.manifest import (
+    BuildMode,
+    ManifestHeader,
+    current_entries,
+    manifest_table,
+    summarize,
+)
 from gitlab_es_pipeline.core.projects import Project
-from gitlab_es_pipeline.io_managers import stage_parquet
+from gitlab_es_pipeline.io_managers import ParquetStore, stage_parquet
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.resources import GitLabResource, IndexingResource
 from gitlab_es_pipeline.scanning import RepositoryScan, ScanSettings
+from gitlab_es_pipeline.state import ES_INDEX, last_indexed
+
+
+class IndexRunConfig(Config):
+    full_refresh: bool = Field(
+        default=False,
+        description="Rebuild this repository's documents from scratch and remove everything "
+        "stale, instead of updating only what changed since the last indexed commit.",
+    )
 
 
 def _snapshot(source: GitLabSource, key: str) -> RepositorySnapshot:
@@ -43,6 +61,30 @@ def _snapshot(source: GitLabSource, key: str) -> RepositorySnapshot:
     )
 
 
+def _choose_mode(
+    context: AssetExecutionContext,
+    config: IndexRunConfig,
+    snapshot: RepositorySnapshot,
+    store: ParquetStore,
+) -> tuple[BuildMode, ManifestHeader | None, Any]:
+    """Incremental against the indexed manifest when there is a trustworthy one."""
+    state = last_indexed(context.instance, context.partition_key)
+    if state is None:
+        return BuildMode.FULL, None, None
+    stored = store.read_partition(ES_INDEX, context.partition_key)
+    header = ManifestHeader.of(stored) if stored is not None else None
+    if header is None or header.snapshot.commit_sha != state.commit_sha:
+        # The indexed manifest is missing or is not the one Dagster recorded (a run died
+        # between the two): only a full rebuild is sure to leave nothing stale behind.
+        context.log.warning(
+            f"{snapshot.repository_name}: no stored manifest for indexed commit "
+            f"{state.commit_sha}; rebuilding in full"
+        )
+        return BuildMode.FULL_REFRESH, header, stored
+    mode = BuildMode.FULL_REFRESH if config.full_refresh else BuildMode.INCREMENTAL
+    return mode, header, stored
+
+
 @multi_asset(
     outs={
         "file_manifest": AssetOut(
@@ -50,13 +92,14 @@ def _snapshot(source: GitLabSource, key: str) -> RepositorySnapshot:
             kinds={"gitlab", "parquet"},
             owners=["team:data-platform"],
             description="Every file at the default branch's HEAD: blob, mode, size, lines, "
-            "and why it is skipped if it is.",
+            "why it is skipped if it is, and how it changed since the last indexed commit.",
         ),
         "line_documents": AssetOut(
             io_manager_key="parquet_io_manager",
             kinds={"parquet"},
             owners=["team:data-platform"],
-            description="One document per line of every indexed file, as Elasticsearch gets it.",
+            description="One document per line of every added, modified or renamed file "
+            "(every file on a full load), as Elasticsearch gets it.",
         ),
     },
     internal_asset_deps={
@@ -69,32 +112,55 @@ def _snapshot(source: GitLabSource, key: str) -> RepositorySnapshot:
     can_subset=False,
 )
 def manifest_and_line_documents(
-    context: AssetExecutionContext, gitlab: GitLabResource, indexing: IndexingResource
+    context: AssetExecutionContext,
+    config: IndexRunConfig,
+    gitlab: GitLabResource,
+    indexing: IndexingResource,
+    parquet_io_manager: ResourceParam[ParquetStore],
 ) -> Iterator[Output[Any]]:
-    """Tree listing (blob ids) plus one streamed archive read (content) of one repository."""
+    """Tree listing (blob ids), then only the files that changed since the indexed commit."""
     source = gitlab.source()
     snapshot = _snapshot(source, context.partition_key)
-    context.log.info(f"{snapshot.repository_name}: {snapshot.branch} at {snapshot.commit_sha}")
-    scan = RepositoryScan(
-        source,
-        snapshot,
-        ScanSettings(
-            max_file_bytes=indexing.max_file_bytes,
-            max_line_chars=indexing.max_line_chars,
-            excluded=indexing.excluded_regex(),
-            archive_format=gitlab.archive_format,
-        ),
+    settings = ScanSettings(
+        max_file_bytes=indexing.max_file_bytes,
+        max_line_chars=indexing.max_line_chars,
+        excluded=indexing.excluded_regex(),
+        archive_format=gitlab.archive_format,
+        max_files_fetched_alone=indexing.max_files_fetched_alone,
     )
+    mode, base_header, base_table = _choose_mode(context, config, snapshot, parquet_io_manager)
+    scan = RepositoryScan(source, snapshot, settings)
     scan.list_tree()
-
+    identity_changed = base_header is not None and (
+        base_header.snapshot.repository_name,
+        base_header.snapshot.branch,
+        base_header.snapshot.web_url,
+    ) != (snapshot.repository_name, snapshot.branch, snapshot.web_url)
+    read_everything = (
+        mode is not BuildMode.INCREMENTAL
+        or identity_changed
+        or (base_header is not None and base_header.settings != settings.fingerprint())
+    )
+    scan.plan(current_entries(base_table) if base_table is not None else None, read_everything)
+    context.log.info(
+        f"{snapshot.repository_name}: {snapshot.branch} at {snapshot.commit_sha}, {mode.value} "
+        f"against {base_header.snapshot.commit_sha if base_header else 'nothing'}; "
+        f"{len(scan.wanted)} of {len(scan.entries)} files to read"
+    )
+    header = ManifestHeader(
+        snapshot=snapshot,
+        mode=mode,
+        base_commit=base_header.snapshot.commit_sha if base_header else None,
+        settings=settings.fingerprint(),
+    )
     with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
-        # Stream the archive once: documents go to a staged Parquet file, the manifest fills in.
+        # Documents go to a staged Parquet file as they are read; the manifest fills in.
         documents = stage_parquet(
             os.path.join(staging, "line_documents.parquet"),
             LINE_DOCUMENT_SCHEMA,
             coalesce_batches(scan.documents(), indexing.row_group_lines, LINE_DOCUMENT_SCHEMA),
         )
-        manifest = manifest_table(snapshot, scan.entries.values())
+        manifest = manifest_table(header, [*scan.entries.values(), *scan.deleted])
         summary = summarize(manifest)
         stats = scan.stats
         yield Output(
@@ -107,10 +173,14 @@ def manifest_and_line_documents(
                 "commit_sha": snapshot.commit_sha,
                 "branch": snapshot.branch,
                 "project": MetadataValue.url(snapshot.web_url),
+                "mode": mode.value,
+                "base_commit": header.base_commit or "",
                 "files": summary.files,
                 "files_indexed": summary.indexed_files,
                 "files_skipped": summary.files - summary.indexed_files,
                 **{f"skipped_{reason}": n for reason, n in scan.skipped().items()},
+                **{f"files_{change}": summary.changes.get(change, 0) for change in _CHANGES},
+                "files_read": len(scan.wanted),
                 "lines": summary.lines,
                 "bytes": summary.indexed_bytes,
                 "gitlab_requests": MetadataValue.json(dict(source.requests)),
@@ -123,6 +193,8 @@ def manifest_and_line_documents(
             metadata={
                 "dagster/row_count": documents.rows,
                 "commit_sha": snapshot.commit_sha,
+                "mode": mode.value,
+                "files_read": len(scan.wanted),
                 "files_from_archive": stats.files_from_archive,
                 "files_fetched_alone": stats.files_fetched_alone,
                 "archive_bytes": stats.archive_bytes,
@@ -130,3 +202,6 @@ def manifest_and_line_documents(
                 "lines_per_second": round(stats.lines / stats.seconds) if stats.seconds else 0,
             },
         )
+
+
+_CHANGES = ("added", "modified", "deleted", "renamed", "unchanged")

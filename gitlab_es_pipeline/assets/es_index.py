@@ -1,76 +1,125 @@
-"""es_index: the line documents of one repository, written to Elasticsearch."""
+"""es_index: the repository's documents in Elasticsearch, and the manifest of what is there."""
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
+import pyarrow.compute as pc
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     DataVersion,
     Failure,
-    MaterializeResult,
     MetadataValue,
+    Output,
     asset,
 )
 
-from gitlab_es_pipeline.core.bulk import index_operations
-from gitlab_es_pipeline.core.manifest import snapshot_of, summarize
+from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
+from gitlab_es_pipeline.core.manifest import (
+    BuildMode,
+    Change,
+    ManifestHeader,
+    entries_of,
+    stale_document_ids,
+    summarize,
+)
 from gitlab_es_pipeline.io_managers import ParquetFile
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.resources import ElasticsearchResource
 
+DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
 _FAILURES_SHOWN = 20
 
 
 @asset(
     ins={"file_manifest": AssetIn(), "line_documents": AssetIn()},
     partitions_def=repository_partitions,
+    io_manager_key="parquet_io_manager",
     group_name="elasticsearch",
-    kinds={"elasticsearch"},
+    kinds={"elasticsearch", "parquet"},
     owners=["team:data-platform"],
+    check_specs=[
+        AssetCheckSpec(
+            DOCUMENT_COUNT_CHECK,
+            asset="es_index",
+            description="Documents in Elasticsearch for the repository = lines in its manifest",
+        )
+    ],
 )
 def es_index(
     context: AssetExecutionContext,
     elasticsearch: ElasticsearchResource,
     file_manifest: ParquetFile,
     line_documents: ParquetFile,
-) -> MaterializeResult:
-    """The repository's line documents in Elasticsearch; the indexed commit is the data version."""
+) -> Iterator[Any]:
+    """Writes the new documents, deletes exactly the stale ones, records the indexed commit.
+
+    Its stored value is the manifest of what the index now holds for the repository: the base
+    that the next incremental run compares against.
+    """
     started = time.monotonic()
     manifest = file_manifest.read()
-    snapshot = snapshot_of(manifest)
+    header = ManifestHeader.of(manifest)
+    snapshot = header.snapshot
     summary = summarize(manifest)
     index = elasticsearch.line_index()
     index.ensure()
-    operations = (op for batch in line_documents.iter_batches() for op in index_operations(batch))
-    report = index.write(operations)
+    written = index.write(
+        op for batch in line_documents.iter_batches() for op in index_operations(batch)
+    )
+    stale = stale_document_ids(snapshot.project_id, entries_of(manifest))
+    deleted = index.write(delete_operations(stale))
+    written.merge(deleted)
+    swept = 0
+    if header.mode is BuildMode.FULL_REFRESH and not written.failed:
+        swept = index.delete_other_commits(snapshot.project_id, snapshot.commit_sha)
     outcome = {
-        "documents_written": report.succeeded,
-        "documents_failed": report.failed,
-        "items_retried": report.retried_items,
-        "bulk_requests": report.requests,
-        "bulk_bytes": report.bytes_sent,
-        "results": MetadataValue.json(dict(report.results)),
+        "documents_written": written.succeeded - deleted.succeeded,
+        "documents_deleted": deleted.results.get("deleted", 0) + swept,
+        "documents_failed": written.failed,
+        "items_retried": written.retried_items,
+        "bulk_requests": written.requests,
+        "bulk_bytes": written.bytes_sent,
     }
-    if report.failed:
-        shown = "\n".join(f"- {f}" for f in report.failures[:_FAILURES_SHOWN])
+    if written.failed:
+        shown = "\n".join(f"- {f}" for f in written.failures[:_FAILURES_SHOWN])
         raise Failure(
-            description=f"{snapshot.repository_name}: Elasticsearch rejected {report.failed} of "
-            f"{report.failed + report.succeeded} line documents; commit {snapshot.commit_sha} "
-            f"is not marked indexed.\n{shown}",
+            description=f"{snapshot.repository_name}: Elasticsearch rejected {written.failed} "
+            f"operations; commit {snapshot.commit_sha} is not marked indexed.\n{shown}",
             metadata={**outcome, "failures": MetadataValue.md(shown)},
         )
-    return MaterializeResult(
+    indexed = manifest.filter(
+        pc.fill_null(pc.not_equal(manifest["change"], Change.DELETED.value), True)
+    )
+    yield Output(
+        indexed,
         data_version=DataVersion(snapshot.commit_sha),
         metadata={
             "commit": MetadataValue.url(f"{snapshot.web_url}/-/commit/{snapshot.commit_sha}"),
             "commit_sha": snapshot.commit_sha,
+            "project_id": snapshot.project_id,
             "branch": snapshot.branch,
             "project": MetadataValue.url(snapshot.web_url),
+            "mode": header.mode.value,
+            "base_commit": header.base_commit or "",
             "index": elasticsearch.index,
             "files": summary.indexed_files,
             "lines": summary.lines,
             "bytes": summary.indexed_bytes,
+            **{f"files_{change}": n for change, n in summary.changes.items()},
             "duration_seconds": round(time.monotonic() - started, 3),
             **outcome,
         },
+    )
+    index.refresh()
+    in_index = index.count(snapshot.project_id, snapshot.repository_name)
+    yield AssetCheckResult(
+        check_name=DOCUMENT_COUNT_CHECK,
+        passed=in_index == summary.lines,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"documents_in_index": in_index, "lines_in_manifest": summary.lines},
     )

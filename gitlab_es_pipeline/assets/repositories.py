@@ -12,7 +12,8 @@ from dagster import (
 
 from gitlab_es_pipeline.core.projects import Project, is_indexable, projects_table
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
-from gitlab_es_pipeline.resources import GitLabResource
+from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
+from gitlab_es_pipeline.state import forget, last_indexed
 
 _PREVIEW_ROWS = 200  # the full list is the asset's Parquet file
 
@@ -23,8 +24,15 @@ _PREVIEW_ROWS = 200  # the full list is the asset's Parquet file
     kinds={"gitlab", "parquet"},
     owners=["team:data-platform"],
 )
-def repositories(context: AssetExecutionContext, gitlab: GitLabResource) -> pa.Table:
-    """Every non-archived, non-empty project (in GITLAB_GROUPS if set), one partition each."""
+def repositories(
+    context: AssetExecutionContext, gitlab: GitLabResource, elasticsearch: ElasticsearchResource
+) -> pa.Table:
+    """Every non-archived, non-empty project (in GITLAB_GROUPS if set), one partition each.
+
+    A repository that is gone (deleted, archived, emptied, renamed, moved out of the groups)
+    loses its partition, its documents and its indexed state, in that order of safety: the
+    documents go first, so a failure leaves the partition to be removed again next hour.
+    """
     source = gitlab.source()
     found: dict[int, Project] = {}
     left_out = 0
@@ -39,8 +47,16 @@ def repositories(context: AssetExecutionContext, gitlab: GitLabResource) -> pa.T
     added, removed = sorted(keys - existing), sorted(existing - keys)
     if added:
         context.instance.add_dynamic_partitions(REPOSITORIES_PARTITION, added)
-    for key in removed:
-        context.instance.delete_dynamic_partition(REPOSITORIES_PARTITION, key)
+    documents_deleted = 0
+    if removed:
+        index = elasticsearch.line_index()
+        for key in removed:
+            state = last_indexed(context.instance, key)
+            deleted = index.delete_repository(state.project_id, key) if state is not None else 0
+            forget(context.instance, key, deleted)
+            documents_deleted += deleted
+            context.instance.delete_dynamic_partition(REPOSITORIES_PARTITION, key)
+            context.log.info(f"{key}: gone from GitLab; partition and documents removed")
     table = projects_table(list(found.values()))
     context.log.info(f"{len(keys)} repositories: {len(added)} added, {len(removed)} removed")
     context.add_output_metadata(
@@ -48,6 +64,7 @@ def repositories(context: AssetExecutionContext, gitlab: GitLabResource) -> pa.T
             "dagster/row_count": table.num_rows,
             "partitions_added": len(added),
             "partitions_removed": len(removed),
+            "documents_deleted": documents_deleted,
             "projects_left_out": MetadataValue.int(left_out),
             "gitlab_requests": MetadataValue.json(dict(source.requests)),
             "projects": MetadataValue.table(

@@ -184,7 +184,40 @@ class LineIndex:
     def refresh(self) -> None:
         self.client.indices.refresh(index=self.name)
 
-    def count(self, project_id: int) -> int:
+    def count(self, project_id: int, repository_name: str | None = None) -> int:
         return int(
-            self.client.count(index=self.name, query={"term": {"project_id": project_id}})["count"]
+            self.client.count(
+                index=self.name, query=_repository_query(project_id, repository_name)
+            )["count"]
         )
+
+    def _delete_by_query(self, query: dict[str, Any]) -> int:
+        """For whole-repository sweeps only (removal, full refresh); never for ordinary updates."""
+        self.refresh()  # the sweep must see what this run just wrote
+        response = self.client.delete_by_query(
+            index=self.name, query=query, conflicts="proceed", refresh=True, slices="auto"
+        )
+        return int(response.get("deleted", 0))
+
+    def delete_other_commits(self, project_id: int, commit_sha: str) -> int:
+        """After a full refresh: everything of the project not written at this commit is stale."""
+        query = {
+            "bool": {
+                "filter": [{"term": {"project_id": project_id}}],
+                "must_not": [{"term": {"commit_sha": commit_sha}}],
+            }
+        }
+        return self._delete_by_query(query)
+
+    def delete_repository(self, project_id: int | None, repository_name: str) -> int:
+        """Every document of a repository that left the fleet (deleted, archived, moved)."""
+        return self._delete_by_query(_repository_query(project_id, repository_name))
+
+
+def _repository_query(project_id: int | None, repository_name: str | None) -> dict[str, Any]:
+    terms: list[dict[str, Any]] = []
+    if project_id is not None:
+        terms.append({"term": {"project_id": project_id}})
+    if repository_name is not None:
+        terms.append({"term": {"repository_name": repository_name}})
+    return {"bool": {"filter": terms}}

@@ -6,6 +6,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import gitlab
@@ -22,11 +23,19 @@ _REQUEST_KINDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"/repository/tree", "tree"),
         (r"/repository/branches/", "branch"),
         (r"/repository/compare", "compare"),
+        (r"/repository/commits", "commits"),
         (r"/groups/[^/]+/projects", "projects_list"),
         (r"/projects/?$", "projects_list"),
         (r"/projects/[^/]+/?$", "project"),
     )
 )
+
+
+def _instant(value: str | None) -> datetime:
+    if not value:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def request_kind(path: str) -> str:
@@ -116,6 +125,45 @@ class GitLabSource:
                     yield project.attributes
         except GitlabError as exc:
             raise _explain(exc, "the project list") from exc
+
+    def recently_active(self, groups: Sequence[str], since: str) -> Iterator[dict[str, Any]]:
+        """Projects whose last_activity_at is after `since` (ISO 8601), newest first.
+
+        Ordered by activity, the listing stops at the first older project: its cost follows
+        how many projects were active, not how many there are.
+        """
+        options = {
+            "order_by": "last_activity_at",
+            "sort": "desc",
+            "archived": False,
+            "last_activity_after": since,
+            **self._list_options(),
+        }
+        listings = (
+            [self.gl.projects.list(**options)]
+            if not groups
+            else [
+                self.gl.groups.get(g, lazy=True).projects.list(include_subgroups=True, **options)
+                for g in groups
+            ]
+        )
+        try:
+            for listing in listings:
+                for project in listing:
+                    if _instant(project.attributes.get("last_activity_at")) <= _instant(since):
+                        break
+                    yield project.attributes
+        except GitlabError as exc:
+            raise _explain(exc, "the list of recently active projects") from exc
+
+    def default_branch_head(self, path_with_namespace: str) -> str | None:
+        """The newest commit of the default branch, in one request; None for an empty project."""
+        project = self.gl.projects.get(path_with_namespace, lazy=True)
+        try:
+            commits = project.commits.list(per_page=1, get_all=False, max_retries=self.max_retries)
+        except GitlabError as exc:
+            raise _explain(exc, f"the commits of {path_with_namespace!r}") from exc
+        return commits[0].id if commits else None
 
     def project(self, path_with_namespace: str) -> dict[str, Any]:
         try:

@@ -216,6 +216,14 @@ class ElasticsearchStandIn(StandInServer):
                 return self._search(targets, request.json() or {})
             if op == "_delete_by_query":
                 return self._delete_by_query(targets, request.json() or {})
+            if op == "_doc" and len(rest) == 2 and method in ("PUT", "POST", "DELETE"):
+                kind = "delete" if method == "DELETE" else "index"
+                item = self._bulk_item(kind, {"_id": rest[1]}, request.json(), name)
+                if request.query.get("refresh") in ("", "true", "wait_for") and "_index" in item:
+                    self.indices[item["_index"]].refresh()
+                if "error" in item:
+                    return _error(item["status"], item["error"]["type"], item["error"]["reason"])
+                return Response(item["status"], item)
             if op == "_doc" and len(rest) == 2:
                 for index in targets:
                     if rest[1] in index.docs:

@@ -49,6 +49,12 @@ class StandInProject:
     last_activity_at: str = field(default_factory=_now_iso)
     created_at: str = field(default_factory=_now_iso)
 
+    def record_push(self, throttle_seconds: float = 3600) -> None:
+        """What a push does to last_activity_at: GitLab updates it at most once an hour."""
+        now = datetime.now(timezone.utc)
+        if (now - _instant(self.last_activity_at)).total_seconds() >= throttle_seconds:
+            self.last_activity_at = _now_iso()
+
     @property
     def namespace(self) -> str:
         return self.path_with_namespace.rpartition("/")[0]
@@ -101,6 +107,11 @@ class RecordedRequest:
     path: str  # decoded, without /api/v4
     query: dict[str, str]
     status: int
+
+
+def _instant(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _truthy(value: str | None) -> bool:
@@ -217,6 +228,8 @@ class GitLabStandIn(StandInServer):
             return self._tree(request, project)
         if what.startswith("archive") and len(rest) == 2:
             return self._archive(request, project, what)
+        if what == "commits" and len(rest) == 2:
+            return self._commits(request, project)
         if what == "blobs" and len(rest) == 4 and rest[3] == "raw":
             return self._raw_blob(project, rest[2])
         if what == "files" and len(rest) == 4 and rest[3] == "raw":
@@ -258,8 +271,8 @@ class GitLabStandIn(StandInServer):
         if "archived" in q:
             projects = [p for p in projects if p.archived == _truthy(q["archived"])]
         if q.get("last_activity_after"):
-            after = q["last_activity_after"]
-            projects = [p for p in projects if p.last_activity_at > after]
+            after = _instant(q["last_activity_after"])
+            projects = [p for p in projects if _instant(p.last_activity_at) > after]
         if q.get("id_after"):
             projects = [p for p in projects if p.id > int(q["id_after"])]
         order_by = q.get("order_by", "created_at")
@@ -269,7 +282,7 @@ class GitLabStandIn(StandInServer):
             "id": lambda p: p.id,
             "path": lambda p: p.path_with_namespace,
             "name": lambda p: p.path_with_namespace,
-            "last_activity_at": lambda p: p.last_activity_at,
+            "last_activity_at": lambda p: (_instant(p.last_activity_at), p.id),
         }.get(order_by, lambda p: (p.created_at, p.id))
         return sorted(projects, key=key, reverse=q.get("sort", "desc") == "desc")
 
@@ -450,6 +463,29 @@ class GitLabStandIn(StandInServer):
             },
             stream=body(),
         )
+
+    def _commits(self, request: Request, project: StandInProject) -> Response:
+        if project.empty_repo:
+            return Response(
+                200, [], {"X-Page": "1", "X-Per-Page": str(_per_page(request)), "X-Next-Page": ""}
+            )
+        sha = self._resolve(project, request.query.get("ref_name"))
+        if sha is None:
+            return Response(404, {"message": "404 Not Found"})
+        out = git(project.repo, "log", "--format=%H%x00%s%x00%cI%x00%an", "-n", "200", sha).decode()
+        commits = []
+        for line in out.splitlines():
+            commit, title, date, author = line.split("\x00")
+            commits.append(
+                {
+                    "id": commit,
+                    "short_id": commit[:8],
+                    "title": title,
+                    "committed_date": date,
+                    "author_name": author,
+                }
+            )
+        return self._offset_page(request, f"/projects/{project.id}/repository/commits", commits)
 
     def _raw_blob(self, project: StandInProject, sha: str) -> Response:
         try:

@@ -1,0 +1,94 @@
+"""The indexed state of a repository, read from Dagster's own storage.
+
+The last indexed commit is the newest `es_index` materialization of the partition (its data
+version and `commit_sha` metadata). There is no other store of it. When a repository leaves
+the fleet, its documents are deleted and an `es_index` *observation* with `removed: true` is
+recorded: a materialization older than that observation no longer counts, so a repository
+that comes back starts over. (Dagster's open-source storages cannot wipe one partition.)
+"""
+
+from dataclasses import dataclass
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+)
+
+ES_INDEX = AssetKey("es_index")
+
+
+@dataclass(frozen=True)
+class IndexedState:
+    commit_sha: str
+    project_id: int | None
+    storage_id: int
+    timestamp: float
+
+
+def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | None:
+    only = AssetRecordsFilter(asset_key=ES_INDEX, asset_partitions=[partition])
+    records = instance.fetch_materializations(only, limit=1).records
+    if not records:
+        return None
+    record = records[0]
+    removals = instance.fetch_observations(only, limit=1).records
+    if removals and removals[0].storage_id > record.storage_id:
+        return None
+    metadata = record.asset_materialization.metadata if record.asset_materialization else {}
+    commit = metadata.get("commit_sha")
+    if commit is None:
+        return None
+    project = metadata.get("project_id")
+    return IndexedState(
+        commit_sha=str(commit.value),
+        project_id=int(project.value) if project is not None else None,
+        storage_id=record.storage_id,
+        timestamp=record.timestamp,
+    )
+
+
+@dataclass(frozen=True)
+class FleetState:
+    indexed: set[str]  # partitions with a materialization newer than any removal
+    removed_at: dict[str, int]  # partition -> storage id of its newest removal
+
+    def epoch(self, partition: str) -> str:
+        """Changes each time a repository is removed, so that its comeback is a new run."""
+        removed = self.removed_at.get(partition)
+        return f"r{removed}" if removed else ""
+
+
+def fleet_state(instance: DagsterInstance) -> FleetState:
+    """Which partitions are indexed, for the whole fleet in two queries."""
+    latest = instance.get_latest_storage_id_by_partition(
+        ES_INDEX, DagsterEventType.ASSET_MATERIALIZATION
+    )
+    removed_at: dict[str, int] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_observations(
+            AssetRecordsFilter(asset_key=ES_INDEX), limit=1000, cursor=cursor
+        )
+        for record in page.records:
+            key = record.partition_key
+            if key is not None:
+                removed_at[key] = max(removed_at.get(key, 0), record.storage_id)
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    indexed = {key for key, sid in latest.items() if sid > removed_at.get(key, 0)}
+    return FleetState(indexed, removed_at)
+
+
+def forget(instance: DagsterInstance, partition: str, documents_deleted: int) -> None:
+    """Record that the repository's documents are gone, so its old state no longer counts."""
+    instance.report_runless_asset_event(
+        AssetObservation(
+            asset_key=ES_INDEX,
+            partition=partition,
+            metadata={"removed": True, "documents_deleted": documents_deleted},
+        )
+    )

@@ -1,0 +1,67 @@
+"""Dagster storage chosen by the environment: PostgreSQL when configured, else SQLite.
+
+dagster.yaml cannot choose between storages by itself, so it names this class as a custom
+storage. With DAGSTER_PG_URL, or DAGSTER_PG_HOST (+ DAGSTER_PG_PORT, DAGSTER_PG_USER,
+DAGSTER_PG_PASSWORD, DAGSTER_PG_DB), runs, event logs and schedules go to PostgreSQL through
+dagster-postgres; otherwise to Dagster's embedded SQLite files under DAGSTER_HOME.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from dagster import Field, StringSource
+from dagster._core.storage.base_storage import DagsterStorage
+from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
+
+
+def postgres_url_from_env(env: Mapping[str, str] = os.environ) -> str | None:
+    """The PostgreSQL URL the environment asks for, or None for SQLite."""
+    if env.get("DAGSTER_PG_URL"):
+        return env["DAGSTER_PG_URL"]
+    host = env.get("DAGSTER_PG_HOST")
+    if not host:
+        return None
+    user = quote(env.get("DAGSTER_PG_USER", "dagster"), safe="")
+    password = env.get("DAGSTER_PG_PASSWORD")
+    credentials = f"{user}:{quote(password, safe='')}" if password else user
+    port = env.get("DAGSTER_PG_PORT", "5432")
+    database = quote(env.get("DAGSTER_PG_DB", "dagster"), safe="")
+    return f"postgresql://{credentials}@{quote(host, safe='')}:{port}/{database}"
+
+
+def with_psycopg2_driver(url: str) -> str:
+    """dagster-postgres ships psycopg2; newer SQLAlchemy would pick psycopg 3 for postgresql://."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
+class EnvironmentSelectedStorage(DagsterStorage, ConfigurableClass):
+    """Not a storage itself: from_config_value returns the storage the environment selects."""
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {"sqlite_base_dir": Field(StringSource, is_required=False)}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+    ) -> DagsterStorage:
+        url = postgres_url_from_env()
+        if url:
+            url = with_psycopg2_driver(url)
+            from dagster_postgres import DagsterPostgresStorage
+
+            return DagsterPostgresStorage(postgres_url=url, inst_data=inst_data)
+        base_dir = config_value.get("sqlite_base_dir") or os.environ.get("DAGSTER_HOME")
+        if not base_dir:
+            raise ValueError("set DAGSTER_HOME (or sqlite_base_dir) for the SQLite storage")
+        return DagsterSqliteStorage.from_local(base_dir, inst_data=inst_data)
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:  # pragma: no cover - never instantiated
+        return None

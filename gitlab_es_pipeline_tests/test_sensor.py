@@ -1,0 +1,117 @@
+"""The HEAD-commit sensor: cost independent of the fleet size, caps, the real sensor object."""
+
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from dagster import AssetMaterialization, build_sensor_context
+
+from gitlab_es_pipeline.definitions import defs
+from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.sensors import SensorLimits, head_commit_sensor
+from gitlab_es_pipeline.state import ES_INDEX
+from gitlab_es_pipeline_tests.pipeline import Pipeline
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
+
+FLEET = 10_000
+CHANGED = 10
+TWO_DAYS_AGO = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _fleet(pipeline: Pipeline, tmp_path: Path) -> list[tuple[str, Path, str]]:
+    """FLEET idle indexed repositories; CHANGED of them then get a new commit."""
+    idle = init_repo(tmp_path / "idle")
+    idle_head = commit_files(idle, {"x.txt": "x\n"})
+    changed = []
+    for i in range(CHANGED):
+        repo = init_repo(tmp_path / f"busy{i}")
+        old = commit_files(repo, {"x.txt": "x\n"})
+        changed.append((f"fleet/busy{i:02d}", repo, old))
+    keys = []
+    busy = {key: (repo, old) for key, repo, old in changed}
+    for i in range(FLEET - CHANGED):
+        key = f"fleet/p{i:05d}"
+        pipeline.gitlab.add_project(key, str(idle), last_activity_at=TWO_DAYS_AGO)
+        keys.append((key, idle_head))
+    for key, (repo, old) in busy.items():
+        pipeline.gitlab.add_project(key, str(repo), last_activity_at=TWO_DAYS_AGO)
+        keys.append((key, old))
+    instance = pipeline.instance
+    instance.add_dynamic_partitions(REPOSITORIES_PARTITION, [k for k, _ in keys])
+    for key, commit in keys:
+        instance.report_runless_asset_event(
+            AssetMaterialization(ES_INDEX, partition=key, metadata={"commit_sha": commit})
+        )
+    news = []
+    for key, repo, _old in changed:
+        commit_files(repo, {"x.txt": "changed\n"})
+        project = next(p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == key)
+        project.record_push()
+        news.append((key, repo, run_git(repo, "rev-parse", "HEAD").strip()))
+    return news
+
+
+def test_a_tick_over_10000_repositories_costs_what_changed(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    changed = _fleet(pipeline, tmp_path)
+    pipeline.gitlab.requests.clear()
+    started = time.monotonic()
+    runs = pipeline.sensor_tick(SensorLimits())
+    seconds = time.monotonic() - started
+    print(
+        f"\nsensor tick over {FLEET} partitions: {seconds:.2f} s, "
+        f"{len(pipeline.gitlab.requests)} GitLab requests"
+    )
+    assert sorted((k, c) for k, c, _ in runs) == sorted((k, c) for k, _, c in changed)
+    assert all(run_key == f"{k}@{c}" for k, c, run_key in runs)
+    kinds = [r for r in pipeline.gitlab.requests]
+    assert len(pipeline.gitlab.requests_of_kind("branch")) == CHANGED
+    assert len(pipeline.gitlab.requests_of_kind("projects_list")) == 1
+    assert len(kinds) == CHANGED + 1
+    assert seconds < 60  # Dagster's default sensor time limit
+
+    # The next tick: nothing new, and (within recheck_seconds) not even a HEAD lookup.
+    pipeline.gitlab.requests.clear()
+    assert pipeline.sensor_tick(SensorLimits()) == []
+    assert len(pipeline.gitlab.requests) == 1
+
+
+def test_run_requests_over_the_cap_are_carried_to_the_next_tick(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    for i in range(7):
+        repo = init_repo(tmp_path / f"r{i}")
+        commit_files(repo, {"a.txt": f"{i}\n"})
+        pipeline.gitlab.add_project(f"g/r{i}", str(repo))
+    pipeline.discover()
+    limits = SensorLimits(max_runs_per_tick=3)
+    first = [k for k, _, _ in pipeline.sensor_tick(limits)]
+    second = [k for k, _, _ in pipeline.sensor_tick(limits)]
+    third = [k for k, _, _ in pipeline.sensor_tick(limits)]
+    assert len(first) == 3 and len(second) == 3 and len(third) == 1
+    assert sorted(first + second + third) == [f"g/r{i}" for i in range(7)]
+    # Never-indexed partitions already requested are not looked up again.
+    pipeline.gitlab.requests.clear()
+    assert pipeline.sensor_tick(limits) == []
+    assert pipeline.gitlab.requests_of_kind("commits") == []
+
+
+def test_the_sensor_definition_requests_runs_of_the_index_job(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    repo = init_repo(tmp_path / "one")
+    head = commit_files(repo, {"a.txt": "a\n"})
+    pipeline.gitlab.add_project("g/one", str(repo))
+    pipeline.discover()
+    context = build_sensor_context(
+        instance=pipeline.instance,
+        definitions=defs,
+        resources={"gitlab": pipeline.resources()["gitlab"]},
+    )
+    result = head_commit_sensor(context)
+    assert [(r.partition_key, r.run_key) for r in result.run_requests] == [
+        ("g/one", f"g/one@{head}")
+    ]
+    assert head_commit_sensor.job_name == "index_repository"
+    assert result.cursor and "g/one" in result.cursor
