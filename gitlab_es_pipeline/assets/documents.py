@@ -11,6 +11,7 @@ from dagster import (
     AssetOut,
     Config,
     DataVersion,
+    Failure,
     MetadataValue,
     Output,
     ResourceParam,
@@ -18,7 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from gitlab_es_pipeline.clients.gitlab import GitLabSource
+from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.documents import (
     LINE_DOCUMENT_SCHEMA,
     RepositorySnapshot,
@@ -35,7 +36,7 @@ from gitlab_es_pipeline.core.projects import Project
 from gitlab_es_pipeline.io_managers import ParquetStore, stage_parquet
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.resources import GitLabResource, IndexingResource
-from gitlab_es_pipeline.scanning import RepositoryScan, ScanSettings
+from gitlab_es_pipeline.scanning import RepositoryError, RepositoryScan, ScanSettings
 from gitlab_es_pipeline.state import ES_INDEX, last_indexed
 
 
@@ -48,15 +49,23 @@ class IndexRunConfig(Config):
 
 
 def _snapshot(source: GitLabSource, key: str) -> RepositorySnapshot:
-    project = Project.from_api(source.project(key))
-    branch = project.default_branch
-    if not branch:
-        raise ValueError(f"{key}: the project has no default branch (empty repository?)")
+    """The project as GitLab has it now; a failure names the repository and what to do."""
+    try:
+        project = Project.from_api(source.project(key))
+        branch = project.default_branch
+        if not branch:
+            raise Failure(f"{key}: the project has no default branch (empty repository?)")
+        commit = source.head_commit(project.project_id, branch)
+    except GitLabError as exc:
+        hint = " If it was renamed or moved, discovery will replace this partition." * (
+            exc.status == 404
+        )
+        raise Failure(description=f"{key}: {exc}.{hint}") from exc
     return RepositorySnapshot(
         project_id=project.project_id,
         repository_name=project.path_with_namespace,
         branch=branch,
-        commit_sha=source.head_commit(project.project_id, branch),
+        commit_sha=commit,
         web_url=project.web_url,
     )
 
@@ -130,7 +139,10 @@ def manifest_and_line_documents(
     )
     mode, base_header, base_table = _choose_mode(context, config, snapshot, parquet_io_manager)
     scan = RepositoryScan(source, snapshot, settings)
-    scan.list_tree()
+    try:
+        scan.list_tree()
+    except RepositoryError as exc:
+        raise Failure(description=str(exc)) from exc
     identity_changed = base_header is not None and (
         base_header.snapshot.repository_name,
         base_header.snapshot.branch,
@@ -155,11 +167,14 @@ def manifest_and_line_documents(
     )
     with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
         # Documents go to a staged Parquet file as they are read; the manifest fills in.
-        documents = stage_parquet(
-            os.path.join(staging, "line_documents.parquet"),
-            LINE_DOCUMENT_SCHEMA,
-            coalesce_batches(scan.documents(), indexing.row_group_lines, LINE_DOCUMENT_SCHEMA),
-        )
+        try:
+            documents = stage_parquet(
+                os.path.join(staging, "line_documents.parquet"),
+                LINE_DOCUMENT_SCHEMA,
+                coalesce_batches(scan.documents(), indexing.row_group_lines, LINE_DOCUMENT_SCHEMA),
+            )
+        except RepositoryError as exc:
+            raise Failure(description=str(exc)) from exc
         manifest = manifest_table(header, [*scan.entries.values(), *scan.deleted])
         summary = summarize(manifest)
         stats = scan.stats
