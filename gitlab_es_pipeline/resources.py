@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from dagster import ConfigurableResource, EnvVar
 from elasticsearch import Elasticsearch
@@ -64,7 +65,7 @@ class IndexingResource(ConfigurableResource):
         "more, and it streams the archive instead",
     )
 
-    def excluded_regex(self):
+    def excluded_regex(self) -> re.Pattern[str] | None:
         return compile_globs(tuple(self.excluded_paths))
 
 

@@ -71,24 +71,26 @@ def es_index(
     written = index.write(
         op for batch in line_documents.iter_batches() for op in index_operations(batch)
     )
-    stale = stale_document_ids(snapshot.project_id, entries_of(manifest))
-    deleted = index.write(delete_operations(stale))
-    written.merge(deleted)
+    deleted = index.write(
+        delete_operations(stale_document_ids(snapshot.project_id, entries_of(manifest)))
+    )
+    failed = written.failed + deleted.failed
     swept = 0
-    if header.mode is BuildMode.FULL_REFRESH and not written.failed:
+    if header.mode is BuildMode.FULL_REFRESH and not failed:
         swept = index.delete_other_commits(snapshot.project_id, snapshot.commit_sha)
     outcome = {
-        "documents_written": written.succeeded - deleted.succeeded,
+        "documents_written": written.succeeded,
         "documents_deleted": deleted.results.get("deleted", 0) + swept,
-        "documents_failed": written.failed,
-        "items_retried": written.retried_items,
-        "bulk_requests": written.requests,
-        "bulk_bytes": written.bytes_sent,
+        "documents_failed": failed,
+        "items_retried": written.retried_items + deleted.retried_items,
+        "bulk_requests": written.requests + deleted.requests,
+        "bulk_bytes": written.bytes_sent + deleted.bytes_sent,
     }
-    if written.failed:
-        shown = "\n".join(f"- {f}" for f in written.failures[:_FAILURES_SHOWN])
+    if failed:
+        failures = [*written.failures, *deleted.failures][:_FAILURES_SHOWN]
+        shown = "\n".join(f"- {f}" for f in failures)
         raise Failure(
-            description=f"{snapshot.repository_name}: Elasticsearch rejected {written.failed} "
+            description=f"{snapshot.repository_name}: Elasticsearch rejected {failed} "
             f"operations; commit {snapshot.commit_sha} is not marked indexed.\n{shown}",
             metadata={**outcome, "failures": MetadataValue.md(shown)},
         )
