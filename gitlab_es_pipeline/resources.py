@@ -64,6 +64,11 @@ class IndexingResource(ConfigurableResource):
         description="An incremental run fetches up to this many changed files one by one; "
         "more, and it streams the archive instead",
     )
+    compare_max_files: int = Field(
+        default=1000,
+        description="GitLab's diff limit (max_diff_files): a comparison with this many files "
+        "may be cut off, so the tree is listed instead",
+    )
 
     def excluded_regex(self) -> re.Pattern[str] | None:
         return compile_globs(tuple(self.excluded_paths))

@@ -6,7 +6,8 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import pyarrow as pa
 
@@ -14,7 +15,12 @@ from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.archive import ArchiveError, ChunkStream, iter_archive_files
 from gitlab_es_pipeline.core.decoding import decode
 from gitlab_es_pipeline.core.documents import RepositorySnapshot, file_documents
-from gitlab_es_pipeline.core.filtering import SkipReason, content_skip_reason, tree_skip_reason
+from gitlab_es_pipeline.core.filtering import (
+    MODE_SUBMODULE,
+    SkipReason,
+    content_skip_reason,
+    tree_skip_reason,
+)
 from gitlab_es_pipeline.core.lines import count_lines
 from gitlab_es_pipeline.core.manifest import ManifestEntry, classify
 
@@ -79,6 +85,7 @@ class RepositoryScan:
         self.deleted: list[ManifestEntry] = []
         self.wanted: set[str] = set()
         self.use_archive = True
+        self._prefetched: dict[str, bytes] = {}
         self.stats = ScanStats()
 
     def _fail(self, problem: object, path: str | None = None) -> RepositoryError:
@@ -120,6 +127,45 @@ class RepositoryScan:
         self.use_archive = (
             read_everything or len(self.wanted) > self.settings.max_files_fetched_alone
         )
+
+    def from_compare(self, base: dict[str, ManifestEntry], diffs: list[dict[str, Any]]) -> None:
+        """The tree at HEAD as the base plus GitLab's list of changed paths: no tree listing.
+
+        Changed files are read right away (the files API gives blob id and content in one
+        request); skipped ones (submodules, symlinks, excluded) are not, and keep an empty blob id.
+        """
+        entries = {path: replace(entry) for path, entry in base.items()}
+        changed: list[str] = []
+        for diff in diffs:
+            if diff["deleted_file"] or diff["renamed_file"]:
+                entries.pop(diff["old_path"], None)
+            if diff["deleted_file"]:
+                continue
+            path, mode = diff["new_path"], diff["b_mode"]
+            item_type = "commit" if mode == MODE_SUBMODULE else "blob"
+            reason = tree_skip_reason(path, item_type, mode, self.settings.excluded)
+            entries[path] = ManifestEntry(
+                path, "", mode, skip_reason=reason.value if reason else None
+            )
+            if reason is None:
+                changed.append(path)
+        self.entries = entries
+        try:
+            with ThreadPoolExecutor(self.settings.fetch_workers) as pool:
+                found = pool.map(
+                    lambda p: self.source.file_at(
+                        self.snapshot.project_id, p, self.snapshot.commit_sha
+                    ),
+                    changed,
+                )
+                for path, (blob, data) in zip(changed, found, strict=True):
+                    entries[path].blob_sha = blob
+                    self._prefetched[path] = data
+        except GitLabError as exc:
+            raise self._fail(exc) from exc
+        self.deleted = classify(entries, base)
+        self.wanted = {path for path, entry in entries.items() if entry.needs_content()}
+        self.use_archive = False
 
     def _scan_file(
         self, entry: ManifestEntry, size: int, read: Callable[[], bytes]
@@ -188,17 +234,18 @@ class RepositoryScan:
         with ThreadPoolExecutor(self.settings.fetch_workers) as pool:
             for start in range(0, len(paths), window):
                 group = paths[start : start + window]
-                blobs = pool.map(
-                    lambda p: self.source.raw_blob(
-                        self.snapshot.project_id, self.entries[p].blob_sha
-                    ),
-                    group,
-                )
+                blobs = pool.map(self._content, group)
                 for path, data in zip(group, blobs, strict=True):
                     self.stats.files_fetched_alone += 1
                     batch = self._scan_file(self.entries[path], len(data), lambda d=data: d)
                     if batch is not None:
                         yield batch
+
+    def _content(self, path: str) -> bytes:
+        prefetched = self._prefetched.pop(path, None)
+        if prefetched is not None:
+            return prefetched
+        return self.source.raw_blob(self.snapshot.project_id, self.entries[path].blob_sha)
 
     def skipped(self) -> dict[str, int]:
         counts = {reason.value: 0 for reason in SkipReason}

@@ -27,6 +27,14 @@ def test_four_assets_in_a_chain() -> None:
     for key in ("file_manifest", "line_documents", "es_index"):
         assert graph.get(AssetKey(key)).partitions_def.name == "repositories"
     assert defs.resolve_job_def("index_repository") is not None
+    # Steps that call GitLab or Elasticsearch take a slot of their pool (dagster.yaml).
+    pools = {k.to_user_string(): graph.get(k).pools for k in graph.get_all_asset_keys()}
+    assert pools == {
+        "repositories": {"gitlab"},
+        "file_manifest": {"gitlab"},
+        "line_documents": {"gitlab"},
+        "es_index": {"elasticsearch"},
+    }
 
 
 def test_secrets_are_env_vars_not_values(monkeypatch) -> None:
@@ -56,8 +64,11 @@ def test_dagster_yaml_selects_the_storage_from_the_environment(project_instance,
         "DagsterPostgresStorage" if "postgres" in request.node.name else "DagsterSqliteStorage"
     )
     assert storage == expected
-    # And it works: a run record goes in and comes back out.
     assert project_instance.get_runs() == []
+    concurrency = project_instance.get_concurrency_config()
+    assert concurrency.pool_config.default_pool_limit == 4
+    assert concurrency.run_queue_config.max_concurrent_runs == 4
+    assert concurrency.run_queue_config.tag_concurrency_limits[0]["key"] == "dagster/partition"
 
 
 def test_postgres_url_from_the_environment() -> None:

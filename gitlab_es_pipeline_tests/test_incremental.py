@@ -116,6 +116,7 @@ def test_every_kind_of_change_is_applied_exactly_and_only_changed_files_are_sent
         delete=("c.md", "x.txt"),
     )  # deleted
     es.bulk_actions.clear()
+    fleet.pipeline.gitlab.requests.clear()
     assert fleet.sensor_round() == ["team/app"]
     fleet.assert_exact()
     # Sent: the lines of added/modified/renamed files only; deleted: exactly the stale ids.
@@ -133,10 +134,15 @@ def test_every_kind_of_change_is_applied_exactly_and_only_changed_files_are_sent
         values["files_renamed"],
         values["files_unchanged"],
     ) == ("incremental", 1, 4, 1, 1, 1)
-    # Read (one by one): only the six added/modified/renamed files, toggle.dat found binary.
+    # Read: only the six added/modified/renamed files (toggle.dat found binary), each with one
+    # files-API request; what changed came from one comparison, not from listing the tree.
     assert values["files_read"] == 6
-    assert len(fleet.pipeline.gitlab.requests_of_kind("raw_blob")) == 6
-    assert len(fleet.pipeline.gitlab.requests_of_kind("archive")) == 2  # the two first loads
+    gitlab = fleet.pipeline.gitlab
+    counts = {
+        kind: len(gitlab.requests_of_kind(kind))
+        for kind in ("compare", "file", "tree", "archive", "raw_blob")
+    }
+    assert counts == {"compare": 1, "file": 6, "tree": 0, "archive": 0, "raw_blob": 0}
 
     # ... and back: binary -> text again, and a file grows.
     fleet.push({"toggle.dat": lines(2, "t"), "b.txt": lines(12, "b")})

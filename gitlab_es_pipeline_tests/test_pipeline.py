@@ -312,3 +312,37 @@ def test_the_readme_example_queries_find_what_they_say(
         sort=["repository_name", "file_path", "line_number"],
     )
     assert found == [("acme/backend", "src/lib/util.go", 4)]
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_new_index_is_loaded_without_refreshes_or_replicas_then_restored(
+    pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path, fail: bool
+) -> None:
+    _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.discover()
+    seen: list[dict] = []
+
+    def watch(kind, meta, source):
+        index = pipeline.es.indices[f"{INDEX}-v1"]
+        seen.append(dict(index.settings["index"]))
+        if fail and source and source["line_number"] == 1:
+            return {"_id": meta["_id"], "status": 400, "error": {"type": "x", "reason": "no"}}
+        return None
+
+    pipeline.es.item_faults.append(watch)
+    result = pipeline.index("acme/tools/cli", raise_on_error=False)
+    assert result.success is not fail
+    assert seen and all(s.get("refresh_interval") == "-1" for s in seen)
+    assert all(str(s.get("number_of_replicas")) == "0" for s in seen)
+    after = pipeline.es.indices[f"{INDEX}-v1"].settings["index"]
+    assert "refresh_interval" not in after and "number_of_replicas" not in after  # defaults again
+    # The next run writes into an existing index: settings are left alone.
+    seen.clear()
+    pipeline.es.item_faults.clear()
+    pipeline.es.item_faults.append(
+        lambda kind, meta, source: seen.append(
+            dict(pipeline.es.indices[f"{INDEX}-v1"].settings["index"])
+        )
+    )
+    pipeline.index("other/lib")
+    assert seen and not any("refresh_interval" in s for s in seen)

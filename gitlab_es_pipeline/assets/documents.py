@@ -94,6 +94,34 @@ def _choose_mode(
     return mode, header, stored
 
 
+def _compared_changes(
+    context: AssetExecutionContext,
+    source: GitLabSource,
+    snapshot: RepositorySnapshot,
+    base: ManifestHeader,
+    indexing: IndexingResource,
+) -> list[dict[str, Any]] | None:
+    """GitLab's list of paths changed since the indexed commit, or None to list the tree.
+
+    None when the comparison fails (the old commit is gone), may be cut off by GitLab's diff
+    limits, or names so many files that one archive is cheaper than fetching them one by one.
+    """
+    try:
+        comparison = source.compare(
+            snapshot.project_id, base.snapshot.commit_sha, snapshot.commit_sha
+        )
+    except GitLabError as exc:
+        context.log.warning(f"{snapshot.repository_name}: {exc}; listing the tree instead")
+        return None
+    diffs = comparison.get("diffs") or []
+    if comparison.get("compare_timeout") or len(diffs) >= indexing.compare_max_files:
+        context.log.info(f"{snapshot.repository_name}: comparison cut off; listing the tree")
+        return None
+    if len(diffs) > indexing.max_files_fetched_alone:
+        return None
+    return diffs
+
+
 @multi_asset(
     outs={
         "file_manifest": AssetOut(
@@ -119,6 +147,7 @@ def _choose_mode(
     partitions_def=repository_partitions,
     group_name="gitlab",
     can_subset=False,
+    pool="gitlab",
 )
 def manifest_and_line_documents(
     context: AssetExecutionContext,
@@ -139,10 +168,6 @@ def manifest_and_line_documents(
     )
     mode, base_header, base_table = _choose_mode(context, config, snapshot, parquet_io_manager)
     scan = RepositoryScan(source, snapshot, settings)
-    try:
-        scan.list_tree()
-    except RepositoryError as exc:
-        raise Failure(description=str(exc)) from exc
     identity_changed = base_header is not None and (
         base_header.snapshot.repository_name,
         base_header.snapshot.branch,
@@ -153,7 +178,18 @@ def manifest_and_line_documents(
         or identity_changed
         or (base_header is not None and base_header.settings != settings.fingerprint())
     )
-    scan.plan(current_entries(base_table) if base_table is not None else None, read_everything)
+    base_entries = current_entries(base_table) if base_table is not None else None
+    diffs = None
+    if not read_everything and base_header is not None and base_entries is not None:
+        diffs = _compared_changes(context, source, snapshot, base_header, indexing)
+    try:
+        if diffs is not None and base_entries is not None:
+            scan.from_compare(base_entries, diffs)
+        else:
+            scan.list_tree()
+            scan.plan(base_entries, read_everything)
+    except RepositoryError as exc:
+        raise Failure(description=str(exc)) from exc
     context.log.info(
         f"{snapshot.repository_name}: {snapshot.branch} at {snapshot.commit_sha}, {mode.value} "
         f"against {base_header.snapshot.commit_sha if base_header else 'nothing'}; "

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import pyarrow.compute as pc
@@ -42,6 +43,7 @@ _FAILURES_SHOWN = 20
     group_name="elasticsearch",
     kinds={"elasticsearch", "parquet"},
     owners=["team:data-platform"],
+    pool="elasticsearch",
     check_specs=[
         AssetCheckSpec(
             DOCUMENT_COUNT_CHECK,
@@ -67,10 +69,11 @@ def es_index(
     snapshot = header.snapshot
     summary = summarize(manifest)
     index = elasticsearch.line_index()
-    index.ensure()
-    written = index.write(
-        op for batch in line_documents.iter_batches() for op in index_operations(batch)
-    )
+    new_index = index.ensure() == "created"
+    with index.bulk_load() if new_index else nullcontext():
+        written = index.write(
+            op for batch in line_documents.iter_batches() for op in index_operations(batch)
+        )
     deleted = index.write(
         delete_operations(stale_document_ids(snapshot.project_id, entries_of(manifest)))
     )

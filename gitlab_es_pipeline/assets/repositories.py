@@ -23,6 +23,7 @@ _PREVIEW_ROWS = 200  # the full list is the asset's Parquet file
     group_name="gitlab",
     kinds={"gitlab", "parquet"},
     owners=["team:data-platform"],
+    pool="gitlab",
 )
 def repositories(
     context: AssetExecutionContext, gitlab: GitLabResource, elasticsearch: ElasticsearchResource

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,31 @@ class LineIndex:
         for chunk in chunk_operations(operations, self.max_chunk_bytes, self.max_chunk_docs):
             report.merge(self._write_chunk(chunk))
         return report
+
+    @contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """No refreshes and no replicas while a new index is filled; restored even on failure.
+
+        Elasticsearch's advice for initial loads: each refresh makes a segment, each replica
+        indexes everything again.
+        """
+        current = self.client.indices.get_settings(index=self.name).body
+        previous = {
+            index: {
+                "refresh_interval": body["settings"]["index"].get("refresh_interval"),
+                "number_of_replicas": body["settings"]["index"].get("number_of_replicas"),
+            }
+            for index, body in current.items()
+        }
+        self.client.indices.put_settings(
+            index=self.name, settings={"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
+        )
+        try:
+            yield
+        finally:
+            for index, settings in previous.items():
+                # None resets a setting to the cluster's default.
+                self.client.indices.put_settings(index=index, settings={"index": settings})
 
     def refresh(self) -> None:
         self.client.indices.refresh(index=self.name)

@@ -208,6 +208,27 @@ class GitLabSource:
         except GitlabError as exc:
             raise _explain(exc, f"the archive of project {project_id} at {commit_sha}") from exc
 
+    def compare(self, project_id: int, from_sha: str, to_sha: str) -> dict[str, Any]:
+        """Direct comparison of two commits' trees (straight=true: no merge base involved)."""
+        project = self.gl.projects.get(project_id, lazy=True)
+        try:
+            return project.repository_compare(
+                from_sha, to_sha, straight="true", max_retries=self.max_retries
+            )
+        except GitlabError as exc:
+            raise _explain(
+                exc, f"the comparison {from_sha}..{to_sha} of project {project_id}"
+            ) from exc
+
+    def file_at(self, project_id: int, path: str, commit_sha: str) -> tuple[str, bytes]:
+        """A file's blob id and content at a commit, in one request."""
+        project = self.gl.projects.get(project_id, lazy=True)
+        try:
+            found = project.files.get(file_path=path, ref=commit_sha, max_retries=self.max_retries)
+        except GitlabError as exc:
+            raise _explain(exc, f"file {path!r} of project {project_id} at {commit_sha}") from exc
+        return found.blob_id, found.decode()
+
     def raw_blob(self, project_id: int, blob_sha: str) -> bytes:
         project = self.gl.projects.get(project_id, lazy=True)
         try:

@@ -605,7 +605,7 @@ def _nest_settings(settings: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in settings.items():
         if key == "index" and isinstance(value, dict):
-            _merge(out.setdefault("index", {}), value)
+            out.setdefault("index", {}).update(value)  # keeps nulls: they reset settings
         elif key == "analysis":
             out.setdefault("index", {})["analysis"] = value
         else:
@@ -616,7 +616,9 @@ def _nest_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 def _merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
+        if value is None:  # null resets a setting to its default
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
             _merge(target[key], value)
         else:
             target[key] = value

@@ -8,6 +8,7 @@ files, with GitLab's status codes, JSON error bodies, pagination and rate-limit 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import subprocess
@@ -107,6 +108,7 @@ class RecordedRequest:
     path: str  # decoded, without /api/v4
     query: dict[str, str]
     status: int
+    raw_path: str = ""  # as sent, URL-encoded
 
 
 def _instant(value: str) -> datetime:
@@ -125,6 +127,7 @@ class GitLabStandIn(StandInServer):
         self.projects: dict[int, StandInProject] = {}
         self.requests: list[RecordedRequest] = []
         self.rate_limit = 2000
+        self.compare_max_files = 1000  # GitLab's default diff limit
         self.rate_window_seconds = 60
         self._window_start = time.time()
         self._window_count = 0
@@ -144,7 +147,7 @@ class GitLabStandIn(StandInServer):
     def requests_of_kind(self, kind: str) -> list[RecordedRequest]:
         from gitlab_es_pipeline.clients.gitlab import request_kind
 
-        return [r for r in self.requests if request_kind(API + r.path) == kind]
+        return [r for r in self.requests if request_kind(r.raw_path) == kind]
 
     # -- plumbing ---------------------------------------------------------------------------
     def _rate_headers(self) -> tuple[dict[str, str], bool]:
@@ -174,7 +177,7 @@ class GitLabStandIn(StandInServer):
         decoded = unquote(path[len(API) :]) if path.startswith(API) else path
         with self._lock:
             self.requests.append(
-                RecordedRequest(request.method, decoded, request.query, response.status)
+                RecordedRequest(request.method, decoded, request.query, response.status, path)
             )
         return response
 
@@ -234,6 +237,10 @@ class GitLabStandIn(StandInServer):
             return self._raw_blob(project, rest[2])
         if what == "files" and len(rest) == 4 and rest[3] == "raw":
             return self._raw_file(request, project, unquote(rest[2]))
+        if what == "files" and len(rest) == 3:
+            return self._file(request, project, unquote(rest[2]))
+        if what == "compare" and len(rest) == 2:
+            return self._compare(request, project)
         return Response(404, {"error": "404 Not Found"})
 
     # -- pagination -------------------------------------------------------------------------
@@ -486,6 +493,85 @@ class GitLabStandIn(StandInServer):
                 }
             )
         return self._offset_page(request, f"/projects/{project.id}/repository/commits", commits)
+
+    def _file(self, request: Request, project: StandInProject, file_path: str) -> Response:
+        if not request.query.get("ref"):
+            return Response(400, {"error": "ref is missing"})
+        sha = self._resolve(project, request.query.get("ref"))
+        if sha is None:
+            return Response(404, {"message": "404 Commit Not Found"})
+        try:
+            line = git(project.repo, "ls-tree", "-z", sha, "--", file_path).decode().rstrip("\x00")
+            mode, type_, blob = line.partition("\t")[0].split()
+            if type_ != "blob":
+                raise ValueError(type_)
+            data = git(project.repo, "cat-file", "blob", blob)
+        except (subprocess.CalledProcessError, ValueError):
+            return Response(404, {"message": "404 File Not Found"})
+        return Response(
+            200,
+            {
+                "file_name": file_path.rpartition("/")[2],
+                "file_path": file_path,
+                "size": len(data),
+                "encoding": "base64",
+                "content": base64.b64encode(data).decode(),
+                "content_sha256": hashlib.sha256(data).hexdigest(),
+                "ref": request.query["ref"],
+                "blob_id": blob,
+                "commit_id": sha,
+                "last_commit_id": sha,
+                "execute_filemode": mode == "100755",
+            },
+        )
+
+    def _compare(self, request: Request, project: StandInProject) -> Response:
+        """Like GitLab: at most compare_max_files diffs; the rest is cut off."""
+        base = self._resolve(project, request.query.get("from"))
+        head = self._resolve(project, request.query.get("to"))
+        if base is None or head is None:
+            return Response(404, {"message": "404 Ref Not Found"})
+        if not _truthy(request.query.get("straight")):
+            base = git(project.repo, "merge-base", base, head).decode().strip()
+        out = git(project.repo, "diff", "--raw", "-z", "-M", "--no-abbrev", base, head).decode(
+            "utf-8", "surrogateescape"
+        )
+        fields = out.split("\x00")
+        diffs, i = [], 0
+        while i < len(fields) - 1:
+            meta = fields[i].lstrip(":").split()
+            status = meta[4][0]
+            old_path = fields[i + 1]
+            new_path = fields[i + 2] if status in "RC" else old_path
+            i += 3 if status in "RC" else 2
+            diffs.append(
+                {
+                    "old_path": old_path,
+                    "new_path": new_path,
+                    "a_mode": meta[0],
+                    "b_mode": meta[1],
+                    "new_file": status == "A",
+                    "renamed_file": status == "R",
+                    "deleted_file": status == "D",
+                    "diff": "",
+                }
+            )
+        commits = (
+            git(project.repo, "log", "--format=%H%x00%s", f"{base}..{head}").decode().splitlines()
+        )
+        return Response(
+            200,
+            {
+                "commit": {"id": head, "short_id": head[:8]},
+                "commits": [
+                    {"id": c.split("\x00")[0], "title": c.split("\x00")[1]} for c in commits
+                ],
+                "diffs": diffs[: self.compare_max_files],
+                "compare_timeout": False,
+                "compare_same_ref": base == head,
+                "web_url": f"{self.url}/{project.path_with_namespace}/-/compare/{base}...{head}",
+            },
+        )
 
     def _raw_blob(self, project: StandInProject, sha: str) -> Response:
         try:

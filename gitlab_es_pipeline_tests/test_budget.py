@@ -1,0 +1,107 @@
+"""GitLab request budgets, counted on the stand-in: full loads and incremental runs."""
+
+import math
+from pathlib import Path
+
+from gitlab_es_pipeline_tests.corpus import expected_after_runs
+from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
+from gitlab_es_pipeline_tests.standins.http import Response
+
+
+def _repo_with_files(path: Path, count: int) -> Path:
+    repo = init_repo(path)
+    folder = repo / "src"
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"f{i:05d}.py").write_text(f"value_{i} = {i}\nprint(value_{i})\n")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-q", "-m", "many files")
+    return repo
+
+
+def _kinds(pipeline: Pipeline) -> dict[str, int]:
+    kinds = ("project", "branch", "tree", "archive", "compare", "file", "raw_blob", "commits")
+    counts = {kind: len(pipeline.gitlab.requests_of_kind(kind)) for kind in kinds}
+    return {k: v for k, v in counts.items() if v}
+
+
+def _exact(pipeline: Pipeline, repo: Path, project, commits: list[str]) -> bool:
+    key = project.path_with_namespace
+    expected = expected_after_runs(
+        repo, commits, project.id, key, "main", f"{pipeline.gitlab.url}/{key}", known_text={}
+    )
+    return pipeline.es.documents(INDEX) == expected.documents
+
+
+def test_a_full_load_costs_three_requests_plus_one_per_100_tree_entries(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    repo = _repo_with_files(tmp_path / "r", 450)
+    project = pipeline.gitlab.add_project("g/r", str(repo))
+    pipeline.discover()
+    pipeline.gitlab.requests.clear()
+    pipeline.index("g/r")
+    entries = 450 + 1  # the files and the folder src
+    assert _kinds(pipeline) == {
+        "project": 1,
+        "branch": 1,
+        "tree": math.ceil(entries / 100),
+        "archive": 1,
+    }
+    assert len(pipeline.gitlab.requests) <= 3 + math.ceil(450 / 100) + 1
+    assert _exact(pipeline, repo, project, [run_git(repo, "rev-parse", "HEAD").strip()])
+
+
+def test_one_changed_file_of_10000_costs_at_most_10_requests(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    repo = _repo_with_files(tmp_path / "big", 10_000)
+    project = pipeline.gitlab.add_project("g/big", str(repo))
+    pipeline.discover()
+    pipeline.index("g/big")
+    first = run_git(repo, "rev-parse", "HEAD").strip()
+    second = commit_files(repo, {"src/f04242.py": "changed = True\n"})
+    pipeline.gitlab.requests.clear()
+    pipeline.es.bulk_actions.clear()
+    pipeline.index("g/big")
+    print(f"\nincremental run, 1 of 10,000 files changed: {_kinds(pipeline)}")
+    assert len(pipeline.gitlab.requests) <= 10
+    assert _kinds(pipeline) == {"project": 1, "branch": 1, "compare": 1, "file": 1}
+    assert dict(pipeline.es.bulk_actions) == {"index": 1, "delete": 1}
+    assert _exact(pipeline, repo, project, [first, second])
+
+
+def test_a_cut_off_comparison_falls_back_to_the_tree(pipeline: Pipeline, tmp_path: Path) -> None:
+    repo = _repo_with_files(tmp_path / "r", 20)
+    project = pipeline.gitlab.add_project("g/r", str(repo))
+    pipeline.discover()
+    pipeline.index("g/r")
+    first = run_git(repo, "rev-parse", "HEAD").strip()
+    second = commit_files(repo, {f"src/f{i:05d}.py": f"new {i}\n" for i in range(5)})
+    pipeline.gitlab.compare_max_files = 3  # GitLab cuts the diff list here
+    pipeline.indexing = {"compare_max_files": 3}
+    pipeline.gitlab.requests.clear()
+    pipeline.index("g/r")
+    kinds = _kinds(pipeline)
+    assert kinds["compare"] == 1 and kinds["tree"] == 1 and "file" not in kinds
+    assert _exact(pipeline, repo, project, [first, second])
+
+
+def test_a_failed_comparison_falls_back_to_the_tree(pipeline: Pipeline, tmp_path: Path) -> None:
+    repo = _repo_with_files(tmp_path / "r", 20)
+    project = pipeline.gitlab.add_project("g/r", str(repo))
+    pipeline.discover()
+    pipeline.index("g/r")
+    first = run_git(repo, "rev-parse", "HEAD").strip()
+    second = commit_files(repo, {"src/f00001.py": "x\n"}, delete=("src/f00002.py",))
+    # The indexed commit was garbage-collected after a force-push: GitLab answers 404.
+    pipeline.gitlab.faults.append(
+        lambda request, path: (
+            Response(404, {"message": "404 Ref Not Found"}) if "/compare" in path else None
+        )
+    )
+    pipeline.gitlab.requests.clear()
+    pipeline.index("g/r")
+    assert _kinds(pipeline)["tree"] == 1
+    assert _exact(pipeline, repo, project, [first, second])
