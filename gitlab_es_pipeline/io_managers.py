@@ -50,7 +50,7 @@ class ParquetFile:
         with self.path.open("rb") as f:
             return pq.read_table(f)
 
-    def iter_batches(self, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    def iter_batches(self, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
         with self.path.open("rb") as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size)
 

@@ -64,7 +64,10 @@ def _error(status: int, type_: str, reason: str, **extra: Any) -> Response:
 
 class ElasticsearchStandIn(StandInServer):
     def __init__(
-        self, api_key: str | None = None, basic_auth: tuple[str, str] | None = None
+        self,
+        api_key: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        count_only: bool = False,
     ) -> None:
         super().__init__()
         self.indices: dict[str, Index] = {}
@@ -73,6 +76,10 @@ class ElasticsearchStandIn(StandInServer):
         self.basic_auth = basic_auth
         self.requests: list[tuple[str, str]] = []
         self.bulk_actions: Counter[str] = Counter()
+        # Benchmarks: accept every bulk item and only count, so the figures measure the client.
+        self.count_only = count_only
+        self.bulk_requests = 0
+        self.bulk_bytes = 0
         # Fault injection: (action, meta, source) -> an item result to answer instead, or None.
         self.item_faults: list[Any] = []
         self._lock = threading.RLock()
@@ -140,6 +147,16 @@ class ElasticsearchStandIn(StandInServer):
     def _route(self, request: Request) -> Response:
         parts = [unquote(p) for p in request.raw_path.strip("/").split("/") if p]
         method = request.method
+        if parts == ["__standin", "stats"]:
+            stats = {
+                "bulk_requests": self.bulk_requests,
+                "bulk_bytes": self.bulk_bytes,
+                **{f"bulk_{k}": v for k, v in self.bulk_actions.items()},
+            }
+            if method == "DELETE":
+                self.bulk_requests = self.bulk_bytes = 0
+                self.bulk_actions.clear()
+            return Response(200, stats)
         if not parts:
             return Response(
                 200,
@@ -355,6 +372,10 @@ class ElasticsearchStandIn(StandInServer):
 
     # -- documents ----------------------------------------------------------------------------
     def _bulk(self, request: Request, default_index: str | None) -> Response:
+        self.bulk_requests += 1
+        self.bulk_bytes += len(request.body)
+        if self.count_only:
+            return self._count_only_bulk(request.body)
         content_type = request.headers.get("Content-Type") or ""
         if "ndjson" not in content_type:
             return _error(
@@ -415,6 +436,24 @@ class ElasticsearchStandIn(StandInServer):
                     self.indices[name].refresh()
         took = int((time.monotonic() - started) * 1000)
         return Response(200, {"errors": errors, "took": took, "items": items})
+
+    def _count_only_bulk(self, body: bytes) -> Response:
+        items = []
+        lines = body.split(b"\n")
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if line.startswith(b'{"delete"'):
+                items.append({"delete": {"status": 200, "result": "deleted"}})
+                self.bulk_actions["delete"] += 1
+                i += 1
+            elif line:
+                items.append({"index": {"status": 201, "result": "created"}})
+                self.bulk_actions["index"] += 1
+                i += 2
+            else:
+                i += 1
+        return Response(200, {"errors": False, "took": 0, "items": items})
 
     def _bulk_item(
         self, kind: str, meta: dict[str, Any], source: Any, target: str | None

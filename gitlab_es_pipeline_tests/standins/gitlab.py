@@ -171,6 +171,17 @@ class GitLabStandIn(StandInServer):
 
     def handle(self, request: Request) -> Response:
         path = request.raw_path
+        if path == "/__standin/requests":  # for benchmarks in another process
+            from gitlab_es_pipeline.clients.gitlab import request_kind
+
+            with self._lock:
+                counts: dict[str, int] = {}
+                for r in self.requests:
+                    kind = request_kind(r.raw_path)
+                    counts[kind] = counts.get(kind, 0) + 1
+                if request.method == "DELETE":
+                    self.requests.clear()
+            return Response(200, counts)
         rate_headers, over = self._rate_headers()
         response = self._route(request, path, over)
         response.headers.update(rate_headers)

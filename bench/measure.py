@@ -1,0 +1,147 @@
+"""One measured run in a process of its own; prints one JSON line of figures.
+
+measure.py pipeline|baseline|floor --gitlab URL --es URL --project KEY [--home DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tarfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(__file__))
+from servers import API_KEY, TOKEN
+
+
+def pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
+    from gitlab_es_pipeline.io_managers import ParquetIOManager
+    from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+    from gitlab_es_pipeline.resources import (
+        ElasticsearchResource,
+        GitLabResource,
+        IndexingResource,
+    )
+
+    os.environ["DAGSTER_HOME"] = args.home
+    instance = DagsterInstance.from_config(args.home)
+    resources = {
+        "gitlab": GitLabResource(url=args.gitlab, token=TOKEN),
+        "elasticsearch": ElasticsearchResource(url=args.es, api_key=API_KEY),
+        "indexing": IndexingResource(),
+        "parquet_io_manager": ParquetIOManager(base_path=os.path.join(args.home, "parquet")),
+    }
+    lines = files = 0
+    for key in args.project:
+        if not instance.has_dynamic_partition(REPOSITORIES_PARTITION, key):
+            instance.add_dynamic_partitions(REPOSITORIES_PARTITION, [key])
+        result = materialize(
+            [manifest_and_line_documents, es_index, repositories],
+            selection=[manifest_and_line_documents, es_index],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+        )
+        for event in result.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization
+            if mat.asset_key == AssetKey("line_documents"):
+                lines += int(mat.metadata["dagster/row_count"].value)
+                files += int(mat.metadata["files_read"].value)
+    return {"lines": lines, "files": files}
+
+
+def baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """The obvious way: list the tree, fetch each file, one dict per line, helpers.bulk(500)."""
+    import gitlab
+    from elasticsearch import Elasticsearch, helpers
+
+    gl = gitlab.Gitlab(args.gitlab, private_token=TOKEN)
+    es = Elasticsearch(args.es, api_key=API_KEY, request_timeout=120)
+    counts = {"lines": 0, "files": 0}
+    for key in args.project:
+        project = gl.projects.get(key)
+        sha = project.branches.get(project.default_branch).commit["id"]
+
+        def actions(project: Any = project, sha: str = sha, key: str = key) -> Any:
+            for item in project.repository_tree(
+                recursive=True, ref=sha, iterator=True, per_page=100
+            ):
+                if item["type"] != "blob":
+                    continue
+                raw = project.files.raw(file_path=item["path"], ref=sha)
+                counts["files"] += 1
+                for n, line in enumerate(raw.decode("utf-8", "replace").split("\n"), start=1):
+                    counts["lines"] += 1
+                    yield {
+                        "_index": "baseline",
+                        "_id": f"{project.id}:{item['path']}:{n}",
+                        "_source": {
+                            "project_id": project.id,
+                            "repository_name": key,
+                            "commit_sha": sha,
+                            "file_path": item["path"],
+                            "blob_sha": item["id"],
+                            "line_number": n,
+                            "line_content": line,
+                        },
+                    }
+
+        helpers.bulk(es, actions(), chunk_size=500)
+    return counts
+
+
+def floor(args: argparse.Namespace) -> dict[str, Any]:
+    """The raw floor: stream the archive and split it into lines; no documents at all."""
+    import gitlab
+
+    from gitlab_es_pipeline.core.archive import ChunkStream
+
+    gl = gitlab.Gitlab(args.gitlab, private_token=TOKEN)
+    lines = files = 0
+    for key in args.project:
+        project = gl.projects.get(key)
+        chunks = project.repository_archive(streamed=True, iterator=True, chunk_size=1 << 16)
+        with tarfile.open(fileobj=ChunkStream(chunks), mode="r|gz") as tar:
+            for member in tar:
+                if member.isfile():
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    lines += len(data.decode("utf-8", "replace").split("\n"))
+                    files += 1
+    return {"lines": lines, "files": files}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["pipeline", "baseline", "floor"])
+    parser.add_argument("--gitlab", required=True)
+    parser.add_argument("--es", required=True)
+    parser.add_argument("--project", action="append", required=True)
+    parser.add_argument("--home")
+    args = parser.parse_args()
+    # Imports are not what is measured.
+    import elasticsearch  # noqa: F401
+    import gitlab  # noqa: F401
+
+    if args.mode == "pipeline":
+        import gitlab_es_pipeline.assets  # noqa: F401
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    figures = {"pipeline": pipeline, "baseline": baseline, "floor": floor}[args.mode](args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    figures.update(
+        wall_seconds=time.perf_counter() - started,
+        cpu_seconds=usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

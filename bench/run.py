@@ -1,0 +1,153 @@
+"""The benchmark: the pipeline against the obvious baseline and the raw floor, on the same data.
+
+    .venv/bin/python bench/run.py            # 20,000 files / 2,000,000 lines (a few minutes)
+    .venv/bin/python bench/run.py --scale 0.1
+
+Generates a large repository and a fleet of small ones, serves them with the GitLab stand-in in
+its own process, indexes into the Elasticsearch stand-in in accept-and-count mode in its own
+process, and runs each measured thing in a fresh process of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from generate import change_one_file, make_repo  # noqa: E402
+from servers import API_KEY, elasticsearch_server, gitlab_server  # noqa: E402
+
+
+def _get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())
+
+
+def measure(
+    mode: str, gitlab: str, es: str, projects: list[str], home: str | None = None
+) -> dict[str, Any]:
+    _get(f"{gitlab}/__standin/requests", "DELETE")
+    _get(f"{es}/__standin/stats", "DELETE", {"Authorization": f"ApiKey {API_KEY}"})
+    command = [sys.executable, str(HERE / "measure.py"), mode, "--gitlab", gitlab, "--es", es]
+    for project in projects:
+        command += ["--project", project]
+    if home:
+        command += ["--home", home]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    figures["gitlab_requests"] = _get(f"{gitlab}/__standin/requests")
+    figures["es"] = _get(f"{es}/__standin/stats", headers={"Authorization": f"ApiKey {API_KEY}"})
+    return figures
+
+
+def _home(root: Path) -> str:
+    home = root / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    return str(home)
+
+
+def _row(name: str, f: dict[str, Any]) -> str:
+    lines, wall = f["lines"], f["wall_seconds"]
+    cpu_per_m = f["cpu_seconds"] / lines * 1e6 if lines else 0.0
+    return (
+        f"{name:<28} {lines:>10,} {f['files']:>8,} {lines / wall:>12,.0f} "
+        f"{f['files'] / wall:>9,.0f} "
+        f"{cpu_per_m:>10.1f} {f['peak_rss_mb']:>8.0f}  {sum(f['gitlab_requests'].values()):>7,} "
+        f"{f['es'].get('bulk_requests', 0):>6,} {f['es'].get('bulk_bytes', 0) / 1e6:>8.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="1.0 = 20,000 files, 2,000,000 lines"
+    )
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+    files = max(10, int(20_000 * args.scale))
+    work = Path(tempfile.mkdtemp(prefix="gitlab-es-bench-"))
+    try:
+        print(
+            f"generating: {files:,} files x 100 lines, {files // 10:,} files x 100 lines, "
+            f"a fleet of 50 x 20 files ...",
+            flush=True,
+        )
+        big = work / "repos" / "big"
+        make_repo(big, files, 100, seed=1)
+        medium = work / "repos" / "medium"
+        make_repo(medium, files // 10, 100, seed=2)
+        fleet = {}
+        for i in range(50):
+            make_repo(work / "repos" / f"small{i}", 20, 50, seed=100 + i)
+            fleet[f"fleet/small{i:02d}"] = str(work / "repos" / f"small{i}")
+        projects = {"bench/big": str(big), "bench/medium": str(medium), **fleet}
+        with gitlab_server(projects) as gl, elasticsearch_server() as es:
+            results: dict[str, dict[str, Any]] = {}
+            results["pipeline full (big)"] = measure(
+                "pipeline", gl, es, ["bench/big"], _home(work / "p")
+            )
+            change_one_file(big)
+            results["pipeline incremental (big)"] = measure(
+                "pipeline", gl, es, ["bench/big"], _home(work / "p")
+            )
+            results["pipeline full (medium)"] = measure(
+                "pipeline", gl, es, ["bench/medium"], _home(work / "m")
+            )
+            results["pipeline full (fleet of 50)"] = measure(
+                "pipeline", gl, es, sorted(fleet), _home(work / "f")
+            )
+            results["raw floor (big)"] = measure("floor", gl, es, ["bench/big"])
+            if not args.skip_baseline:
+                results["baseline (big)"] = measure("baseline", gl, es, ["bench/big"])
+        print()
+        print(
+            f"{'run':<28} {'lines':>10} {'files':>8} {'lines/s':>12} {'files/s':>9} "
+            f"{'cpu s/Mln':>10} {'rss MB':>8}  {'gl req':>7} {'bulks':>6} {'bulk MB':>8}"
+        )
+        for name, figures in results.items():
+            print(_row(name, figures))
+        print()
+        for name, figures in results.items():
+            print(f"{name}: GitLab requests {figures['gitlab_requests']}, ES {figures['es']}")
+        full = results["pipeline full (big)"]
+        rate = full["lines"] / full["wall_seconds"]
+        floor = results["raw floor (big)"]
+        print()
+        if "baseline (big)" in results:
+            base = results["baseline (big)"]
+            ratio = rate / (base["lines"] / base["wall_seconds"])
+            print(f"pipeline / baseline throughput: {ratio:.1f}x (target >= 10x)")
+        slower = full["wall_seconds"] / floor["wall_seconds"]
+        print(f"pipeline / raw floor time:      {slower:.1f}x (target <= 4x)")
+        medium_rss = results["pipeline full (medium)"]["peak_rss_mb"]
+        print(
+            f"peak RSS big - medium:          {full['peak_rss_mb'] - medium_rss:+.0f} MB "
+            f"(target within 50 MB; big {full['peak_rss_mb']:.0f} MB, target < 300 MB)"
+        )
+        inc = results["pipeline incremental (big)"]
+        print(
+            f"incremental requests (1 file):  {sum(inc['gitlab_requests'].values())} (target <= 10)"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "yes")
+    main()
