@@ -18,6 +18,7 @@ from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor, dedupe
 from gitlab_es_pipeline.jobs import index_repository_job
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.pools import ensure_pools
 from gitlab_es_pipeline.resources import GitLabResource
 from gitlab_es_pipeline.state import fleet_state, last_indexed
 
@@ -131,6 +132,7 @@ def run_key(partition: str, commit: str, epoch: str) -> str:
     "differs from its last indexed commit (or that was never indexed).",
 )
 def head_commit_sensor(context: SensorEvaluationContext, gitlab: GitLabResource) -> SensorResult:
+    ensure_pools(context.instance)
     source = gitlab.source()
     tick = evaluate_tick(
         context.instance,

@@ -8,6 +8,7 @@ import pytest
 from dagster import AssetKey
 
 from gitlab_es_pipeline.definitions import defs
+from gitlab_es_pipeline.pools import ensure_pools
 from gitlab_es_pipeline.storage import postgres_url_from_env, with_psycopg2_driver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,10 +61,14 @@ def test_workspace_names_the_definitions() -> None:
 @pytest.mark.parametrize("project_instance", ["sqlite", "postgres"], indirect=True)
 def test_dagster_yaml_selects_the_storage_from_the_environment(project_instance, request) -> None:
     storage = type(project_instance.get_ref().storage).__name__
-    expected = (
-        "DagsterPostgresStorage" if "postgres" in request.node.name else "DagsterSqliteStorage"
+    expected = "PostgresStorage" if "postgres" in request.node.name else "SqliteStorage"
+    assert storage.endswith(expected)
+    # ensure_pools (called by the sensor and discovery) creates the pools with their limit.
+    ensure_pools(project_instance)
+    assert {"gitlab", "elasticsearch"} <= set(
+        project_instance.event_log_storage.get_concurrency_keys()
     )
-    assert storage == expected
+    assert project_instance.event_log_storage.get_concurrency_info("gitlab").slot_count == 4
     assert project_instance.get_runs() == []
     concurrency = project_instance.get_concurrency_config()
     assert concurrency.pool_config.default_pool_limit == 4

@@ -346,3 +346,35 @@ def test_a_new_index_is_loaded_without_refreshes_or_replicas_then_restored(
     )
     pipeline.index("other/lib")
     assert seen and not any("refresh_interval" in s for s in seen)
+
+
+def test_a_full_refresh_of_a_never_indexed_repository_sweeps_leftovers(
+    pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path
+) -> None:
+    """A first run that died after writing leaves documents but no materialization."""
+    ids = _serve_corpus(pipeline, corpus_repos, tmp_path)
+    pipeline.discover()
+    client = pipeline.resources()["elasticsearch"].client()
+    pipeline.resources()["elasticsearch"].line_index().ensure()
+    leftover = {
+        "project_id": ids["other/lib"],
+        "repository_name": "other/lib",
+        "branch": "develop",
+        "commit_sha": "0" * 40,
+        "file_path": "gone.rb",
+        "blob_sha": "1" * 40,
+        "line_number": 1,
+        "line_content": "x",
+        "line_truncated": False,
+        "web_url": "u",
+    }
+    client.index(index=INDEX, id="leftover", document=leftover)
+    pipeline.index("other/lib", full_refresh=True)
+    expected = expected_documents(
+        corpus_repos["other/lib"],
+        ids["other/lib"],
+        "other/lib",
+        "develop",
+        f"{pipeline.gitlab.url}/other/lib",
+    )
+    assert pipeline.es.documents(INDEX) == expected.documents

@@ -35,6 +35,7 @@ from gitlab_es_pipeline.core.manifest import (
 from gitlab_es_pipeline.core.projects import Project
 from gitlab_es_pipeline.io_managers import ParquetStore, stage_parquet
 from gitlab_es_pipeline.partitions import repository_partitions
+from gitlab_es_pipeline.pools import GITLAB_POOL
 from gitlab_es_pipeline.resources import GitLabResource, IndexingResource
 from gitlab_es_pipeline.scanning import RepositoryError, RepositoryScan, ScanSettings
 from gitlab_es_pipeline.state import ES_INDEX, last_indexed
@@ -79,7 +80,8 @@ def _choose_mode(
     """Incremental against the indexed manifest when there is a trustworthy one."""
     state = last_indexed(context.instance, context.partition_key)
     if state is None:
-        return BuildMode.FULL, None, None
+        # Never indexed, but a crashed first run may have left documents: sweep on request.
+        return (BuildMode.FULL_REFRESH if config.full_refresh else BuildMode.FULL), None, None
     stored = store.read_partition(ES_INDEX, context.partition_key)
     header = ManifestHeader.of(stored) if stored is not None else None
     if header is None or header.snapshot.commit_sha != state.commit_sha:
@@ -147,7 +149,7 @@ def _compared_changes(
     partitions_def=repository_partitions,
     group_name="gitlab",
     can_subset=False,
-    pool="gitlab",
+    pool=GITLAB_POOL,
 )
 def manifest_and_line_documents(
     context: AssetExecutionContext,

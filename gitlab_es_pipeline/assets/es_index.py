@@ -30,6 +30,7 @@ from gitlab_es_pipeline.core.manifest import (
 )
 from gitlab_es_pipeline.io_managers import ParquetFile
 from gitlab_es_pipeline.partitions import repository_partitions
+from gitlab_es_pipeline.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource
 
 DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
@@ -43,7 +44,7 @@ _FAILURES_SHOWN = 20
     group_name="elasticsearch",
     kinds={"elasticsearch", "parquet"},
     owners=["team:data-platform"],
-    pool="elasticsearch",
+    pool=ELASTICSEARCH_POOL,
     check_specs=[
         AssetCheckSpec(
             DOCUMENT_COUNT_CHECK,

@@ -12,6 +12,7 @@ from dagster import (
 
 from gitlab_es_pipeline.core.projects import Project, is_indexable, projects_table
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.pools import GITLAB_POOL, ensure_pools
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
 from gitlab_es_pipeline.state import forget, last_indexed
 
@@ -23,7 +24,7 @@ _PREVIEW_ROWS = 200  # the full list is the asset's Parquet file
     group_name="gitlab",
     kinds={"gitlab", "parquet"},
     owners=["team:data-platform"],
-    pool="gitlab",
+    pool=GITLAB_POOL,
 )
 def repositories(
     context: AssetExecutionContext, gitlab: GitLabResource, elasticsearch: ElasticsearchResource
@@ -34,6 +35,7 @@ def repositories(
     loses its partition, its documents and its indexed state, in that order of safety: the
     documents go first, so a failure leaves the partition to be removed again next hour.
     """
+    ensure_pools(context.instance)
     source = gitlab.source()
     found: dict[int, Project] = {}
     left_out = 0
