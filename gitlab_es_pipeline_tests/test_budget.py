@@ -2,6 +2,7 @@
 
 import math
 from pathlib import Path
+from typing import Any
 
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
@@ -18,6 +19,14 @@ def _repo_with_files(path: Path, count: int) -> Path:
     run_git(repo, "add", "-A")
     run_git(repo, "commit", "-q", "-m", "many files")
     return repo
+
+
+def _indexed(pipeline: Pipeline, repo: Path, key: str) -> tuple[Any, str]:
+    """Serve a repository, discover it and index it in full; its project and commit."""
+    project = pipeline.gitlab.add_project(key, str(repo))
+    pipeline.discover()
+    pipeline.index(key)
+    return project, run_git(repo, "rev-parse", "HEAD").strip()
 
 
 def _kinds(pipeline: Pipeline) -> dict[str, int]:
@@ -57,10 +66,7 @@ def test_one_changed_file_of_10000_costs_at_most_10_requests(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     repo = _repo_with_files(tmp_path / "big", 10_000)
-    project = pipeline.gitlab.add_project("g/big", str(repo))
-    pipeline.discover()
-    pipeline.index("g/big")
-    first = run_git(repo, "rev-parse", "HEAD").strip()
+    project, first = _indexed(pipeline, repo, "g/big")
     second = commit_files(repo, {"src/f04242.py": "changed = True\n"})
     pipeline.gitlab.requests.clear()
     pipeline.es.bulk_actions.clear()
@@ -74,10 +80,7 @@ def test_one_changed_file_of_10000_costs_at_most_10_requests(
 
 def test_a_cut_off_comparison_falls_back_to_the_tree(pipeline: Pipeline, tmp_path: Path) -> None:
     repo = _repo_with_files(tmp_path / "r", 20)
-    project = pipeline.gitlab.add_project("g/r", str(repo))
-    pipeline.discover()
-    pipeline.index("g/r")
-    first = run_git(repo, "rev-parse", "HEAD").strip()
+    project, first = _indexed(pipeline, repo, "g/r")
     second = commit_files(repo, {f"src/f{i:05d}.py": f"new {i}\n" for i in range(5)})
     pipeline.gitlab.compare_max_files = 3  # GitLab cuts the diff list here
     pipeline.indexing = {"compare_max_files": 3}
@@ -90,10 +93,7 @@ def test_a_cut_off_comparison_falls_back_to_the_tree(pipeline: Pipeline, tmp_pat
 
 def test_a_failed_comparison_falls_back_to_the_tree(pipeline: Pipeline, tmp_path: Path) -> None:
     repo = _repo_with_files(tmp_path / "r", 20)
-    project = pipeline.gitlab.add_project("g/r", str(repo))
-    pipeline.discover()
-    pipeline.index("g/r")
-    first = run_git(repo, "rev-parse", "HEAD").strip()
+    project, first = _indexed(pipeline, repo, "g/r")
     second = commit_files(repo, {"src/f00001.py": "x\n"}, delete=("src/f00002.py",))
     # The indexed commit was garbage-collected after a force-push: GitLab answers 404.
     pipeline.gitlab.faults.append(
