@@ -5,7 +5,6 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Any
 
-import pyarrow.compute as pc
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -22,9 +21,9 @@ from dagster import (
 from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
 from gitlab_es_pipeline.core.manifest import (
     BuildMode,
-    Change,
     ManifestHeader,
     entries_of,
+    present_rows,
     stale_document_ids,
     summarize,
 )
@@ -98,11 +97,8 @@ def es_index(
             f"operations; commit {snapshot.commit_sha} is not marked indexed.\n{shown}",
             metadata={**outcome, "failures": MetadataValue.md(shown)},
         )
-    indexed = manifest.filter(
-        pc.fill_null(pc.not_equal(manifest["change"], Change.DELETED.value), True)
-    )
     yield Output(
-        indexed,
+        present_rows(manifest),
         data_version=DataVersion(snapshot.commit_sha),
         metadata={
             "commit": MetadataValue.url(f"{snapshot.web_url}/-/commit/{snapshot.commit_sha}"),

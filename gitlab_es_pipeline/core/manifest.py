@@ -224,9 +224,14 @@ class ManifestSummary:
     changes: dict[str, int]
 
 
+def present_rows(table: pa.Table) -> pa.Table:
+    """The paths that exist at the manifest's commit: its deleted rows left out."""
+    return table.filter(pc.fill_null(pc.not_equal(table["change"], Change.DELETED.value), True))
+
+
 def summarize(table: pa.Table) -> ManifestSummary:
     change = table.column("change")
-    present = table.filter(pc.fill_null(pc.not_equal(change, Change.DELETED.value), True))
+    present = present_rows(table)
     indexed = present.filter(pc.is_null(present.column("skip_reason")))
     reasons = present.column("skip_reason").drop_null().to_pylist()
     return ManifestSummary(
