@@ -85,6 +85,12 @@ class ElasticsearchResource(ConfigurableResource):
     bulk_max_bytes: int = Field(default=8 * 1024 * 1024, description="Bytes per _bulk request")
     bulk_max_docs: int = Field(default=10000, description="Documents per _bulk request")
     bulk_max_retries: int = Field(default=8, description="Retries of rejected (429) items")
+    bulk_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Concurrent _bulk requests per run (runs are limited by the "
+        "elasticsearch pool; mind the cluster's write thread pool queue)",
+    )
     request_timeout_seconds: float = Field(default=120.0)
 
     def client(self) -> Elasticsearch:
@@ -108,6 +114,7 @@ class ElasticsearchResource(ConfigurableResource):
             max_chunk_bytes=self.bulk_max_bytes,
             max_chunk_docs=self.bulk_max_docs,
             max_retries=self.bulk_max_retries,
+            workers=self.bulk_workers,
         )
 
 

@@ -130,3 +130,26 @@ def test_elasticsearch_bulk_item_errors(es_server: ElasticsearchStandIn) -> None
     assert client.count(index="i")["count"] in (0, 1)  # near-real-time: visible after a refresh
     client.indices.refresh(index="i")
     assert client.count(index="i")["count"] == 1
+
+
+def test_elasticsearch_filter_path_keeps_only_the_named_fields(
+    es_server: ElasticsearchStandIn,
+) -> None:
+    client = Elasticsearch(es_server.url, api_key=es_server.api_key)
+    client.indices.create(
+        index="i", mappings={"dynamic": "strict", "properties": {"n": {"type": "integer"}}}
+    )
+    result = client.bulk(
+        index="i",
+        operations=[{"index": {"_id": "a"}}, {"n": 1}, {"index": {"_id": "b"}}, {"n": "x"}],
+        filter_path="errors,items.*.status,items.*.error.type",
+    ).body
+    assert result == {
+        "errors": True,
+        "items": [
+            {"index": {"status": 201}},
+            {"index": {"status": 400, "error": {"type": "document_parsing_exception"}}},
+        ],
+    }
+    # A path that matches nothing leaves an empty object, as Elasticsearch answers.
+    assert client.count(index="i", filter_path="nothing").body == {}

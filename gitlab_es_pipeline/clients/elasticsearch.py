@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,10 @@ from gitlab_es_pipeline.core.mapping import (
 
 # Item statuses worth another try: the cluster is busy, not the document wrong.
 RETRYABLE_ITEM_STATUSES = frozenset({429, 502, 503, 504})
+
+# A bulk response repeats index, id, version, shards and sequence numbers for every item; the
+# writer needs only these, and decoding the rest costs as much as encoding the documents.
+BULK_FILTER_PATH = "errors,items.*.status,items.*.result,items.*.error"
 
 
 class IndexSetupError(Exception):
@@ -90,6 +95,7 @@ class LineIndex:
         max_backoff: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         keep_failures: int = 100,
+        workers: int = 2,
     ) -> None:
         self.client = client
         self.name = name
@@ -99,6 +105,7 @@ class LineIndex:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.keep_failures = keep_failures
+        self.workers = max(1, workers)
         self._sleep = sleep
 
     def ensure(self) -> str:
@@ -139,7 +146,9 @@ class LineIndex:
             reraise=True,
         ):
             with attempt:
-                return self.client.bulk(index=self.name, operations=body).body
+                return self.client.bulk(
+                    index=self.name, operations=body, filter_path=BULK_FILTER_PATH
+                ).body
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _write_chunk(self, chunk: list[BulkOperation]) -> BulkReport:
@@ -176,10 +185,27 @@ class LineIndex:
         return report
 
     def write(self, operations: Iterable[BulkOperation]) -> BulkReport:
-        """Send operations in byte-bounded chunks; items rejected for a while are re-sent alone."""
+        """Send operations in byte-bounded chunks by `workers` concurrent senders.
+
+        While they wait for Elasticsearch, this thread builds the next chunk; at most two
+        chunks per worker exist at once, so memory stays bounded by chunk size x workers.
+        Items rejected for a while are re-sent alone, by the worker that sent them.
+        """
         report = BulkReport()
-        for chunk in chunk_operations(operations, self.max_chunk_bytes, self.max_chunk_docs):
-            report.merge(self._write_chunk(chunk))
+        chunks = chunk_operations(operations, self.max_chunk_bytes, self.max_chunk_docs)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="bulk") as pool:
+            in_flight: deque[Future[BulkReport]] = deque()
+            try:
+                for chunk in chunks:
+                    in_flight.append(pool.submit(self._write_chunk, chunk))
+                    if len(in_flight) >= 2 * self.workers:
+                        report.merge(in_flight.popleft().result())
+                while in_flight:
+                    report.merge(in_flight.popleft().result())
+            except BaseException:
+                for future in in_flight:
+                    future.cancel()
+                raise
         return report
 
     @contextmanager

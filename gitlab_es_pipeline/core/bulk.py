@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyarrow as pa
 
 from gitlab_es_pipeline.core.documents import NON_SOURCE_COLUMNS
 
 
-@dataclass(frozen=True)
-class BulkOperation:
-    """One document's action and source lines, ready to be joined into a _bulk body."""
+class BulkOperation(NamedTuple):
+    """One document's action and source lines, ready to be joined into a _bulk body.
+
+    A NamedTuple: one is made per line, and a tuple is the cheapest object Python builds.
+    """
 
     doc_id: str
     payload: bytes
@@ -25,9 +27,11 @@ def index_operations(batch: pa.RecordBatch) -> Iterator[BulkOperation]:
     source = batch.drop_columns(list(NON_SOURCE_COLUMNS)).to_pandas()
     sources = source.to_json(orient="records", lines=True, force_ascii=False).split("\n")
     # JSON strings escape newlines, so each line is one document; the text ends with "\n".
-    for doc_id, doc in zip(ids, sources[: len(ids)], strict=True):
-        # ids are [0-9a-f-] only (see documents.document_id): no JSON escaping needed.
-        yield BulkOperation(doc_id, f'{{"index":{{"_id":"{doc_id}"}}}}\n{doc}\n'.encode())
+    # ids are [0-9a-f-] only (see documents.document_id): no JSON escaping needed.
+    return (
+        BulkOperation(doc_id, f'{{"index":{{"_id":"{doc_id}"}}}}\n{doc}\n'.encode())
+        for doc_id, doc in zip(ids, sources[: len(ids)], strict=True)
+    )
 
 
 def delete_operations(doc_ids: Iterable[str]) -> Iterator[BulkOperation]:

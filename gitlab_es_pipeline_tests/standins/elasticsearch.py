@@ -105,6 +105,11 @@ class ElasticsearchStandIn(StandInServer):
                 response = _error(
                     400, "parsing_exception", f"stand-in could not parse the request: {exc}"
                 )
+        filter_path = request.query.get("filter_path")
+        if filter_path and response.content_type == "application/json" and response.body:
+            response.body = json.dumps(
+                _filtered(json.loads(response.body), filter_path.split(","))
+            ).encode()
         response.headers["X-Elastic-Product"] = "Elasticsearch"
         accept = request.headers.get("Accept") or ""
         match = _MEDIA.search(accept)
@@ -775,3 +780,37 @@ def _matches(
         hits = [w in tokens for w in wanted]
         return all(hits) if operator == "and" else any(hits)
     raise ValueError(f"query [{kind}] is not supported by the stand-in")
+
+
+def _filtered(value: Any, paths: list[str]) -> Any:
+    """Elasticsearch's response filtering (filter_path) for inclusive paths of names and `*`.
+
+    As in Elasticsearch, objects left empty are dropped, and arrays are filtered element-wise.
+    Exclusions (`-path`) and `**` are not implemented by the stand-in.
+    """
+    patterns = [p.split(".") for p in paths if p]
+    if any(p.startswith("-") or "**" in p for p in paths):
+        raise ValueError("the stand-in supports only inclusive filter_path names and *")
+    kept = _filter_value(value, patterns)
+    return {} if kept is _DROPPED else kept
+
+
+def _filter_value(value: Any, patterns: list[list[str]]) -> Any:
+    if any(not p for p in patterns):
+        return value  # a pattern ended here: the whole value is kept
+    if isinstance(value, list):
+        kept = [_filter_value(v, patterns) for v in value]
+        return [v for v in kept if v is not _DROPPED]
+    if not isinstance(value, dict):
+        return _DROPPED
+    out = {}
+    for key, item in value.items():
+        rest = [p[1:] for p in patterns if p[0] in ("*", key)]
+        if rest:
+            kept = _filter_value(item, rest)
+            if kept is not _DROPPED and kept != {}:
+                out[key] = kept
+    return out if out else _DROPPED
+
+
+_DROPPED = object()

@@ -1,0 +1,58 @@
+"""The bulk writer against the Elasticsearch stand-in: concurrent senders, exact retries."""
+
+from typing import Any
+
+from elasticsearch import Elasticsearch
+
+from gitlab_es_pipeline.clients.elasticsearch import LineIndex
+from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
+from gitlab_es_pipeline.core.documents import RepositorySnapshot, document_ids, file_documents
+from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
+
+SNAPSHOT = RepositorySnapshot(7, "g/p", "main", "c" * 40, "https://gl.example/g/p")
+
+
+def _operations(files: int, lines: int) -> Any:
+    text = "".join(f"line {n}\n" for n in range(1, lines + 1))
+    for i in range(files):
+        batch = file_documents(SNAPSHOT, f"src/f{i}.py", "b" * 40, text, 1000)
+        assert batch is not None
+        yield from index_operations(batch)
+
+
+def test_concurrent_workers_write_every_document_once_and_retry_only_rejected_items(
+    es_server: ElasticsearchStandIn,
+) -> None:
+    busy: dict[str, int] = {}
+
+    def overloaded_then_one_broken(kind: str, meta: dict[str, Any], source: Any) -> Any:
+        doc_id = meta["_id"]
+        if doc_id.endswith("-3"):  # line 3 of every file: rejected twice, then accepted
+            busy[doc_id] = busy.get(doc_id, 0) + 1
+            if busy[doc_id] <= 2:
+                return {"_id": doc_id, "status": 429, "error": {"type": "es_rejected_execution"}}
+        if source is not None and source["file_path"] == "src/f5.py" and doc_id.endswith("-7"):
+            return {"_id": doc_id, "status": 400, "error": {"type": "x", "reason": "bad"}}
+        return None
+
+    es_server.item_faults.append(overloaded_then_one_broken)
+    client = Elasticsearch(es_server.url, api_key=es_server.api_key)
+    index = LineIndex(client, "lines", max_chunk_docs=40, workers=3, sleep=lambda _: None)
+    index.ensure()
+    report = index.write(_operations(files=20, lines=30))
+
+    assert report.failed == 1 and str(report.failures[0]) == "src/f5.py:7: HTTP 400 x: bad"
+    assert report.succeeded == 20 * 30 - 1
+    assert report.retried_items == 2 * 20 and set(busy.values()) == {3}
+    assert report.requests == 15 * 3  # 600 documents / 40 a chunk; each chunk retried twice
+    stored = es_server.documents("lines")
+    assert len(stored) == 599
+    assert {doc["line_number"] for doc in stored.values()} == set(range(1, 31))
+    assert report.results == {"created": 599}
+
+    # Deleting is exact and idempotent, whichever worker sends which chunk.
+    es_server.item_faults.clear()
+    gone = [*document_ids(7, "src/f0.py", 1, 30), *document_ids(7, "src/f5.py", 7, 7)]
+    deleted = index.write(delete_operations(gone))
+    assert deleted.failed == 0 and deleted.results == {"deleted": 30, "not_found": 1}
+    assert len(es_server.documents("lines")) == 599 - 30
