@@ -85,7 +85,6 @@ class RepositoryScan:
         self.deleted: list[ManifestEntry] = []
         self.wanted: set[str] = set()
         self.use_archive = True
-        self._prefetched: dict[str, bytes] = {}
         self.stats = ScanStats()
 
     def _fail(self, problem: object, path: str | None = None) -> RepositoryError:
@@ -131,8 +130,10 @@ class RepositoryScan:
     def from_compare(self, base: dict[str, ManifestEntry], diffs: list[dict[str, Any]]) -> None:
         """The tree at HEAD as the base plus GitLab's list of changed paths: no tree listing.
 
-        Changed files are read right away (the files API gives blob id and content in one
-        request); skipped ones (submodules, symlinks, excluded) are not, and keep an empty blob id.
+        Blob id and size of each changed file come from a HEAD request on the files API
+        (concurrently, no content); the content follows in documents(), a window at a time, and
+        never for a file over the size cap. Skipped ones (submodules, symlinks, excluded) are
+        not asked about, and keep an empty blob id.
         """
         entries = {path: replace(entry) for path, entry in base.items()}
         changed: list[str] = []
@@ -153,14 +154,14 @@ class RepositoryScan:
         try:
             with ThreadPoolExecutor(self.settings.fetch_workers) as pool:
                 found = pool.map(
-                    lambda p: self.source.file_at(
+                    lambda p: self.source.file_metadata(
                         self.snapshot.project_id, p, self.snapshot.commit_sha
                     ),
                     changed,
                 )
-                for path, (blob, data) in zip(changed, found, strict=True):
+                for path, (blob, size) in zip(changed, found, strict=True):
                     entries[path].blob_sha = blob
-                    self._prefetched[path] = data
+                    entries[path].size = size
         except GitLabError as exc:
             raise self._fail(exc) from exc
         self.deleted = classify(entries, base)
@@ -235,17 +236,19 @@ class RepositoryScan:
             for start in range(0, len(paths), window):
                 group = paths[start : start + window]
                 blobs = pool.map(self._content, group)
-                for path, data in zip(group, blobs, strict=True):
+                for path, (size, data) in zip(group, blobs, strict=True):
                     self.stats.files_fetched_alone += 1
-                    batch = self._scan_file(self.entries[path], len(data), lambda d=data: d)
+                    batch = self._scan_file(self.entries[path], size, lambda d=data: d)
                     if batch is not None:
                         yield batch
 
-    def _content(self, path: str) -> bytes:
-        prefetched = self._prefetched.pop(path, None)
-        if prefetched is not None:
-            return prefetched
-        return self.source.raw_blob(self.snapshot.project_id, self.entries[path].blob_sha)
+    def _content(self, path: str) -> tuple[int, bytes]:
+        """Size and content; a file known to be over the size cap is not downloaded."""
+        entry = self.entries[path]
+        if entry.size is not None and entry.size > self.settings.max_file_bytes:
+            return entry.size, b""
+        data = self.source.raw_blob(self.snapshot.project_id, entry.blob_sha)
+        return len(data), data
 
     def skipped(self) -> dict[str, int]:
         counts = {reason.value: 0 for reason in SkipReason}

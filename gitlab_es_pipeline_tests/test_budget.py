@@ -4,7 +4,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gitlab_es_pipeline_tests.corpus import expected_after_runs
+import pyarrow.parquet as pq
+
+from gitlab_es_pipeline_tests.corpus import MAX_FILE_BYTES, expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.standins.http import Response
@@ -73,7 +75,10 @@ def test_one_changed_file_of_10000_costs_at_most_10_requests(
     pipeline.index("g/big")
     print(f"\nincremental run, 1 of 10,000 files changed: {_kinds(pipeline)}")
     assert len(pipeline.gitlab.requests) <= 10
-    assert _kinds(pipeline) == {"project": 1, "branch": 1, "compare": 1, "file": 1}
+    kinds = {"project": 1, "branch": 1, "compare": 1, "file": 1, "raw_blob": 1}
+    assert _kinds(pipeline) == kinds
+    # Blob id and size by HEAD (no content); the content by blob id, once.
+    assert [r.method for r in pipeline.gitlab.requests_of_kind("file")] == ["HEAD"]
     assert dict(pipeline.es.bulk_actions) == {"index": 1, "delete": 1}
     assert _exact(pipeline, repo, project, [first, second])
 
@@ -104,4 +109,23 @@ def test_a_failed_comparison_falls_back_to_the_tree(pipeline: Pipeline, tmp_path
     pipeline.gitlab.requests.clear()
     pipeline.index("g/r")
     assert _kinds(pipeline)["tree"] == 1
+    assert _exact(pipeline, repo, project, [first, second])
+
+
+def test_a_changed_file_over_the_size_cap_is_never_downloaded(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    repo = _repo_with_files(tmp_path / "r", 20)
+    project, first = _indexed(pipeline, repo, "g/r")
+    too_large = "x = 1\n" * (MAX_FILE_BYTES // 6 + 1)
+    second = commit_files(repo, {"src/f00003.py": too_large, "src/f00004.py": "small = True\n"})
+    pipeline.gitlab.requests.clear()
+    pipeline.index("g/r")
+    kinds = _kinds(pipeline)
+    assert kinds["file"] == 2 and kinds["raw_blob"] == 1  # only the small one's content
+    assert "tree" not in kinds and "archive" not in kinds
+    manifest = pq.read_table(pipeline.storage / "file_manifest" / "g" / "r.parquet")
+    rows = {row["path"]: row for row in manifest.to_pylist()}
+    assert rows["src/f00003.py"]["skip_reason"] == "too_large"
+    assert rows["src/f00003.py"]["size"] == len(too_large)
     assert _exact(pipeline, repo, project, [first, second])

@@ -134,15 +134,17 @@ def test_every_kind_of_change_is_applied_exactly_and_only_changed_files_are_sent
         values["files_renamed"],
         values["files_unchanged"],
     ) == ("incremental", 1, 4, 1, 1, 1)
-    # Read: only the six added/modified/renamed files (toggle.dat found binary), each with one
-    # files-API request; what changed came from one comparison, not from listing the tree.
+    # Read: only the six added/modified/renamed files (toggle.dat found binary), each with a
+    # HEAD on the files API (blob id, size) and its raw blob; what changed came from one
+    # comparison, not from listing the tree.
     assert values["files_read"] == 6
     gitlab = fleet.pipeline.gitlab
     counts = {
         kind: len(gitlab.requests_of_kind(kind))
         for kind in ("compare", "file", "tree", "archive", "raw_blob")
     }
-    assert counts == {"compare": 1, "file": 6, "tree": 0, "archive": 0, "raw_blob": 0}
+    assert counts == {"compare": 1, "file": 6, "tree": 0, "archive": 0, "raw_blob": 6}
+    assert {r.method for r in gitlab.requests_of_kind("file")} == {"HEAD"}
 
     # ... and back: binary -> text again, and a file grows.
     fleet.push({"toggle.dat": lines(2, "t"), "b.txt": lines(12, "b")})

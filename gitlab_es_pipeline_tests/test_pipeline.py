@@ -1,6 +1,7 @@
 """End to end through Dagster: discovery, then every partition, against both stand-ins."""
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -378,3 +379,55 @@ def test_a_full_refresh_of_a_never_indexed_repository_sweeps_leftovers(
         f"{pipeline.gitlab.url}/other/lib",
     )
     assert pipeline.es.documents(INDEX) == expected.documents
+
+
+@pytest.mark.parametrize("fault", ["truncated", "connection_cut"])
+def test_a_broken_archive_fails_the_run_naming_the_repository_and_writes_nothing(
+    pipeline: Pipeline, tmp_path: Path, fault: str
+) -> None:
+    """Half an archive (short body, or the connection cut mid-stream) never reaches the index."""
+    import random
+    import subprocess
+
+    from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
+
+    rng = random.Random(4)
+    repo = init_repo(tmp_path / "broken")
+    commit_files(
+        repo,
+        {
+            f"src/m{i}.py": "".join(f"value_{rng.getrandbits(64):x} = {n}\n" for n in range(300))
+            for i in range(30)
+        },
+    )
+    pipeline.gitlab.add_project("g/broken", str(repo))
+    pipeline.discover()
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar.gz", "--prefix=broken-x/", "HEAD"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    half = archive[: len(archive) // 2]
+
+    def broken_archive(request: Request, path: str) -> Response | None:
+        if "/repository/archive" not in path:
+            return None
+        if fault == "truncated":
+            return Response(200, half, content_type="application/octet-stream")
+
+        def cut() -> Any:
+            yield half
+            raise StandInServer.BrokenStream()
+
+        return Response(200, stream=cut(), content_type="application/octet-stream")
+
+    pipeline.gitlab.faults.append(broken_archive)
+    result = pipeline.index("g/broken", raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None
+    assert "g/broken: archive stream is cut off inside 'src/m" in failure.message
+    # Files before the break were read, yet nothing was written: es_index never ran.
+    assert pipeline.es.bulk_requests == 0 and not pipeline.es.indices
+    assert pipeline.instance.get_latest_materialization_event(AssetKey("es_index")) is None
+    assert pipeline.instance.get_latest_materialization_event(AssetKey("line_documents")) is None

@@ -220,14 +220,14 @@ class GitLabSource:
                 exc, f"the comparison {from_sha}..{to_sha} of project {project_id}"
             ) from exc
 
-    def file_at(self, project_id: int, path: str, commit_sha: str) -> tuple[str, bytes]:
-        """A file's blob id and content at a commit, in one request."""
+    def file_metadata(self, project_id: int, path: str, commit_sha: str) -> tuple[str, int]:
+        """A file's blob id and size at a commit, from a HEAD request: no content downloaded."""
         project = self.gl.projects.get(project_id, lazy=True)
         try:
-            found = project.files.get(file_path=path, ref=commit_sha, max_retries=self.max_retries)
+            headers = project.files.head(path, ref=commit_sha, max_retries=self.max_retries)
         except GitlabError as exc:
             raise _explain(exc, f"file {path!r} of project {project_id} at {commit_sha}") from exc
-        return found.blob_id, found.decode()
+        return headers["X-Gitlab-Blob-Id"], int(headers["X-Gitlab-Size"])
 
     def raw_blob(self, project_id: int, blob_sha: str) -> bytes:
         project = self.gl.projects.get(project_id, lazy=True)

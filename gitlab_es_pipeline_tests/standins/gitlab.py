@@ -534,6 +534,19 @@ class GitLabStandIn(StandInServer):
                 "last_commit_id": sha,
                 "execute_filemode": mode == "100755",
             },
+            # GitLab sends the metadata as headers too; a HEAD request gets only these.
+            headers={
+                "X-Gitlab-Blob-Id": blob,
+                "X-Gitlab-Commit-Id": sha,
+                "X-Gitlab-Content-Sha256": hashlib.sha256(data).hexdigest(),
+                "X-Gitlab-Encoding": "base64",
+                "X-Gitlab-File-Name": file_path.rpartition("/")[2],
+                "X-Gitlab-File-Path": file_path,
+                "X-Gitlab-Last-Commit-Id": sha,
+                "X-Gitlab-Ref": request.query["ref"],
+                "X-Gitlab-Size": str(len(data)),
+                "X-Gitlab-Execute-Filemode": str(mode == "100755").lower(),
+            },
         )
 
     def _compare(self, request: Request, project: StandInProject) -> Response:
