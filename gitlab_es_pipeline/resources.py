@@ -34,6 +34,15 @@ class GitLabResource(ConfigurableResource):
     request_timeout_seconds: float = Field(default=60.0)
     max_retries: int = Field(default=10, description="Retries of a 429/5xx answer per request")
     archive_format: str = Field(default="tar.gz", description="tar.gz (less traffic) or tar")
+    archive_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Archive downloads per run when one breaks off mid-body (files already "
+        "read are not read again); gitlab.com allows 5 archive requests a minute per project",
+    )
+    archive_retry_seconds: float = Field(
+        default=15.0, ge=0, description="Wait before the first new archive request (doubles)"
+    )
 
     def group_paths(self) -> list[str]:
         return [g.strip().strip("/") for g in self.groups.split(",") if g.strip().strip("/")]
@@ -58,7 +67,7 @@ class IndexingResource(ConfigurableResource):
         default=list(DEFAULT_EXCLUDED_PATHS),
         description="gitignore-like globs of paths never indexed",
     )
-    row_group_lines: int = Field(default=65536, description="Lines per Parquet row group")
+    row_group_lines: int = Field(default=16384, description="Lines per Parquet row group")
     max_files_fetched_alone: int = Field(
         default=100,
         description="An incremental run fetches up to this many changed files one by one; "

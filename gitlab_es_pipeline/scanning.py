@@ -44,6 +44,9 @@ class ScanSettings:
     # Up to this many changed files are fetched one by one; more, and the archive is cheaper.
     max_files_fetched_alone: int = 100
     fetch_workers: int = 4
+    # A download that breaks off is resumed with a new archive request, skipping files done.
+    archive_attempts: int = 3
+    archive_retry_seconds: float = 15.0
 
     def fingerprint(self) -> str:
         """What decides a file's documents; when it changes, every file is read again."""
@@ -64,6 +67,7 @@ class ScanStats:
     files_from_archive: int = 0
     files_fetched_alone: int = 0
     archive_bytes: int = 0
+    archive_restarts: int = 0
     lines: int = 0
     seconds: float = 0.0
 
@@ -200,7 +204,7 @@ class RepositoryScan:
         try:
             pending = set(self.wanted)
             if pending and self.use_archive:
-                yield from self._from_archive(pending)
+                yield from self._from_archive_resuming(pending)
             yield from self._one_by_one(sorted(pending))
         except (ArchiveError, GitLabError) as exc:
             raise self._fail(exc) from exc
@@ -209,8 +213,27 @@ class RepositoryScan:
         finally:
             self.stats.seconds = time.monotonic() - started
 
+    def _from_archive_resuming(self, pending: set[str]) -> Iterator[pa.RecordBatch]:
+        """The archive, asked for again when its download breaks off or arrives cut short.
+
+        python-gitlab retries a request that fails (status, connection); a body that stops
+        half-way is ours to handle. Files already done are not read again, so documents are
+        never duplicated; a corrupt archive fails the same way each time and is reported.
+        """
+        # A plain loop, not tenacity: the retried thing is a generator that has already
+        # yielded, and a retry decorator's context must not swallow the consumer's close().
+        for attempt in range(1, self.settings.archive_attempts + 1):
+            try:
+                yield from self._from_archive(pending)
+                return
+            except (ArchiveError, OSError):
+                if attempt == self.settings.archive_attempts:
+                    raise
+                self.stats.archive_restarts += 1
+                time.sleep(self.settings.archive_retry_seconds * 2 ** (attempt - 1))
+
     def _from_archive(self, pending: set[str]) -> Iterator[pa.RecordBatch]:
-        """One streamed archive; what it yields is removed from pending."""
+        """One streamed archive; a file leaves pending once its documents are built."""
         chunks = self.source.archive_chunks(
             self.snapshot.project_id, self.snapshot.commit_sha, self.settings.archive_format
         )
@@ -219,9 +242,9 @@ class RepositoryScan:
             for member in iter_archive_files(stream):
                 if member.path not in pending:
                     continue
+                batch = self._scan_file(self.entries[member.path], member.size, member.read)
                 pending.discard(member.path)
                 self.stats.files_from_archive += 1
-                batch = self._scan_file(self.entries[member.path], member.size, member.read)
                 if batch is not None:
                     yield batch
         finally:

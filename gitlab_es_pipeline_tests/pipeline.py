@@ -34,7 +34,10 @@ class Pipeline:
     def resources(self) -> dict[str, Any]:
         return {
             "gitlab": GitLabResource(
-                url=self.gitlab.url, token=self.gitlab.token, groups=self.groups
+                url=self.gitlab.url,
+                token=self.gitlab.token,
+                groups=self.groups,
+                archive_retry_seconds=0.05,
             ),
             "elasticsearch": ElasticsearchResource(
                 url=self.es.url, api_key=self.es.api_key, index=INDEX, bulk_max_docs=50

@@ -9,6 +9,7 @@ from gitlab_es_pipeline.core.bulk import (
     delete_operations,
     describe_operation,
     index_operations,
+    json_strings,
 )
 from gitlab_es_pipeline.core.documents import (
     LINE_DOCUMENT_SCHEMA,
@@ -81,6 +82,15 @@ def test_index_operations_are_valid_ndjson_with_ids() -> None:
         assert json.loads(action) == {"index": {"_id": row["doc_id"]}}
         assert json.loads(source) == {k: v for k, v in row.items() if k != "doc_id"}
     assert describe_operation(ops[1]) == "x.py:2"
+
+
+def test_json_strings_escape_every_character_json_requires() -> None:
+    every_ascii = "".join(chr(c) for c in range(128))
+    values = [every_ascii, "", "plain", 'a"b', "back\\slash", "\u2028 é 😀 \x7f"]
+    encoded = json_strings(pa.array(values, pa.string())).to_pylist()
+    assert [json.loads(e) for e in encoded] == values
+    # Only backslash, quote and control characters are escaped; the rest stays as it is.
+    assert encoded[2] == '"plain"' and encoded[4] == '"back\\\\slash"' and "😀" in encoded[5]
 
 
 def test_chunks_are_bounded_by_bytes_and_count() -> None:

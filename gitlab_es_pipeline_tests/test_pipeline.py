@@ -427,7 +427,53 @@ def test_a_broken_archive_fails_the_run_naming_the_repository_and_writes_nothing
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert failure is not None
     assert "g/broken: archive stream is cut off inside 'src/m" in failure.message
+    # Asked for again (archive_attempts = 3), each time broken the same way: reported.
+    assert len(pipeline.gitlab.requests_of_kind("archive")) == 3
     # Files before the break were read, yet nothing was written: es_index never ran.
     assert pipeline.es.bulk_requests == 0 and not pipeline.es.indices
     assert pipeline.instance.get_latest_materialization_event(AssetKey("es_index")) is None
     assert pipeline.instance.get_latest_materialization_event(AssetKey("line_documents")) is None
+
+
+def test_an_archive_download_that_breaks_off_once_is_resumed_without_duplicates(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
+
+    repo = init_repo(tmp_path / "flaky")
+    commit_files(
+        repo,
+        {f"src/m{i}.py": "".join(f"v{i}_{n} = {n * i}\n" for n in range(400)) for i in range(20)},
+    )
+    project = pipeline.gitlab.add_project("g/flaky", str(repo))
+    pipeline.discover()
+    calls = []
+
+    def cut_the_first_download(request: Request, path: str) -> Response | None:
+        if "/repository/archive" not in path or calls:
+            return None
+        calls.append(path)
+        data = subprocess.run(
+            ["git", "-C", str(repo), "archive", "--format=tar.gz", "--prefix=flaky-x/", "HEAD"],
+            check=True,
+            capture_output=True,
+        ).stdout
+
+        def cut() -> Any:
+            yield data[: len(data) * 2 // 3]
+            raise StandInServer.BrokenStream()
+
+        return Response(200, stream=cut(), content_type="application/octet-stream")
+
+    pipeline.gitlab.faults.append(cut_the_first_download)
+    pipeline.index("g/flaky")
+    assert len(pipeline.gitlab.requests_of_kind("archive")) == 2
+    meta = _latest_metadata(pipeline, "line_documents", "g/flaky")
+    assert meta["archive_restarts"] == 1 and meta["files_from_archive"] == 20
+    assert meta["dagster/row_count"] == 20 * 400  # every line once: nothing read twice
+    expected = expected_documents(
+        repo, project.id, "g/flaky", "main", f"{pipeline.gitlab.url}/g/flaky"
+    )
+    assert pipeline.es.documents(INDEX) == expected.documents

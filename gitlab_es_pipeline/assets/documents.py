@@ -166,6 +166,8 @@ def manifest_and_line_documents(
         max_line_chars=indexing.max_line_chars,
         excluded=indexing.excluded_regex(),
         archive_format=gitlab.archive_format,
+        archive_attempts=gitlab.archive_attempts,
+        archive_retry_seconds=gitlab.archive_retry_seconds,
         max_files_fetched_alone=indexing.max_files_fetched_alone,
     )
     mode, base_header, base_table = _choose_mode(context, config, snapshot, parquet_io_manager)
@@ -251,6 +253,7 @@ def manifest_and_line_documents(
                 "files_from_archive": stats.files_from_archive,
                 "files_fetched_alone": stats.files_fetched_alone,
                 "archive_bytes": stats.archive_bytes,
+                "archive_restarts": stats.archive_restarts,
                 "duration_seconds": round(stats.seconds, 3),
                 "lines_per_second": round(stats.lines / stats.seconds) if stats.seconds else 0,
             },
