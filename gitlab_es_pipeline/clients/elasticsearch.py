@@ -187,8 +187,9 @@ class LineIndex:
     def write(self, operations: Iterable[BulkOperation]) -> BulkReport:
         """Send operations in byte-bounded chunks by `workers` concurrent senders.
 
-        While they wait for Elasticsearch, this thread builds the next chunk; at most two
-        chunks per worker exist at once, so memory stays bounded by chunk size x workers.
+        While they wait for Elasticsearch, this thread builds the next chunk; at most `workers`
+        chunks are in flight plus the one being built, so memory is bounded by chunk size x
+        (workers + 1).
         Items rejected for a while are re-sent alone, by the worker that sent them.
         """
         report = BulkReport()
@@ -198,7 +199,7 @@ class LineIndex:
             try:
                 for chunk in chunks:
                     in_flight.append(pool.submit(self._write_chunk, chunk))
-                    if len(in_flight) >= 2 * self.workers:
+                    if len(in_flight) >= self.workers:
                         report.merge(in_flight.popleft().result())
                 while in_flight:
                     report.merge(in_flight.popleft().result())
