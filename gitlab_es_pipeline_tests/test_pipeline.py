@@ -1,7 +1,9 @@
 """End to end through Dagster: discovery, then every partition, against both stand-ins."""
 
+import random
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +13,7 @@ from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline_tests.corpus import expected_documents
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
+from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
 
 BRANCHES = {"other/lib": "develop"}
 
@@ -381,16 +384,30 @@ def test_a_full_refresh_of_a_never_indexed_repository_sweeps_leftovers(
     assert pipeline.es.documents(INDEX) == expected.documents
 
 
+def _git_archive(repo: Path) -> bytes:
+    """The repository's archive at HEAD, as GitLab would send it (one top-level folder)."""
+    return subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar.gz", "--prefix=repo-x/", "HEAD"],
+        check=True,
+        capture_output=True,
+    ).stdout
+
+
+def _connection_cut_after(data: bytes) -> Response:
+    """A 200 answer whose chunked body stops after `data`: the connection is dropped."""
+
+    def body() -> Iterator[bytes]:
+        yield data
+        raise StandInServer.BrokenStream()
+
+    return Response(200, stream=body(), content_type="application/octet-stream")
+
+
 @pytest.mark.parametrize("fault", ["truncated", "connection_cut"])
 def test_a_broken_archive_fails_the_run_naming_the_repository_and_writes_nothing(
     pipeline: Pipeline, tmp_path: Path, fault: str
 ) -> None:
     """Half an archive (short body, or the connection cut mid-stream) never reaches the index."""
-    import random
-    import subprocess
-
-    from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
-
     rng = random.Random(4)
     repo = init_repo(tmp_path / "broken")
     commit_files(
@@ -402,11 +419,7 @@ def test_a_broken_archive_fails_the_run_naming_the_repository_and_writes_nothing
     )
     pipeline.gitlab.add_project("g/broken", str(repo))
     pipeline.discover()
-    archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", "--format=tar.gz", "--prefix=broken-x/", "HEAD"],
-        check=True,
-        capture_output=True,
-    ).stdout
+    archive = _git_archive(repo)
     half = archive[: len(archive) // 2]
 
     def broken_archive(request: Request, path: str) -> Response | None:
@@ -414,12 +427,7 @@ def test_a_broken_archive_fails_the_run_naming_the_repository_and_writes_nothing
             return None
         if fault == "truncated":
             return Response(200, half, content_type="application/octet-stream")
-
-        def cut() -> Any:
-            yield half
-            raise StandInServer.BrokenStream()
-
-        return Response(200, stream=cut(), content_type="application/octet-stream")
+        return _connection_cut_after(half)
 
     pipeline.gitlab.faults.append(broken_archive)
     result = pipeline.index("g/broken", raise_on_error=False)
@@ -438,10 +446,6 @@ def test_a_broken_archive_fails_the_run_naming_the_repository_and_writes_nothing
 def test_an_archive_download_that_breaks_off_once_is_resumed_without_duplicates(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    import subprocess
-
-    from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
-
     repo = init_repo(tmp_path / "flaky")
     commit_files(
         repo,
@@ -455,17 +459,8 @@ def test_an_archive_download_that_breaks_off_once_is_resumed_without_duplicates(
         if "/repository/archive" not in path or calls:
             return None
         calls.append(path)
-        data = subprocess.run(
-            ["git", "-C", str(repo), "archive", "--format=tar.gz", "--prefix=flaky-x/", "HEAD"],
-            check=True,
-            capture_output=True,
-        ).stdout
-
-        def cut() -> Any:
-            yield data[: len(data) * 2 // 3]
-            raise StandInServer.BrokenStream()
-
-        return Response(200, stream=cut(), content_type="application/octet-stream")
+        data = _git_archive(repo)
+        return _connection_cut_after(data[: len(data) * 2 // 3])
 
     pipeline.gitlab.faults.append(cut_the_first_download)
     pipeline.index("g/flaky")

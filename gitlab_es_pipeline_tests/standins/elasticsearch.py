@@ -788,9 +788,9 @@ def _filtered(value: Any, paths: list[str]) -> Any:
     As in Elasticsearch, objects left empty are dropped, and arrays are filtered element-wise.
     Exclusions (`-path`) and `**` are not implemented by the stand-in.
     """
-    patterns = [p.split(".") for p in paths if p]
     if any(p.startswith("-") or "**" in p for p in paths):
         raise ValueError("the stand-in supports only inclusive filter_path names and *")
+    patterns = [p.split(".") for p in paths if p]
     kept = _filter_value(value, patterns)
     return {} if kept is _DROPPED else kept
 
