@@ -31,6 +31,33 @@ DAEMON = str(Path(sys.executable).parent / "dagster-daemon")
 pytestmark = pytest.mark.daemon
 
 
+def runs_in_progress(env: dict[str, str]) -> int:
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
+        try:
+            return len(
+                instance.get_runs(
+                    RunsFilter(
+                        statuses=[
+                            DagsterRunStatus.QUEUED,
+                            DagsterRunStatus.STARTING,
+                            DagsterRunStatus.STARTED,
+                        ]
+                    )
+                )
+            )
+        finally:
+            instance.dispose()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def wait_until(condition: Callable[[], bool], seconds: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
