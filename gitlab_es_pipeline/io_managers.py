@@ -96,6 +96,12 @@ class ParquetStore(UPathIOManager):
         path = self.partition_path(asset_key, partition)
         return ParquetFile(path).read() if path.exists() else None
 
+    def withdraw_partition(self, asset_key: AssetKey, partition: str) -> None:
+        """Remove a stored partition whose content is about to stop being true."""
+        path = self.partition_path(asset_key, partition)
+        if path.exists():
+            path.unlink()
+
 
 def default_storage_url() -> str:
     home = os.environ.get("DAGSTER_HOME")

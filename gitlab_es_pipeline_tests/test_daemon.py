@@ -178,7 +178,10 @@ def test_schedule_and_sensor_keep_the_index_in_step_across_daemon_restarts(
         projects["team/app"].record_push(throttle_seconds=0)
         wait_until(index_is_exact, 120, "the incremental update", log)
 
-        # Every Dagster process goes; the state stays in PostgreSQL.
+        # Every Dagster process goes once the run is over (its documents land before Dagster
+        # records it; a run cut off there is test_incremental's killed-run case); the state
+        # stays in PostgreSQL.
+        wait_until(lambda: runs_in_progress(daemon_env) == 0, 120, "the run to finish", log)
         daemon.stop()
         daemon.start()
         indexed["team/app"].append(commit_files(app_repo, {"a.py": "a = 2\n"}, delete=("c.txt",)))

@@ -1,6 +1,9 @@
 """Keeping the index in step: the sensor, incremental runs, exact deletes, discovery changes."""
 
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
+from gitlab_es_pipeline_tests.run_partition import spec_of
 
 BINARY = b"\x00\x01binary\x00" * 20
 
@@ -200,6 +204,50 @@ def test_a_full_refresh_rebuilds_and_removes_everything_stale(fleet: Fleet) -> N
         AssetKey("es_index")
     ).asset_materialization
     assert meta.metadata["mode"].value == "full_refresh"
+
+
+def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_converges(
+    fleet: Fleet,
+) -> None:
+    pipeline = fleet.pipeline
+    indexed_before = fleet.indexed["team/app"][-1]
+    written = fleet.push({"b.txt": lines(2, "b"), "new.txt": lines(3, "n")})
+    runner = [sys.executable, "-m", "gitlab_es_pipeline_tests.run_partition"]
+    child = subprocess.Popen([*runner, spec_of(pipeline, "team/app")])
+
+    def kill_once_documents_are_written(kind: str, meta: dict, source: object) -> None:
+        # The index operations of the run are all answered before its first delete.
+        if kind == "delete" and child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+
+    pipeline.es.item_faults.append(kill_once_documents_are_written)
+    try:
+        assert child.wait(timeout=180) == -signal.SIGKILL
+    finally:
+        pipeline.es.item_faults.clear()
+    new_docs = {
+        d["commit_sha"]
+        for d in pipeline.es.documents(INDEX).values()
+        if d["file_path"] == "new.txt"
+    }
+    assert new_docs == {written}  # written, but not recorded as indexed
+    assert last_indexed(pipeline.instance, "team/app").commit_sha == indexed_before
+
+    # new.txt (added by the killed run's commit) is gone again at HEAD: a comparison with the
+    # last recorded commit would not name it, so only a full rebuild removes its documents.
+    fleet.push({"a.py": lines(6, "a4")}, delete=("new.txt",))
+    assert fleet.sensor_round() == ["team/app"]
+    fleet.indexed["team/app"] = [fleet.head("team/app")]
+    fleet.assert_exact()
+    state = last_indexed(pipeline.instance, "team/app")
+    assert state is not None and state.commit_sha == fleet.head("team/app")
+    meta = pipeline.instance.get_latest_materialization_event(
+        AssetKey("es_index")
+    ).asset_materialization
+    assert meta.metadata["mode"].value == "full_refresh"
+    fleet.push({"a.py": lines(2, "a5")})
+    assert fleet.sensor_round() == ["team/app"]  # and incremental again from there
+    fleet.assert_exact()
 
 
 def test_the_asset_check_fails_when_the_index_disagrees_with_the_manifest(fleet: Fleet) -> None:

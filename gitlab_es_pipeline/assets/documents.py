@@ -85,11 +85,13 @@ def _choose_mode(
     stored = store.read_partition(ES_INDEX, context.partition_key)
     header = ManifestHeader.of(stored) if stored is not None else None
     if header is None or header.snapshot.commit_sha != state.commit_sha:
-        # The indexed manifest is missing or is not the one Dagster recorded (a run died
-        # between the two): only a full rebuild is sure to leave nothing stale behind.
+        # The indexed manifest is missing (es_index withdraws it before writing, so a run that
+        # died or failed while writing leaves none) or is not the one Dagster recorded: only a
+        # full rebuild is sure to leave nothing stale behind.
         context.log.warning(
             f"{snapshot.repository_name}: no stored manifest for indexed commit "
-            f"{state.commit_sha}; rebuilding in full"
+            f"{state.commit_sha} (an earlier run stopped while writing to Elasticsearch?); "
+            "rebuilding in full"
         )
         return BuildMode.FULL_REFRESH, header, stored
     mode = BuildMode.FULL_REFRESH if config.full_refresh else BuildMode.INCREMENTAL

@@ -15,6 +15,7 @@ from dagster import (
     Failure,
     MetadataValue,
     Output,
+    ResourceParam,
     asset,
 )
 
@@ -27,10 +28,11 @@ from gitlab_es_pipeline.core.manifest import (
     stale_document_ids,
     summarize,
 )
-from gitlab_es_pipeline.io_managers import ParquetFile
+from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource
+from gitlab_es_pipeline.state import ES_INDEX
 
 DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
 _FAILURES_SHOWN = 20
@@ -57,11 +59,14 @@ def es_index(
     elasticsearch: ElasticsearchResource,
     file_manifest: ParquetFile,
     line_documents: ParquetFile,
+    parquet_io_manager: ResourceParam[ParquetStore],
 ) -> Iterator[Any]:
     """Writes the new documents, deletes exactly the stale ones, records the indexed commit.
 
     Its stored value is the manifest of what the index now holds for the repository: the base
-    that the next incremental run compares against.
+    that the next incremental run compares against. That manifest is withdrawn before the
+    first write: a run that dies or fails part-way leaves documents no manifest describes, and
+    the missing manifest makes the next run rebuild in full instead of trusting a stale base.
     """
     started = time.monotonic()
     manifest = file_manifest.read()
@@ -69,6 +74,7 @@ def es_index(
     snapshot = header.snapshot
     summary = summarize(manifest)
     index = elasticsearch.line_index()
+    parquet_io_manager.withdraw_partition(ES_INDEX, context.partition_key)
     new_index = index.ensure() == "created"
     with index.bulk_load() if new_index else nullcontext():
         written = index.write(

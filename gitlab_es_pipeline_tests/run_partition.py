@@ -1,0 +1,41 @@
+"""Indexes one partition in a process of its own, so that a test can kill it (SIGKILL).
+
+Usage: python -m gitlab_es_pipeline_tests.run_partition SPEC_JSON, where the spec names the
+stand-ins' URLs and credentials, the Parquet storage and the partition. The Dagster instance
+comes from DAGSTER_HOME (and DAGSTER_PG_URL), as for the test that starts it.
+"""
+
+import json
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+from dagster import DagsterInstance
+
+from gitlab_es_pipeline_tests.pipeline import Pipeline
+
+
+def spec_of(pipeline: Pipeline, partition: str) -> str:
+    return json.dumps(
+        {
+            "gitlab": {"url": pipeline.gitlab.url, "token": pipeline.gitlab.token},
+            "es": {"url": pipeline.es.url, "api_key": pipeline.es.api_key},
+            "storage": str(pipeline.storage),
+            "partition": partition,
+        }
+    )
+
+
+def main(spec: dict[str, Any]) -> None:
+    with DagsterInstance.get() as instance:
+        pipeline = Pipeline(
+            SimpleNamespace(**spec["gitlab"]),  # type: ignore[arg-type]
+            SimpleNamespace(**spec["es"]),  # type: ignore[arg-type]
+            instance,
+            spec["storage"],
+        )
+        pipeline.index(spec["partition"])
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
