@@ -39,6 +39,7 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "parquet_io_manager": ParquetIOManager(base_path=os.path.join(args.home, "parquet")),
     }
     lines = files = 0
+    step_seconds = {"read": 0.0, "write": 0.0}
     for key in args.project:
         if not instance.has_dynamic_partition(REPOSITORIES_PARTITION, key):
             instance.add_dynamic_partitions(REPOSITORIES_PARTITION, [key])
@@ -54,7 +55,10 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
             if mat.asset_key == AssetKey("line_documents"):
                 lines += int(mat.metadata["dagster/row_count"].value)
                 files += int(mat.metadata["files_read"].value)
-    return {"lines": lines, "files": files}
+                step_seconds["read"] += float(mat.metadata["duration_seconds"].value)
+            if mat.asset_key == AssetKey("es_index"):
+                step_seconds["write"] += float(mat.metadata["duration_seconds"].value)
+    return {"lines": lines, "files": files, "step_seconds": step_seconds}
 
 
 def baseline(args: argparse.Namespace) -> dict[str, Any]:

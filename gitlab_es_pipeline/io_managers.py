@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +30,22 @@ class StagedParquet:
     rows: int
 
 
-def stage_parquet(path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> StagedParquet:
-    """Write batches as row groups as they come: memory holds one batch, not the table."""
+def stage_parquet(
+    path: str,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    dictionary_columns: Sequence[str] | None = None,
+) -> StagedParquet:
+    """Write batches as row groups as they come: memory holds one batch, not the table.
+
+    dictionary_columns: the columns worth a dictionary (few distinct values); by default all,
+    but trying one on a column of distinct values (line text, ids) only costs time.
+    """
     rows = 0
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+    use_dictionary = list(dictionary_columns) if dictionary_columns is not None else True
+    with pq.ParquetWriter(
+        path, schema, compression="zstd", use_dictionary=use_dictionary
+    ) as writer:
         for batch in batches:
             writer.write_batch(batch)
             rows += batch.num_rows

@@ -9,7 +9,7 @@ from dagster import ConfigurableResource, EnvVar
 from elasticsearch import Elasticsearch
 from pydantic import Field
 
-from gitlab_es_pipeline.clients.elasticsearch import LineIndex
+from gitlab_es_pipeline.clients.elasticsearch import BulkResponseSerializer, LineIndex
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
 from gitlab_es_pipeline.core.filtering import (
     DEFAULT_EXCLUDED_PATHS,
@@ -113,6 +113,7 @@ class ElasticsearchResource(ConfigurableResource):
             request_timeout=self.request_timeout_seconds,
             retry_on_timeout=True,
             max_retries=3,
+            serializer=BulkResponseSerializer(),
             **auth,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,63 @@ class ScanStats:
     seconds: float = 0.0
 
 
+class TreeListing:
+    """The tree listing, paged in a thread of its own while the archive streams.
+
+    Both list the tree in git's order, so the entry of the file that the archive is at has
+    usually arrived already; `entry()` waits for it when not. Listing 20,000 files takes
+    200 requests one after the other, which would otherwise come before the archive's first
+    byte.
+    """
+
+    def __init__(self, pages: Iterator[dict[str, Any]], make_entry: Callable[..., Any]) -> None:
+        self.entries: dict[str, ManifestEntry] = {}
+        self._pages = pages
+        self._make_entry = make_entry
+        self._changed = threading.Condition()
+        self._finished = False
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tree-listing", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._pages:
+                if self._stopped:
+                    return
+                if item["type"] == "tree":
+                    continue
+                entry = self._make_entry(item)
+                with self._changed:
+                    self.entries[entry.path] = entry
+                    self._changed.notify_all()
+        except BaseException as exc:  # handed to the reading thread
+            self._error = exc
+        finally:
+            with self._changed:
+                self._finished = True
+                self._changed.notify_all()
+
+    def entry(self, path: str) -> ManifestEntry | None:
+        """The path's entry, once listed; None if the whole tree has no such file."""
+        with self._changed:
+            while path not in self.entries and not self._finished:
+                self._changed.wait()
+            if path not in self.entries and self._error is not None:
+                raise self._error
+            return self.entries.get(path)
+
+    def complete(self) -> dict[str, ManifestEntry]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.entries
+
+    def stop(self) -> None:
+        self._stopped = True
+
+
 class RepositoryScan:
     """Builds the manifest entries and the line documents of one snapshot.
 
@@ -90,25 +148,42 @@ class RepositoryScan:
         self.wanted: set[str] = set()
         self.use_archive = True
         self.stats = ScanStats()
+        self._listing: TreeListing | None = None
+        self._base: dict[str, ManifestEntry] | None = None
 
     def _fail(self, problem: object, path: str | None = None) -> RepositoryError:
         return RepositoryError(self.snapshot.repository_name, str(problem), path)
 
+    def _tree_entry(self, item: dict[str, Any]) -> ManifestEntry:
+        path = item["path"]
+        reason = tree_skip_reason(path, item["type"], item["mode"], self.settings.excluded)
+        return ManifestEntry(
+            path=path,
+            blob_sha=item["id"],
+            mode=item["mode"],
+            skip_reason=reason.value if reason else None,
+        )
+
     def list_tree(self) -> None:
         try:
             for item in self.source.iter_tree(self.snapshot.project_id, self.snapshot.commit_sha):
-                if item["type"] == "tree":
-                    continue
-                path = item["path"]
-                reason = tree_skip_reason(path, item["type"], item["mode"], self.settings.excluded)
-                self.entries[path] = ManifestEntry(
-                    path=path,
-                    blob_sha=item["id"],
-                    mode=item["mode"],
-                    skip_reason=reason.value if reason else None,
-                )
+                if item["type"] != "tree":
+                    entry = self._tree_entry(item)
+                    self.entries[entry.path] = entry
         except GitLabError as exc:
             raise self._fail(exc) from exc
+
+    def read_everything(self, base: dict[str, ManifestEntry] | None) -> None:
+        """Plan a full read: every file the tree does not rule out, listed while it is read.
+
+        The manifest (entries, deleted) is complete once documents() has been consumed.
+        """
+        self._listing = TreeListing(
+            self.source.iter_tree(self.snapshot.project_id, self.snapshot.commit_sha),
+            self._tree_entry,
+        )
+        self._base = base
+        self.use_archive = True
 
     def plan(self, base: dict[str, ManifestEntry] | None, read_everything: bool) -> None:
         """Classify every path against the base and decide which files must be read.
@@ -117,10 +192,7 @@ class RepositoryScan:
         every file the tree does not rule out is read; otherwise only added, modified and
         renamed ones.
         """
-        self.deleted = classify(self.entries, base)
-        for entry in self.entries.values():
-            if read_everything and entry.skip_reason not in TREE_SKIP_REASONS:
-                entry.size = entry.line_count = entry.encoding = entry.skip_reason = None
+        self.deleted = classify(self.entries, base, learn=not read_everything)
         self.wanted = {
             path
             for path, entry in self.entries.items()
@@ -202,10 +274,16 @@ class RepositoryScan:
         """Line documents of the wanted files; fills in their size, lines and skip reasons."""
         started = time.monotonic()
         try:
-            pending = set(self.wanted)
-            if pending and self.use_archive:
-                yield from self._from_archive_resuming(pending)
-            yield from self._one_by_one(sorted(pending))
+            if self._listing is not None:
+                yield from self._read_everything()
+                return
+            done: set[str] = set()
+            if self.wanted and self.use_archive:
+                wanted = self.wanted
+                yield from self._from_archive_resuming(
+                    lambda path: path in wanted and path not in done, done
+                )
+            yield from self._one_by_one(sorted(self.wanted - done))
         except (ArchiveError, GitLabError) as exc:
             raise self._fail(exc) from exc
         except OSError as exc:  # the HTTP body broke off (requests' ChunkedEncodingError etc.)
@@ -213,7 +291,28 @@ class RepositoryScan:
         finally:
             self.stats.seconds = time.monotonic() - started
 
-    def _from_archive_resuming(self, pending: set[str]) -> Iterator[pa.RecordBatch]:
+    def _read_everything(self) -> Iterator[pa.RecordBatch]:
+        """The archive beside the tree listing; then what the archive left out, one by one."""
+        listing = self._listing
+        assert listing is not None
+        done: set[str] = set()
+
+        def wanted(path: str) -> bool:
+            entry = listing.entry(path)
+            return entry is not None and entry.skip_reason is None and path not in done
+
+        try:
+            yield from self._from_archive_resuming(wanted, done)
+        finally:
+            listing.stop()
+        self.entries = listing.complete()
+        self.wanted = {p for p, e in self.entries.items() if e.skip_reason is None or p in done}
+        yield from self._one_by_one(sorted(self.wanted - done))
+        self.deleted = classify(self.entries, self._base, learn=False)
+
+    def _from_archive_resuming(
+        self, wanted: Callable[[str], bool], done: set[str]
+    ) -> Iterator[pa.RecordBatch]:
         """The archive, asked for again when its download breaks off or arrives cut short.
 
         python-gitlab retries a request that fails (status, connection); a body that stops
@@ -224,7 +323,7 @@ class RepositoryScan:
         # yielded, and a retry decorator's context must not swallow the consumer's close().
         for attempt in range(1, self.settings.archive_attempts + 1):
             try:
-                yield from self._from_archive(pending)
+                yield from self._from_archive(wanted, done)
                 return
             except (ArchiveError, OSError):
                 if attempt == self.settings.archive_attempts:
@@ -232,18 +331,21 @@ class RepositoryScan:
                 self.stats.archive_restarts += 1
                 time.sleep(self.settings.archive_retry_seconds * 2 ** (attempt - 1))
 
-    def _from_archive(self, pending: set[str]) -> Iterator[pa.RecordBatch]:
-        """One streamed archive; a file leaves pending once its documents are built."""
+    def _from_archive(
+        self, wanted: Callable[[str], bool], done: set[str]
+    ) -> Iterator[pa.RecordBatch]:
+        """One streamed archive; each wanted file is read, then added to `done`."""
         chunks = self.source.archive_chunks(
             self.snapshot.project_id, self.snapshot.commit_sha, self.settings.archive_format
         )
         stream = ChunkStream(chunks)
         try:
             for member in iter_archive_files(stream):
-                if member.path not in pending:
+                if not wanted(member.path):
                     continue
-                batch = self._scan_file(self.entries[member.path], member.size, member.read)
-                pending.discard(member.path)
+                listed = self._listing.entries if self._listing else self.entries
+                batch = self._scan_file(listed[member.path], member.size, member.read)
+                done.add(member.path)
                 self.stats.files_from_archive += 1
                 if batch is not None:
                     yield batch

@@ -2,9 +2,14 @@
 
 from typing import Any
 
+import pytest
 from elasticsearch import Elasticsearch
 
-from gitlab_es_pipeline.clients.elasticsearch import LineIndex
+from gitlab_es_pipeline.clients.elasticsearch import (
+    AcceptedBulk,
+    BulkResponseSerializer,
+    LineIndex,
+)
 from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
 from gitlab_es_pipeline.core.documents import RepositorySnapshot, document_ids, file_documents
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
@@ -17,11 +22,12 @@ def _operations(files: int, lines: int) -> Any:
     for i in range(files):
         batch = file_documents(SNAPSHOT, f"src/f{i}.py", "b" * 40, text, 1000)
         assert batch is not None
-        yield from index_operations(batch)
+        yield index_operations(batch)
 
 
+@pytest.mark.parametrize("serializer", [None, BulkResponseSerializer()], ids=["json", "counted"])
 def test_concurrent_workers_write_every_document_once_and_retry_only_rejected_items(
-    es_server: ElasticsearchStandIn,
+    es_server: ElasticsearchStandIn, serializer: BulkResponseSerializer | None
 ) -> None:
     busy: dict[str, int] = {}
 
@@ -36,7 +42,7 @@ def test_concurrent_workers_write_every_document_once_and_retry_only_rejected_it
         return None
 
     es_server.item_faults.append(overloaded_then_one_broken)
-    client = Elasticsearch(es_server.url, api_key=es_server.api_key)
+    client = Elasticsearch(es_server.url, api_key=es_server.api_key, serializer=serializer)
     index = LineIndex(client, "lines", max_chunk_docs=40, workers=3, sleep=lambda _: None)
     index.ensure()
     report = index.write(_operations(files=20, lines=30))
@@ -56,3 +62,20 @@ def test_concurrent_workers_write_every_document_once_and_retry_only_rejected_it
     deleted = index.write(delete_operations(gone))
     assert deleted.failed == 0 and deleted.results == {"deleted": 30, "not_found": 1}
     assert len(es_server.documents("lines")) == 599 - 30
+
+
+def test_an_accepted_bulk_response_is_counted_and_anything_else_decoded() -> None:
+    serializer = BulkResponseSerializer()
+    raw = b'{"errors":false,"items":[{"index":{"status":201}},{"index":{"status":200}},' + (
+        b'{"delete":{"status":404}}]}'
+    )
+    accepted = serializer.loads(raw)
+    assert isinstance(accepted, AcceptedBulk) and accepted["errors"] is False
+    assert accepted.status_counts() == {("index", 201): 1, ("index", 200): 1, ("delete", 404): 1}
+    assert accepted["items"][2] == {"delete": {"status": 404}}  # decoded when asked for
+    # Not the compact form (pretty-printed, or more fields): counted as unknown, then decoded.
+    pretty = serializer.loads(b'{"errors":false,"items":[{"index":{"status": 201}}]}')
+    assert isinstance(pretty, AcceptedBulk) and pretty.status_counts() is None
+    assert pretty["items"] == [{"index": {"status": 201}}]
+    failed = serializer.loads(b'{"errors":true,"items":[{"index":{"status":429}}]}')
+    assert not isinstance(failed, AcceptedBulk) and failed["items"][0]["index"]["status"] == 429

@@ -1,13 +1,15 @@
 """Line documents, ids, links, manifests and bulk serialization."""
 
+import itertools
 import json
 
 import pyarrow as pa
+import pytest
 
 from gitlab_es_pipeline.core.bulk import (
+    BulkOperations,
     chunk_operations,
     delete_operations,
-    describe_operation,
     index_operations,
     json_strings,
 )
@@ -74,14 +76,15 @@ def test_coalesce_batches_keeps_every_row_in_order() -> None:
 def test_index_operations_are_valid_ndjson_with_ids() -> None:
     text = 'quote " backslash \\ tab \t ctrl \x01 emoji 😀\nsecond\n'
     batch = file_documents(SNAPSHOT, "x.py", "b" * 40, text, 4096)
-    ops = list(index_operations(batch))
-    assert [op.doc_id for op in ops] == batch.column("doc_id").to_pylist()
-    for op, row in zip(ops, batch.to_pylist(), strict=True):
-        action, source, end = op.payload.split(b"\n")
-        assert end == b""
-        assert json.loads(action) == {"index": {"_id": row["doc_id"]}}
-        assert json.loads(source) == {k: v for k, v in row.items() if k != "doc_id"}
-    assert describe_operation(ops[1]) == "x.py:2"
+    ops = index_operations(batch)
+    assert ops.doc_ids.to_pylist() == batch.column("doc_id").to_pylist()
+    lines = ops.body().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 2 * batch.num_rows + 1
+    for i, row in enumerate(batch.to_pylist()):
+        assert json.loads(lines[2 * i]) == {"index": {"_id": row["doc_id"]}}
+        assert json.loads(lines[2 * i + 1]) == {k: v for k, v in row.items() if k != "doc_id"}
+    assert ops.describe(1) == "x.py:2"
+    assert ops.slice(1).body() == b"\n".join(lines[2:])
 
 
 def test_json_strings_escape_every_character_json_requires() -> None:
@@ -93,13 +96,32 @@ def test_json_strings_escape_every_character_json_requires() -> None:
     assert encoded[2] == '"plain"' and encoded[4] == '"back\\\\slash"' and "😀" in encoded[5]
 
 
-def test_chunks_are_bounded_by_bytes_and_count() -> None:
-    ops = list(delete_operations(f"id-{i}" for i in range(100)))
-    size = len(ops[0].payload)
-    chunks = list(chunk_operations(ops, max_bytes=size * 7, max_docs=5))
-    assert [op for c in chunks for op in c] == ops
-    assert all(len(c) <= 5 for c in chunks)
-    chunks = list(chunk_operations(ops, max_bytes=size * 3, max_docs=1000))
-    assert all(sum(len(o.payload) for o in c) <= size * 3 for c in chunks)
+def _ids(chunks: list[BulkOperations]) -> list[str]:
+    return [i for c in chunks for i in c.doc_ids.to_pylist()]
+
+
+@pytest.mark.parametrize("per_batch", [1, 7, 30, 1000])
+def test_chunks_are_bounded_by_bytes_and_count_across_input_batches(per_batch: int) -> None:
+    ids = [f"id-{i}" for i in range(100)]
+    payload = {i: b'{"delete":{"_id":"%s"}}\n' % i.encode() for i in ids}
+    ops = list(delete_operations(ids, per_batch=per_batch))
+    chunks = list(chunk_operations(ops, max_bytes=1000, max_docs=5))
+    assert _ids(chunks) == ids
+    assert [len(c) for c in chunks] == [5] * 20  # full chunks, wherever the batches end
+    limit = 80  # three operations of 26 bytes fit, three of 27 do not
+    chunks = list(chunk_operations(ops, max_bytes=limit, max_docs=1000))
+    assert _ids(chunks) == ids
+    assert {len(c) for c in chunks} == {2, 3}
+    for chunk, after in itertools.pairwise(chunks):  # each as full as the limit allows
+        next_id = after.doc_ids[0].as_py()
+        assert len(chunk.body()) <= limit < len(chunk.body()) + len(payload[next_id])
+    assert b"".join(c.body() for c in chunks) == b"".join(payload.values())
     # One operation larger than the limit still goes, alone.
-    assert list(chunk_operations(ops[:2], max_bytes=1, max_docs=10)) == [[ops[0]], [ops[1]]]
+    single = list(chunk_operations(ops, max_bytes=1, max_docs=10))
+    assert [len(c) for c in single] == [1] * 100 and _ids(single) == ids
+
+
+def test_retried_operations_are_taken_out_of_a_chunk() -> None:
+    ops = next(delete_operations(["a", "b", "c", "d"]))
+    assert ops.take([1, 3]).body() == b'{"delete":{"_id":"b"}}\n{"delete":{"_id":"d"}}\n'
+    assert ops.describe(2) == "document c"

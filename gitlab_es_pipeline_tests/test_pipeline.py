@@ -2,6 +2,7 @@
 
 import random
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -472,3 +473,61 @@ def test_an_archive_download_that_breaks_off_once_is_resumed_without_duplicates(
         repo, project.id, "g/flaky", "main", f"{pipeline.gitlab.url}/g/flaky"
     )
     assert pipeline.es.documents(INDEX) == expected.documents
+
+
+def _many_files(tmp_path: Path, name: str, files: int) -> Path:
+    repo = init_repo(tmp_path / name)
+    commit_files(repo, {f"src/m{i:03d}.py": f"m{i} = {i}\nprint(m{i})\n" for i in range(files)})
+    return repo
+
+
+def test_the_tree_is_listed_while_the_archive_streams(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A full read does not wait for every tree page before it opens the archive."""
+    repo = _many_files(tmp_path, "wide", 350)  # 351 tree entries: 4 pages
+    project = pipeline.gitlab.add_project("g/wide", str(repo))
+    pipeline.discover()
+    seen: list[tuple[float, str]] = []
+
+    def slow_tree_pages(request: Request, path: str) -> Response | None:
+        if "/repository/tree" in path:
+            time.sleep(0.3)
+            seen.append((time.monotonic(), "tree"))
+        elif "/repository/archive" in path:
+            seen.append((time.monotonic(), "archive"))
+        return None
+
+    pipeline.gitlab.faults.append(slow_tree_pages)
+    pipeline.index("g/wide")
+    kinds = [kind for _, kind in sorted(seen)]
+    assert kinds.count("tree") == 4 and kinds.count("archive") == 1
+    assert kinds.index("archive") < 3  # asked for before the last tree pages came
+    expected = expected_documents(
+        repo, project.id, "g/wide", "main", f"{pipeline.gitlab.url}/g/wide"
+    )
+    assert pipeline.es.documents(INDEX) == expected.documents
+    meta = _latest_metadata(pipeline, "file_manifest", "g/wide")
+    assert meta["files"] == 350 and meta["files_indexed"] == 350
+
+
+def test_a_tree_listing_that_fails_part_way_fails_the_run_and_writes_nothing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    _many_files(tmp_path, "revoked", 350)
+    pipeline.gitlab.add_project("g/revoked", str(tmp_path / "revoked"))
+    pipeline.discover()
+    pages: list[str] = []
+
+    def forbidden_from_page_three(request: Request, path: str) -> Response | None:
+        if "/repository/tree" not in path:
+            return None
+        pages.append(path)
+        return Response(403, {"message": "403 Forbidden"}) if len(pages) >= 3 else None
+
+    pipeline.gitlab.faults.append(forbidden_from_page_three)
+    result = pipeline.index("g/revoked", raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None
+    assert "g/revoked: GitLab refused the tree of project" in failure.message
+    assert "read_api and read_repository" in failure.message
+    assert pipeline.es.bulk_requests == 0 and not pipeline.es.indices

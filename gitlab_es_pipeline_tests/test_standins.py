@@ -3,10 +3,13 @@
 from pathlib import Path
 
 import gitlab
+import pyarrow as pa
 import pytest
 import requests
 from elasticsearch import ApiError, Elasticsearch
 
+from gitlab_es_pipeline.clients.elasticsearch import LineIndex
+from gitlab_es_pipeline.core.bulk import BulkOperations, delete_operations
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
@@ -153,3 +156,28 @@ def test_elasticsearch_filter_path_keeps_only_the_named_fields(
     }
     # A path that matches nothing leaves an empty object, as Elasticsearch answers.
     assert client.count(index="i", filter_path="nothing").body == {}
+
+
+def test_elasticsearch_count_mode_acknowledges_every_operation_as_filtered() -> None:
+    """The benchmark's accept-and-count mode: one item per operation, nothing stored."""
+    server = ElasticsearchStandIn(count_only=True).start()
+    try:
+        client = Elasticsearch(server.url)
+        index = LineIndex(client, "bench", max_chunk_docs=7)
+        ids = [f"id-{i}" for i in range(30)]
+        report = index.write(
+            BulkOperations(
+                pa.array(ids),
+                pa.array([b'{"index":{"_id":"%s"}}\n{"n":1}\n' % i.encode() for i in ids]),
+            )
+            for _ in [0]
+        )
+        assert report.succeeded == 30 and report.requests == 5 and report.failed == 0
+        assert report.results == {"created": 30}
+        deleted = index.write(delete_operations(ids[:12]))
+        assert deleted.results == {"deleted": 12}
+        assert server.bulk_actions == {"index": 30, "delete": 12}
+        raw = client.bulk(operations=[{"delete": {"_id": "a"}}], index="bench").body
+        assert raw["items"] == [{"delete": {"status": 200, "result": "deleted"}}]
+    finally:
+        server.stop()

@@ -22,6 +22,7 @@ from pydantic import Field
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.documents import (
     LINE_DOCUMENT_SCHEMA,
+    REPEATED_COLUMNS,
     RepositorySnapshot,
     coalesce_batches,
 )
@@ -191,15 +192,21 @@ def manifest_and_line_documents(
     try:
         if diffs is not None and base_entries is not None:
             scan.from_compare(base_entries, diffs)
+        elif read_everything:
+            scan.read_everything(base_entries)
         else:
             scan.list_tree()
-            scan.plan(base_entries, read_everything)
+            scan.plan(base_entries, read_everything=False)
     except RepositoryError as exc:
         raise Failure(description=str(exc)) from exc
     context.log.info(
         f"{snapshot.repository_name}: {snapshot.branch} at {snapshot.commit_sha}, {mode.value} "
         f"against {base_header.snapshot.commit_sha if base_header else 'nothing'}; "
-        f"{len(scan.wanted)} of {len(scan.entries)} files to read"
+        + (
+            "reading every file"
+            if read_everything
+            else f"{len(scan.wanted)} of {len(scan.entries)} files to read"
+        )
     )
     header = ManifestHeader(
         snapshot=snapshot,
@@ -214,6 +221,7 @@ def manifest_and_line_documents(
                 os.path.join(staging, "line_documents.parquet"),
                 LINE_DOCUMENT_SCHEMA,
                 coalesce_batches(scan.documents(), indexing.row_group_lines, LINE_DOCUMENT_SCHEMA),
+                dictionary_columns=REPEATED_COLUMNS,
             )
         except RepositoryError as exc:
             raise Failure(description=str(exc)) from exc

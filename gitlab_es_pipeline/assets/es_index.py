@@ -77,9 +77,7 @@ def es_index(
     parquet_io_manager.withdraw_partition(ES_INDEX, context.partition_key)
     new_index = index.ensure() == "created"
     with index.bulk_load() if new_index else nullcontext():
-        written = index.write(
-            op for batch in line_documents.iter_batches() for op in index_operations(batch)
-        )
+        written = index.write(map(index_operations, line_documents.iter_batches()))
     deleted = index.write(
         delete_operations(stale_document_ids(snapshot.project_id, entries_of(manifest)))
     )

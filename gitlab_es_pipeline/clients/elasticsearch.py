@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from elastic_transport import JsonSerializer
 from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch
 from tenacity import (
     Retrying,
@@ -19,7 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gitlab_es_pipeline.core.bulk import BulkOperation, chunk_operations, describe_operation
+from gitlab_es_pipeline.core.bulk import BulkOperations, chunk_operations
 from gitlab_es_pipeline.core.mapping import (
     concrete_index_name,
     index_body,
@@ -30,8 +31,53 @@ from gitlab_es_pipeline.core.mapping import (
 RETRYABLE_ITEM_STATUSES = frozenset({429, 502, 503, 504})
 
 # A bulk response repeats index, id, version, shards and sequence numbers for every item; the
-# writer needs only these, and decoding the rest costs as much as encoding the documents.
-BULK_FILTER_PATH = "errors,items.*.status,items.*.result,items.*.error"
+# writer needs only these, and decoding the rest costs as much as encoding the documents. The
+# status says all `result` would: 201 created, 200 updated or deleted, 404 not found.
+BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
+
+_RESULTS = {("index", 201): "created", ("index", 200): "updated", ("delete", 200): "deleted"}
+_RESULTS[("delete", 404)] = "not_found"
+
+
+class AcceptedBulk(dict[str, Any]):
+    """A bulk response whose items all succeeded, read by counting instead of decoding.
+
+    Decoding the 10,000 items of a bulk response costs a microsecond each, as much as a
+    tenth of all the CPU the pipeline spends per line; with no errors, all the writer needs
+    is how many items got which status. `items` is still there, decoded on first access.
+    """
+
+    _ACTIONS = (b"index", b"create", b"update", b"delete")
+    _STATUSES = (200, 201, 404)
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(errors=False)
+        self.raw = raw
+
+    def __missing__(self, key: str) -> Any:
+        decoded = JsonSerializer().loads(self.raw)
+        self.update(decoded)
+        return decoded[key]
+
+    def status_counts(self) -> Counter[tuple[str, int]] | None:
+        """(action, status) -> items, or None when the compact form is not recognised."""
+        counts: Counter[tuple[str, int]] = Counter()
+        for action in self._ACTIONS:
+            for status in self._STATUSES:
+                n = self.raw.count(b'{"%s":{"status":%d' % (action, status))
+                if n:
+                    counts[(action.decode(), status)] = n
+        return counts if counts.total() == self.raw.count(b'"status":') else None
+
+
+class BulkResponseSerializer(JsonSerializer):
+    """JSON, except that a bulk response without errors is handed over undecoded."""
+
+    def loads(self, data: bytes) -> Any:
+        items_at = data.find(b'"items":[')
+        if items_at != -1 and b'"errors":false' in data[:items_at]:
+            return AcceptedBulk(data)
+        return super().loads(data)
 
 
 class IndexSetupError(Exception):
@@ -151,29 +197,40 @@ class LineIndex:
                 ).body
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write_chunk(self, chunk: list[BulkOperation]) -> BulkReport:
+    def _write_chunk(self, chunk: BulkOperations) -> BulkReport:
         report = BulkReport()
         pending = chunk
         for attempt in range(self.max_retries + 1):
-            body = b"".join(op.payload for op in pending)
+            body = pending.body()
             report.requests += 1
             report.bytes_sent += len(body)
             response = self._send(body)
-            retry: list[BulkOperation] = []
-            for op, item in zip(pending, response["items"], strict=True):
+            counts = response.status_counts() if isinstance(response, AcceptedBulk) else None
+            if counts is not None and counts.total() == len(pending):
+                for (action, status), n in counts.items():
+                    report.succeeded += n
+                    report.results[_RESULTS.get((action, status), action)] += n
+                break
+            items = response["items"]
+            if len(items) != len(pending):
+                raise ValueError(
+                    f"Elasticsearch answered {len(items)} of {len(pending)} operations"
+                )
+            retry: list[int] = []
+            for position, item in enumerate(items):
                 ((action, result),) = item.items()
                 status = int(result.get("status", 500))
                 if status < 300 or (action == "delete" and status == 404):
                     report.succeeded += 1
-                    report.results[result.get("result", action)] += 1
+                    report.results[_RESULTS.get((action, status), action)] += 1
                 elif status in RETRYABLE_ITEM_STATUSES and attempt < self.max_retries:
-                    retry.append(op)
+                    retry.append(position)
                 else:
                     report.failed += 1
                     if len(report.failures) < self.keep_failures:
                         report.failures.append(
                             ItemFailure(
-                                describe_operation(op), status, _error_text(result.get("error"))
+                                pending.describe(position), status, _error_text(result.get("error"))
                             )
                         )
             if not retry:
@@ -181,10 +238,10 @@ class LineIndex:
             report.retried_items += len(retry)
             delay = min(self.max_backoff, self.initial_backoff * 2**attempt)
             self._sleep(delay * random.uniform(0.5, 1.0))
-            pending = retry
+            pending = pending.take(retry)
         return report
 
-    def write(self, operations: Iterable[BulkOperation]) -> BulkReport:
+    def write(self, operations: Iterable[BulkOperations]) -> BulkReport:
         """Send operations in byte-bounded chunks by `workers` concurrent senders.
 
         While they wait for Elasticsearch, this thread builds the next chunk; at most `workers`

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -12,14 +14,67 @@ import pyarrow.compute as pc
 from gitlab_es_pipeline.core.documents import NON_SOURCE_COLUMNS
 
 
-class BulkOperation(NamedTuple):
-    """One document's action and source lines, ready to be joined into a _bulk body.
+class BulkOperations(NamedTuple):
+    """Bulk operations side by side in Arrow arrays: no Python object per document.
 
-    A NamedTuple: one is made per line, and a tuple is the cheapest object Python builds.
+    Element i of `payloads` is operation i's NDJSON lines (action, then source for an index),
+    newline-terminated, so that a run of operations is one contiguous slice of the array's
+    data buffer: a request body costs one copy, whatever the number of documents.
     """
 
-    doc_id: str
-    payload: bytes
+    doc_ids: pa.Array  # string
+    payloads: pa.Array  # binary
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def _offsets(self) -> pa.Array:
+        return pa.Array.from_buffers(
+            pa.int32(),
+            len(self.payloads) + 1,
+            [None, self.payloads.buffers()[1]],
+            offset=self.payloads.offset,
+        )
+
+    def byte_offsets(self) -> list[int]:
+        """Where each operation starts in the data buffer, and where the last one ends."""
+        return self._offsets().to_pylist()
+
+    def nbytes(self) -> int:
+        offsets = self._offsets()
+        return offsets[len(offsets) - 1].as_py() - offsets[0].as_py()
+
+    def body(self) -> bytes:
+        offsets = self.byte_offsets()
+        data = self.payloads.buffers()[2]
+        return b"" if data is None else data[offsets[0] : offsets[-1]].to_pybytes()
+
+    def slice(self, start: int, length: int | None = None) -> BulkOperations:
+        return BulkOperations(self.doc_ids.slice(start, length), self.payloads.slice(start, length))
+
+    def take(self, positions: list[int]) -> BulkOperations:
+        where = pa.array(positions, pa.int64())
+        return BulkOperations(self.doc_ids.take(where), self.payloads.take(where))
+
+    def describe(self, position: int) -> str:
+        """Where a failed document comes from, for error messages: file path and line."""
+        lines = self.payloads[position].as_py().split(b"\n")
+        if len(lines) >= 2 and lines[1]:
+            try:
+                source = json.loads(lines[1])
+                return f"{source.get('file_path')}:{source.get('line_number')}"
+            except ValueError:
+                pass
+        return f"document {self.doc_ids[position].as_py()}"
+
+
+def concat_operations(parts: list[BulkOperations]) -> BulkOperations:
+    if len(parts) == 1:
+        return parts[0]
+    return BulkOperations(
+        pa.concat_arrays([p.doc_ids for p in parts]),
+        pa.concat_arrays([p.payloads for p in parts]),
+    )
 
 
 # JSON's escapes for the control characters that have a short form; the others are \u00XX.
@@ -58,12 +113,10 @@ def _json_values(column: pa.Array) -> pa.Array:
     raise TypeError(f"no JSON encoding for {column.type}")
 
 
-def index_operations(batch: pa.RecordBatch) -> Iterator[BulkOperation]:
+def index_operations(batch: pa.RecordBatch) -> BulkOperations:
     """`index` operations with explicit ids, each document's JSON built column by column.
 
-    No Python work per field: Arrow escapes and joins whole columns, and Python only takes
-    the finished bytes of each document (the bulk writer needs them one by one to cut
-    chunks and to re-send single items).
+    No Python work per document or field: Arrow escapes and joins whole columns.
     """
     parts: list[pa.Array | str] = []
     separator = "{"
@@ -77,37 +130,49 @@ def index_operations(batch: pa.RecordBatch) -> Iterator[BulkOperation]:
     payloads = pc.binary_join_element_wise(
         '{"index":{"_id":"', doc_id, '"}}\n', *parts, "}\n", ""
     ).cast(pa.binary())
-    return map(BulkOperation, doc_id.to_pylist(), payloads.to_pylist())
+    return BulkOperations(doc_id, payloads)
 
 
-def delete_operations(doc_ids: Iterable[str]) -> Iterator[BulkOperation]:
-    for doc_id in doc_ids:
-        yield BulkOperation(doc_id, f'{{"delete":{{"_id":"{doc_id}"}}}}\n'.encode())
+def delete_operations(doc_ids: Iterable[str], per_batch: int = 8192) -> Iterator[BulkOperations]:
+    """`delete` operations by id, built a batch of ids at a time."""
+    it = iter(doc_ids)
+    while ids := list(islice(it, per_batch)):
+        column = pa.array(ids, pa.string())
+        payloads = pc.binary_join_element_wise('{"delete":{"_id":"', column, '"}}\n', "")
+        yield BulkOperations(column, payloads.cast(pa.binary()))
 
 
 def chunk_operations(
-    operations: Iterable[BulkOperation], max_bytes: int, max_docs: int
-) -> Iterator[list[BulkOperation]]:
-    """Chunks of at most max_bytes (a single larger operation goes alone) and max_docs."""
-    chunk: list[BulkOperation] = []
-    size = 0
-    for op in operations:
-        if chunk and (size + len(op.payload) > max_bytes or len(chunk) >= max_docs):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(op)
-        size += len(op.payload)
-    if chunk:
-        yield chunk
+    operations: Iterable[BulkOperations], max_bytes: int, max_docs: int
+) -> Iterator[BulkOperations]:
+    """Re-cut into chunks of at most max_bytes (a single larger operation goes alone) and
+    max_docs; a chunk may span input batches, and memory holds at most one chunk more."""
+    carried: list[BulkOperations] = []
+    for ops in operations:
+        if len(ops) == 0:
+            continue
+        carried.append(ops)
+        if sum(map(len, carried)) < max_docs and sum(c.nbytes() for c in carried) < max_bytes:
+            continue
+        merged = concat_operations(carried)
+        offsets = merged.byte_offsets()
+        start = 0
+        while True:
+            end = min(
+                bisect_right(offsets, offsets[start] + max_bytes, start + 1) - 1,
+                start + max_docs,
+            )
+            end = max(end, start + 1)  # an operation over max_bytes goes alone
+            if end >= len(merged) and not _full(offsets, start, end, max_bytes, max_docs):
+                break  # the rest waits for more operations
+            yield merged.slice(start, end - start)
+            start = end
+            if start == len(merged):
+                break
+        carried = [merged.slice(start)] if start < len(merged) else []
+    if carried:
+        yield concat_operations(carried)
 
 
-def describe_operation(op: BulkOperation) -> str:
-    """Where a failed document comes from, for error messages: file path and line."""
-    lines = op.payload.split(b"\n")
-    if len(lines) >= 2 and lines[1]:
-        try:
-            source = json.loads(lines[1])
-            return f"{source.get('file_path')}:{source.get('line_number')}"
-        except ValueError:
-            pass
-    return f"document {op.doc_id}"
+def _full(offsets: list[int], start: int, end: int, max_bytes: int, max_docs: int) -> bool:
+    return end - start >= max_docs or offsets[end] - offsets[start] >= max_bytes

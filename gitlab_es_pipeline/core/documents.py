@@ -31,6 +31,17 @@ LINE_DOCUMENT_SCHEMA = pa.schema(
 # Columns that are not part of the Elasticsearch _source.
 NON_SOURCE_COLUMNS = ("doc_id",)
 
+# Columns with one value per run or per file: what a Parquet dictionary compresses well.
+REPEATED_COLUMNS = (
+    "project_id",
+    "repository_name",
+    "branch",
+    "commit_sha",
+    "file_path",
+    "blob_sha",
+    "line_truncated",
+)
+
 
 @dataclass(frozen=True)
 class RepositorySnapshot:

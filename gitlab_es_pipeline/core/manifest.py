@@ -140,13 +140,16 @@ def current_entries(table: pa.Table) -> dict[str, ManifestEntry]:
 
 
 def classify(
-    entries: dict[str, ManifestEntry], base: Mapping[str, ManifestEntry] | None
+    entries: dict[str, ManifestEntry],
+    base: Mapping[str, ManifestEntry] | None,
+    learn: bool = True,
 ) -> list[ManifestEntry]:
     """Set change/previous_* on every entry against the base; returns entries for deleted paths.
 
     A path that disappears while a new path appears with the same blob is a rename.
-    Unchanged entries take over what the base learned from their content (size, lines, encoding,
-    binary or too large), so their content need not be read again.
+    With `learn`, unchanged entries take over what the base learned from their content (size,
+    lines, encoding, binary or too large), so their content need not be read again; without,
+    (everything is read anew) they keep what this run found.
     """
     if base is None:
         for entry in entries.values():
@@ -178,7 +181,7 @@ def classify(
         entry.previous_path, entry.previous_line_count = None, old.indexed_lines
         if old.blob_sha == entry.blob_sha and old.mode == entry.mode:
             entry.change = Change.UNCHANGED.value
-            if entry.skip_reason is None:
+            if learn and entry.skip_reason is None:
                 entry.size, entry.line_count = old.size, old.line_count
                 entry.encoding, entry.skip_reason = old.encoding, old.skip_reason
         else:

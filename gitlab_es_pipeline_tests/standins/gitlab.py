@@ -135,6 +135,9 @@ class GitLabStandIn(StandInServer):
         self._next_id = 1
         # Fault injection: each callable may return a Response to send instead of the real one.
         self.faults: list[Callable[[Request, str], Response | None]] = []
+        self._tree_cache: dict[
+            tuple[str, str, str, bool], tuple[list[dict[str, str]], dict[str, int]]
+        ] = {}
 
     # -- test API ---------------------------------------------------------------------------
     def add_project(self, path_with_namespace: str, repo: str, **attrs: Any) -> StandInProject:
@@ -380,19 +383,24 @@ class GitLabStandIn(StandInServer):
             },
         )
 
-    def _tree(self, request: Request, project: StandInProject) -> Response:
-        sha = self._resolve(project, request.query.get("ref"))
-        if sha is None:
-            return Response(404, {"message": "404 Tree Not Found"})
-        args = ["ls-tree", "-z", "--full-tree"]
-        if _truthy(request.query.get("recursive")):
-            args += ["-r", "-t"]
-        sub = request.query.get("path", "").strip("/")
+    def _listed_tree(
+        self, repo: str, sha: str, sub: str, recursive: bool
+    ) -> tuple[list[dict[str, str]], dict[str, int]] | None:
+        """A tree's entries in git's order, and each path's position; kept for the next page.
+
+        GitLab pages from a listing it keeps too; listing the whole tree again for each page
+        would make the stand-in, not the client, the cost of a large tree.
+        """
+        key = (repo, sha, sub, recursive)
+        cached = self._tree_cache.get(key)
+        if cached is not None:
+            return cached
+        args = ["ls-tree", "-z", "--full-tree", *(["-r", "-t"] if recursive else [])]
         args.append(f"{sha}:{sub}" if sub else sha)
         try:
-            out = git(project.repo, *args)
+            out = git(repo, *args)
         except subprocess.CalledProcessError:
-            return Response(404, {"message": "404 Tree Not Found"})
+            return None
         items = []
         for record in out.split(b"\x00"):
             if not record:
@@ -410,6 +418,23 @@ class GitLabStandIn(StandInServer):
                     "mode": mode,
                 }
             )
+        listed = (items, {item["path"]: i for i, item in enumerate(items)})
+        with self._lock:
+            if len(self._tree_cache) >= 8:
+                self._tree_cache.pop(next(iter(self._tree_cache)))
+            self._tree_cache[key] = listed
+        return listed
+
+    def _tree(self, request: Request, project: StandInProject) -> Response:
+        sha = self._resolve(project, request.query.get("ref"))
+        if sha is None:
+            return Response(404, {"message": "404 Tree Not Found"})
+        recursive = _truthy(request.query.get("recursive"))
+        sub = request.query.get("path", "").strip("/")
+        listed = self._listed_tree(project.repo, sha, sub, recursive)
+        if listed is None:
+            return Response(404, {"message": "404 Tree Not Found"})
+        items, position = listed
         path = f"/projects/{project.id}/repository/tree"
         if request.query.get("pagination") == "keyset":
             per_page = _per_page(request)
@@ -417,9 +442,7 @@ class GitLabStandIn(StandInServer):
             start = 0
             if token:
                 last = json.loads(base64.urlsafe_b64decode(token))["file_name"]
-                start = next(
-                    (i + 1 for i, it in enumerate(items) if it["path"] == last), len(items)
-                )
+                start = position[last] + 1 if last in position else len(items)
             chunk = items[start : start + per_page]
             headers = {}
             if start + per_page < len(items):
