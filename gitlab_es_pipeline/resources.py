@@ -9,7 +9,7 @@ from dagster import ConfigurableResource, EnvVar
 from elasticsearch import Elasticsearch
 from pydantic import Field
 
-from gitlab_es_pipeline.clients.elasticsearch import BulkResponseSerializer, LineIndex
+from gitlab_es_pipeline.clients.elasticsearch import SERIALIZERS, LineIndex
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
 from gitlab_es_pipeline.core.filtering import (
     DEFAULT_EXCLUDED_PATHS,
@@ -67,7 +67,7 @@ class IndexingResource(ConfigurableResource):
         default=list(DEFAULT_EXCLUDED_PATHS),
         description="gitignore-like globs of paths never indexed",
     )
-    row_group_lines: int = Field(default=16384, description="Lines per Parquet row group")
+    row_group_lines: int = Field(default=8192, description="Lines per Parquet row group")
     max_files_fetched_alone: int = Field(
         default=100,
         description="An incremental run fetches up to this many changed files one by one; "
@@ -91,7 +91,7 @@ class ElasticsearchResource(ConfigurableResource):
     username: str | None = Field(default=None)
     password: str | None = Field(default=None)
     index: str = Field(default=DEFAULT_INDEX, description="Index or alias that searches use")
-    bulk_max_bytes: int = Field(default=8 * 1024 * 1024, description="Bytes per _bulk request")
+    bulk_max_bytes: int = Field(default=4 * 1024 * 1024, description="Bytes per _bulk request")
     bulk_max_docs: int = Field(default=10000, description="Documents per _bulk request")
     bulk_max_retries: int = Field(default=8, description="Retries of rejected (429) items")
     bulk_workers: int = Field(
@@ -113,7 +113,7 @@ class ElasticsearchResource(ConfigurableResource):
             request_timeout=self.request_timeout_seconds,
             retry_on_timeout=True,
             max_retries=3,
-            serializer=BulkResponseSerializer(),
+            serializers=SERIALIZERS,
             **auth,
         )
 

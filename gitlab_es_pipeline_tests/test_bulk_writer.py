@@ -6,6 +6,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from gitlab_es_pipeline.clients.elasticsearch import (
+    SERIALIZERS,
     AcceptedBulk,
     BulkResponseSerializer,
     LineIndex,
@@ -25,9 +26,9 @@ def _operations(files: int, lines: int) -> Any:
         yield index_operations(batch)
 
 
-@pytest.mark.parametrize("serializer", [None, BulkResponseSerializer()], ids=["json", "counted"])
+@pytest.mark.parametrize("serializers", [None, SERIALIZERS], ids=["default", "ours"])
 def test_concurrent_workers_write_every_document_once_and_retry_only_rejected_items(
-    es_server: ElasticsearchStandIn, serializer: BulkResponseSerializer | None
+    es_server: ElasticsearchStandIn, serializers: dict | None
 ) -> None:
     busy: dict[str, int] = {}
 
@@ -42,7 +43,8 @@ def test_concurrent_workers_write_every_document_once_and_retry_only_rejected_it
         return None
 
     es_server.item_faults.append(overloaded_then_one_broken)
-    client = Elasticsearch(es_server.url, api_key=es_server.api_key, serializer=serializer)
+    options = {"serializers": serializers} if serializers else {}
+    client = Elasticsearch(es_server.url, api_key=es_server.api_key, **options)
     index = LineIndex(client, "lines", max_chunk_docs=40, workers=3, sleep=lambda _: None)
     index.ensure()
     report = index.write(_operations(files=20, lines=30))

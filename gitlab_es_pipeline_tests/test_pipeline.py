@@ -507,6 +507,11 @@ def test_the_tree_is_listed_while_the_archive_streams(pipeline: Pipeline, tmp_pa
     assert pipeline.es.documents(INDEX) == expected.documents
     meta = _latest_metadata(pipeline, "file_manifest", "g/wide")
     assert meta["files"] == 350 and meta["files_indexed"] == 350
+    # What a run needs, for sizing workers: the pool that returns memory, and the peak.
+    documents = _latest_metadata(pipeline, "line_documents", "g/wide")
+    assert documents["arrow_memory_pool"] in ("jemalloc", "system")
+    assert 50 < documents["peak_rss_mb"] < 4096
+    assert 50 < _latest_metadata(pipeline, "es_index", "g/wide")["peak_rss_mb"] < 4096
 
 
 def test_a_tree_listing_that_fails_part_way_fails_the_run_and_writes_nothing(

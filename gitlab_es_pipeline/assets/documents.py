@@ -35,6 +35,7 @@ from gitlab_es_pipeline.core.manifest import (
 )
 from gitlab_es_pipeline.core.projects import Project
 from gitlab_es_pipeline.io_managers import ParquetStore, stage_parquet
+from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.pools import GITLAB_POOL
 from gitlab_es_pipeline.resources import GitLabResource, IndexingResource
@@ -162,6 +163,7 @@ def manifest_and_line_documents(
     parquet_io_manager: ResourceParam[ParquetStore],
 ) -> Iterator[Output[Any]]:
     """Tree listing (blob ids), then only the files that changed since the indexed commit."""
+    memory_pool = use_returning_memory_pool()
     source = gitlab.source()
     snapshot = _snapshot(source, context.partition_key)
     settings = ScanSettings(
@@ -264,6 +266,8 @@ def manifest_and_line_documents(
                 "files_fetched_alone": stats.files_fetched_alone,
                 "archive_bytes": stats.archive_bytes,
                 "archive_restarts": stats.archive_restarts,
+                "arrow_memory_pool": memory_pool,
+                "peak_rss_mb": peak_rss_mb(),
                 "duration_seconds": round(stats.seconds, 3),
                 "lines_per_second": round(stats.lines / stats.seconds) if stats.seconds else 0,
             },

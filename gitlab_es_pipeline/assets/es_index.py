@@ -29,6 +29,7 @@ from gitlab_es_pipeline.core.manifest import (
     summarize,
 )
 from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore
+from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource
@@ -69,6 +70,7 @@ def es_index(
     the missing manifest makes the next run rebuild in full instead of trusting a stale base.
     """
     started = time.monotonic()
+    use_returning_memory_pool()
     manifest = file_manifest.read()
     header = ManifestHeader.of(manifest)
     snapshot = header.snapshot
@@ -118,6 +120,7 @@ def es_index(
             "bytes": summary.indexed_bytes,
             **{f"files_{change}": n for change, n in summary.changes.items()},
             "duration_seconds": round(time.monotonic() - started, 3),
+            "peak_rss_mb": peak_rss_mb(),
             **outcome,
         },
     )

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from elastic_transport import JsonSerializer
+from elastic_transport import JsonSerializer, NdjsonSerializer
 from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch
 from tenacity import (
     Retrying,
@@ -78,6 +78,22 @@ class BulkResponseSerializer(JsonSerializer):
         if items_at != -1 and b'"errors":false' in data[:items_at]:
             return AcceptedBulk(data)
         return super().loads(data)
+
+
+class BulkBodySerializer(NdjsonSerializer):
+    """NDJSON, except that a body already built as bytes goes out as it is, not copied."""
+
+    def dumps(self, data: Any) -> bytes:
+        if isinstance(data, bytes) and data.endswith(b"\n"):
+            return data
+        return super().dumps(data)
+
+
+# The client's serializers for the bulk writer: bodies not copied, accepted responses counted.
+SERIALIZERS = {
+    JsonSerializer.mimetype: BulkResponseSerializer(),
+    NdjsonSerializer.mimetype: BulkBodySerializer(),
+}
 
 
 class IndexSetupError(Exception):
