@@ -185,23 +185,12 @@ class RepositoryScan:
         self._base = base
         self.use_archive = True
 
-    def plan(self, base: dict[str, ManifestEntry] | None, read_everything: bool) -> None:
-        """Classify every path against the base and decide which files must be read.
-
-        With read_everything (no base, a full refresh, changed settings, a renamed project),
-        every file the tree does not rule out is read; otherwise only added, modified and
-        renamed ones.
-        """
-        self.deleted = classify(self.entries, base, learn=not read_everything)
-        self.wanted = {
-            path
-            for path, entry in self.entries.items()
-            if (read_everything and entry.skip_reason is None) or entry.needs_content()
-        }
-        # A full read streams the archive (one request); a few changed files come one by one.
-        self.use_archive = (
-            read_everything or len(self.wanted) > self.settings.max_files_fetched_alone
-        )
+    def plan(self, base: dict[str, ManifestEntry] | None) -> None:
+        """Classify every listed path against the base: only added, modified and renamed files
+        are read, a few one by one, many from the archive (a full read is read_everything)."""
+        self.deleted = classify(self.entries, base)
+        self.wanted = {path for path, entry in self.entries.items() if entry.needs_content()}
+        self.use_archive = len(self.wanted) > self.settings.max_files_fetched_alone
 
     def from_compare(self, base: dict[str, ManifestEntry], diffs: list[dict[str, Any]]) -> None:
         """The tree at HEAD as the base plus GitLab's list of changed paths: no tree listing.

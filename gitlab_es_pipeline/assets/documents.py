@@ -198,7 +198,7 @@ def manifest_and_line_documents(
             scan.read_everything(base_entries)
         else:
             scan.list_tree()
-            scan.plan(base_entries, read_everything=False)
+            scan.plan(base_entries)
     except RepositoryError as exc:
         raise Failure(description=str(exc)) from exc
     context.log.info(
