@@ -19,7 +19,7 @@ from servers import API_KEY, TOKEN
 
 
 def pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    from dagster import AssetKey, DagsterInstance, materialize
+    from dagster import AssetKey, materialize
 
     from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
     from gitlab_es_pipeline.io_managers import ParquetIOManager
@@ -30,8 +30,7 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
         IndexingResource,
     )
 
-    os.environ["DAGSTER_HOME"] = args.home
-    instance = DagsterInstance.from_config(args.home)
+    instance = args.instance
     resources = {
         "gitlab": GitLabResource(url=args.gitlab, token=TOKEN),
         "elasticsearch": ElasticsearchResource(url=args.es, api_key=API_KEY),
@@ -73,19 +72,18 @@ def job(args: argparse.Namespace) -> dict[str, Any]:
 
     Each step records its process's peak RSS in its metadata; that is the memory a run needs.
     """
-    from dagster import AssetKey, DagsterInstance, execute_job, reconstructable
+    from dagster import AssetKey, execute_job, reconstructable
 
     from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 
     os.environ.update(
-        DAGSTER_HOME=args.home,
         GITLAB_URL=args.gitlab,
         GITLAB_TOKEN=TOKEN,
         ELASTICSEARCH_URL=args.es,
         ELASTICSEARCH_API_KEY=API_KEY,
         PARQUET_STORAGE_URL=os.path.join(args.home, "parquet"),
     )
-    instance = DagsterInstance.from_config(args.home)
+    instance = args.instance
     lines = files = 0
     step_rss = {"read": 0.0, "write": 0.0}
     for key in args.project:
@@ -182,9 +180,16 @@ def main() -> None:
     # Imports are not what is measured.
     import elasticsearch  # noqa: F401
     import gitlab  # noqa: F401
+    import pandas  # noqa: F401  (pyarrow imports it on its first conversion of a list)
 
     if args.mode in ("pipeline", "job"):
+        from dagster import DagsterInstance
+
         import gitlab_es_pipeline.assets  # noqa: F401
+
+        # Opening the instance (and creating its SQLite schema) is a one-off, not indexing.
+        os.environ["DAGSTER_HOME"] = args.home
+        args.instance = DagsterInstance.from_config(args.home)
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     modes = {"pipeline": pipeline, "job": job, "baseline": baseline, "floor": floor}

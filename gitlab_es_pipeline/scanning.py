@@ -15,7 +15,7 @@ import pyarrow as pa
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.archive import ArchiveError, ChunkStream, iter_archive_files
 from gitlab_es_pipeline.core.decoding import decode
-from gitlab_es_pipeline.core.documents import RepositorySnapshot, file_documents
+from gitlab_es_pipeline.core.documents import FileText, RepositorySnapshot, line_document_batches
 from gitlab_es_pipeline.core.filtering import (
     MODE_SUBMODULE,
     SkipReason,
@@ -235,8 +235,8 @@ class RepositoryScan:
 
     def _scan_file(
         self, entry: ManifestEntry, size: int, read: Callable[[], bytes]
-    ) -> pa.RecordBatch | None:
-        """Documents of one file; a file over the size cap is never read."""
+    ) -> FileText | None:
+        """One file's text; a file over the size cap is never read."""
         entry.size = size
         data = b"" if size > self.settings.max_file_bytes else read()
         reason = content_skip_reason(size, data, self.settings.max_file_bytes)
@@ -245,22 +245,27 @@ class RepositoryScan:
             return None
         try:
             decoded = decode(data)
-            entry.encoding = decoded.encoding
-            entry.line_count = count_lines(decoded.text)
-            batch = file_documents(
-                self.snapshot,
-                entry.path,
-                entry.blob_sha,
-                decoded.text,
-                self.settings.max_line_chars,
-            )
         except Exception as exc:  # a bug or a file we cannot handle: name it
-            raise self._fail(f"cannot build line documents: {exc!r}", entry.path) from exc
+            raise self._fail(f"cannot decode: {exc!r}", entry.path) from exc
+        entry.encoding = decoded.encoding
+        entry.line_count = count_lines(decoded.text)
         self.stats.lines += entry.line_count
-        return batch
+        return FileText(entry.path, entry.blob_sha, decoded.text)
 
-    def documents(self) -> Iterator[pa.RecordBatch]:
-        """Line documents of the wanted files; fills in their size, lines and skip reasons."""
+    def documents(self, rows: int) -> Iterator[pa.RecordBatch]:
+        """Line documents of the wanted files in batches of about `rows`; fills in their
+        size, lines and skip reasons."""
+        try:
+            yield from line_document_batches(
+                self.snapshot, self._files(), self.settings.max_line_chars, rows
+            )
+        except RepositoryError:
+            raise
+        except Exception as exc:  # a bug building documents: say which repository
+            raise self._fail(f"cannot build line documents: {exc!r}") from exc
+
+    def _files(self) -> Iterator[FileText]:
+        """The texts of the wanted files, as they are read."""
         started = time.monotonic()
         try:
             if self._listing is not None:
@@ -280,7 +285,7 @@ class RepositoryScan:
         finally:
             self.stats.seconds = time.monotonic() - started
 
-    def _read_everything(self) -> Iterator[pa.RecordBatch]:
+    def _read_everything(self) -> Iterator[FileText]:
         """The archive beside the tree listing; then what the archive left out, one by one."""
         listing = self._listing
         assert listing is not None
@@ -301,7 +306,7 @@ class RepositoryScan:
 
     def _from_archive_resuming(
         self, wanted: Callable[[str], bool], done: set[str]
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Iterator[FileText]:
         """The archive, asked for again when its download breaks off or arrives cut short.
 
         python-gitlab retries a request that fails (status, connection); a body that stops
@@ -320,9 +325,7 @@ class RepositoryScan:
                 self.stats.archive_restarts += 1
                 time.sleep(self.settings.archive_retry_seconds * 2 ** (attempt - 1))
 
-    def _from_archive(
-        self, wanted: Callable[[str], bool], done: set[str]
-    ) -> Iterator[pa.RecordBatch]:
+    def _from_archive(self, wanted: Callable[[str], bool], done: set[str]) -> Iterator[FileText]:
         """One streamed archive; each wanted file is read, then added to `done`."""
         chunks = self.source.archive_chunks(
             self.snapshot.project_id, self.snapshot.commit_sha, self.settings.archive_format
@@ -333,15 +336,15 @@ class RepositoryScan:
                 if not wanted(member.path):
                     continue
                 listed = self._listing.entries if self._listing else self.entries
-                batch = self._scan_file(listed[member.path], member.size, member.read)
+                text = self._scan_file(listed[member.path], member.size, member.read)
                 done.add(member.path)
                 self.stats.files_from_archive += 1
-                if batch is not None:
-                    yield batch
+                if text is not None:
+                    yield text
         finally:
             self.stats.archive_bytes += stream.bytes_read
 
-    def _one_by_one(self, paths: list[str]) -> Iterator[pa.RecordBatch]:
+    def _one_by_one(self, paths: list[str]) -> Iterator[FileText]:
         """Raw blobs by id, a few at a time; also what the archive left out (export-ignore)."""
         if not paths:
             return
@@ -352,9 +355,9 @@ class RepositoryScan:
                 blobs = pool.map(self._content, group)
                 for path, (size, data) in zip(group, blobs, strict=True):
                     self.stats.files_fetched_alone += 1
-                    batch = self._scan_file(self.entries[path], size, lambda d=data: d)
-                    if batch is not None:
-                        yield batch
+                    text = self._scan_file(self.entries[path], size, lambda d=data: d)
+                    if text is not None:
+                        yield text
 
     def _content(self, path: str) -> tuple[int, bytes]:
         """Size and content; a file known to be over the size cap is not downloaded."""

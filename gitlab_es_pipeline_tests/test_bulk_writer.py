@@ -12,7 +12,12 @@ from gitlab_es_pipeline.clients.elasticsearch import (
     LineIndex,
 )
 from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
-from gitlab_es_pipeline.core.documents import RepositorySnapshot, document_ids, file_documents
+from gitlab_es_pipeline.core.documents import (
+    FileText,
+    RepositorySnapshot,
+    document_ids,
+    line_document_batches,
+)
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 
 SNAPSHOT = RepositorySnapshot(7, "g/p", "main", "c" * 40, "https://gl.example/g/p")
@@ -20,10 +25,10 @@ SNAPSHOT = RepositorySnapshot(7, "g/p", "main", "c" * 40, "https://gl.example/g/
 
 def _operations(files: int, lines: int) -> Any:
     text = "".join(f"line {n}\n" for n in range(1, lines + 1))
-    for i in range(files):
-        batch = file_documents(SNAPSHOT, f"src/f{i}.py", "b" * 40, text, 1000)
-        assert batch is not None
-        yield index_operations(batch)
+    for i in range(files):  # a batch per file: operations arrive in many small arrays
+        texts = [FileText(f"src/f{i}.py", "b" * 40, text)]
+        for batch in line_document_batches(SNAPSHOT, texts, 1000, rows=lines):
+            yield index_operations(batch)
 
 
 @pytest.mark.parametrize("serializers", [None, SERIALIZERS], ids=["default", "ours"])

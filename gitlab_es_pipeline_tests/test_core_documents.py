@@ -11,15 +11,15 @@ from gitlab_es_pipeline.core.bulk import (
     chunk_operations,
     delete_operations,
     index_operations,
-    json_strings,
+    json_string_contents,
 )
 from gitlab_es_pipeline.core.documents import (
     LINE_DOCUMENT_SCHEMA,
+    FileText,
     RepositorySnapshot,
-    coalesce_batches,
     document_id,
     document_ids,
-    file_documents,
+    line_document_batches,
 )
 
 SNAPSHOT = RepositorySnapshot(
@@ -43,9 +43,22 @@ def test_document_ids_are_deterministic_short_and_distinct() -> None:
     assert list(document_ids(7, "a.py", 2, 4)) == [document_id(7, "a.py", n) for n in (2, 3, 4)]
 
 
-def test_file_documents_fields() -> None:
-    batch = file_documents(SNAPSHOT, "dir with space/ü#x.py", "b" * 40, "a\r\n\nlong line\n", 4)
-    assert batch is not None and batch.schema == LINE_DOCUMENT_SCHEMA
+def _documents(files: list[tuple[str, str]], max_line_chars: int = 4096) -> pa.RecordBatch:
+    """The documents of (path, text) files as one batch."""
+    texts = [FileText(path, "b" * 40, text) for path, text in files]
+    return (
+        pa.Table.from_batches(
+            list(line_document_batches(SNAPSHOT, texts, max_line_chars, rows=10**6)),
+            schema=LINE_DOCUMENT_SCHEMA,
+        )
+        .combine_chunks()
+        .to_batches()[0]
+    )
+
+
+def test_line_documents_fields() -> None:
+    batch = _documents([("dir with space/ü#x.py", "a\r\n\nlong line\n")], max_line_chars=4)
+    assert batch.schema == LINE_DOCUMENT_SCHEMA
     rows = batch.to_pylist()
     assert [r["line_number"] for r in rows] == [1, 2, 3]
     assert [r["line_content"] for r in rows] == ["a", "", "long"]
@@ -58,24 +71,24 @@ def test_file_documents_fields() -> None:
     )
     assert {r["file_path"] for r in rows} == {"dir with space/ü#x.py"}
     assert {r["commit_sha"] for r in rows} == {"c" * 40}
-    assert file_documents(SNAPSHOT, "empty", "e" * 40, "", 4) is None
+    empty = [FileText("empty", "e" * 40, "")]
+    assert list(line_document_batches(SNAPSHOT, empty, 4, rows=10)) == []
 
 
-def test_coalesce_batches_keeps_every_row_in_order() -> None:
-    batches = [
-        file_documents(SNAPSHOT, f"f{i}.txt", "b" * 40, "x\n" * (i + 1), 10) for i in range(10)
-    ]
-    out = list(coalesce_batches(batches, 12, LINE_DOCUMENT_SCHEMA))
-    assert sum(b.num_rows for b in out) == sum(range(1, 11))
-    assert all(b.num_rows >= 12 for b in out[:-1])
-    assert pa.Table.from_batches(out).column("doc_id").to_pylist() == [
-        r["doc_id"] for b in batches for r in b.to_pylist()
-    ]
+def test_line_document_batches_are_row_groups_of_the_files_in_order() -> None:
+    files = [FileText(f"f{i}.txt", f"{i:040d}", "x\n" * i) for i in range(11)]  # f0 is empty
+    batches = list(line_document_batches(SNAPSHOT, files, 10, rows=12))
+    assert all(b.num_rows >= 12 for b in batches[:-1]) and len(batches) > 3
+    rows = [row for b in batches for row in b.to_pylist()]
+    expected = [(f.path, f.blob_sha, n) for i, f in enumerate(files) for n in range(1, i + 1)]
+    assert [(r["file_path"], r["blob_sha"], r["line_number"]) for r in rows] == expected
+    assert [r["doc_id"] for r in rows] == [document_id(7, p, n) for p, _, n in expected]
+    assert all(r["web_url"].endswith(f"/{r['file_path']}#L{r['line_number']}") for r in rows)
 
 
 def test_index_operations_are_valid_ndjson_with_ids() -> None:
     text = 'quote " backslash \\ tab \t ctrl \x01 emoji 😀\nsecond\n'
-    batch = file_documents(SNAPSHOT, "x.py", "b" * 40, text, 4096)
+    batch = _documents([("x.py", text)])
     ops = index_operations(batch)
     assert ops.doc_ids.to_pylist() == batch.column("doc_id").to_pylist()
     lines = ops.body().split(b"\n")
@@ -87,13 +100,30 @@ def test_index_operations_are_valid_ndjson_with_ids() -> None:
     assert ops.slice(1).body() == b"\n".join(lines[2:])
 
 
-def test_json_strings_escape_every_character_json_requires() -> None:
+def test_json_string_contents_escape_every_character_json_requires() -> None:
     every_ascii = "".join(chr(c) for c in range(128))
-    values = [every_ascii, "", "plain", 'a"b', "back\\slash", "\u2028 é 😀 \x7f"]
-    encoded = json_strings(pa.array(values, pa.string())).to_pylist()
-    assert [json.loads(e) for e in encoded] == values
-    # Only backslash, quote and control characters are escaped; the rest stays as it is.
-    assert encoded[2] == '"plain"' and encoded[4] == '"back\\\\slash"' and "😀" in encoded[5]
+    values = [every_ascii, "", "plain", 'a"b', "back\\slash", "\u2028 é 😀 \x7f", "\x00\x1f"]
+    array = pa.array(["padding", *values, "more"], pa.string()).slice(1, len(values))
+    encoded = json_string_contents(array).to_pylist()
+    assert [json.loads(f'"{e}"') for e in encoded] == values
+    # Only backslash, quote and control characters are escaped; the rest stays as it is. The
+    # last value ends where the slice ends: its control characters are found all the same.
+    assert (
+        encoded[-1] == "\\u0000\\u001f"
+        and encoded[2] == "plain"
+        and encoded[4] == "back\\\\slash"
+        and "😀" in encoded[5]
+    )
+
+
+def test_index_operations_of_awkward_paths_and_cut_lines_read_back_as_the_rows() -> None:
+    text = 'a "quoted" line that is long\n\tshort\n'
+    paths = ("x.py", 'we"ird\\path\t.py', "é/😀\x01.py")
+    rows = _documents([(path, text) for path in paths], max_line_chars=10).slice(1)
+    sources = index_operations(rows).body().split(b"\n")[1::2]
+    expected = [{k: v for k, v in row.items() if k != "doc_id"} for row in rows.to_pylist()]
+    assert [json.loads(line) for line in sources] == expected
+    assert [row["line_truncated"] for row in expected] == [False, True, False, True, False]
 
 
 def _ids(chunks: list[BulkOperations]) -> list[str]:

@@ -2,12 +2,13 @@
 
 import codecs
 
+import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gitlab_es_pipeline.core.decoding import BINARY_SNIFF_BYTES, decode, is_binary
-from gitlab_es_pipeline.core.lines import cap_lines, count_lines, split_lines
+from gitlab_es_pipeline.core.lines import cap_lines, count_lines, split_texts
 from gitlab_es_pipeline_tests.corpus import LATIN1_TEXT
 
 
@@ -70,20 +71,34 @@ def test_binary_is_a_nul_in_the_first_8000_bytes() -> None:
         ("form\x0cfeed\u2028sep\n", ["form\x0cfeed\u2028sep"]),
     ],
 )
-def test_split_lines(text: str, lines: list[str]) -> None:
-    assert split_lines(text) == lines
+def test_split_texts(text: str, lines: list[str]) -> None:
+    assert split_texts([text])[0].as_py() == lines
     assert count_lines(text) == len(lines)
 
 
-@given(st.text(alphabet=st.sampled_from(["a", "é", "\n", "\r", " ", "\u2028"]), max_size=60))
-def test_count_lines_agrees_with_split_lines(text: str) -> None:
-    assert count_lines(text) == len(split_lines(text))
-    # Joining the lines back gives the text, CRLF folded, less one final newline.
-    folded = text.replace("\r\n", "\n")
-    assert "\n".join(split_lines(text)) == (folded[:-1] if folded.endswith("\n") else folded)
+def _reference_lines(text: str) -> list[str]:
+    """The rule, written the plain way: \n ends a line, CRLF is one line end, the final
+    newline ends the last line rather than starting an empty one."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from(["a", "é", "\n", "\r", " ", "\u2028"]), max_size=60),
+        max_size=8,
+    )
+)
+def test_split_texts_agrees_with_the_rule_and_count_lines(texts: list[str]) -> None:
+    lists = split_texts(texts).to_pylist()
+    assert lists == [_reference_lines(text) for text in texts]
+    assert [len(lines) for lines in lists] == [count_lines(text) for text in texts]
 
 
 def test_cap_lines_cuts_by_characters_and_flags() -> None:
-    content, truncated = cap_lines(["short", "é" * 5, "x" * 6, "😀" * 7], 5)
+    lines = pa.array(["short", "é" * 5, "x" * 6, "😀" * 7], pa.string())
+    content, truncated = cap_lines(lines, 5)
     assert content.to_pylist() == ["short", "é" * 5, "x" * 5, "😀" * 5]
     assert truncated.to_pylist() == [False, False, True, True]

@@ -24,7 +24,6 @@ from gitlab_es_pipeline.core.documents import (
     LINE_DOCUMENT_SCHEMA,
     REPEATED_COLUMNS,
     RepositorySnapshot,
-    coalesce_batches,
 )
 from gitlab_es_pipeline.core.manifest import (
     BuildMode,
@@ -222,7 +221,7 @@ def manifest_and_line_documents(
             documents = stage_parquet(
                 os.path.join(staging, "line_documents.parquet"),
                 LINE_DOCUMENT_SCHEMA,
-                coalesce_batches(scan.documents(), indexing.row_group_lines, LINE_DOCUMENT_SCHEMA),
+                scan.documents(indexing.row_group_lines),
                 dictionary_columns=REPEATED_COLUMNS,
             )
         except RepositoryError as exc:

@@ -77,40 +77,67 @@ def concat_operations(parts: list[BulkOperations]) -> BulkOperations:
     )
 
 
-# JSON's escapes for the control characters that have a short form; the others are \u00XX.
-_SHORT_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-_RARE_CONTROL = "[\\x00-\\x07\\x0b\\x0e-\\x1f]"
-_NEEDS_ESCAPING = '["\\\\\\x00-\\x1f]'
+# What JSON must escape inside a string: backslash, quote and the control characters. None of
+# these bytes occurs inside a multi-byte UTF-8 sequence, so the bytes of a column tell.
+_SHORT_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+_JSON_SPECIAL = frozenset(bytes(range(0x20)) + b'"\\')
+_JSON_BOOLEANS = pa.array(["false", "true"], pa.string())
+_NOT_JSON_SPECIAL = bytes(b for b in range(256) if b not in _JSON_SPECIAL)
 
 
-def json_strings(values: pa.Array) -> pa.Array:
-    """JSON string literals of a string column, escaped by Arrow's C++ kernels.
+def _special_characters(values: pa.StringArray) -> list[str]:
+    """The characters of the column that JSON must escape, backslash first: one C-level pass
+    over the column's bytes, however many rows it has."""
+    _, offsets, data = values.buffers()
+    if data is None or len(values) == 0:
+        return []
+    ends = memoryview(offsets).cast("i")
+    start, end = ends[values.offset], ends[values.offset + len(values)]
+    found = set(memoryview(data)[start:end].tobytes().translate(None, _NOT_JSON_SPECIAL))
+    return sorted((chr(b) for b in found), key=lambda char: char != "\\")
 
-    One scan decides whether anything needs escaping (ids, shas, names and URLs usually not);
-    then backslash and quote, tab, CR (and the other short escapes) when present; any other
-    control character (rare in source text) costs one more pass each.
+
+def json_string_contents(values: pa.StringArray) -> pa.StringArray:
+    """A string column escaped for JSON, without the quotes (the caller's template has them).
+
+    Arrow's C++ kernels do the work, one pass for each character that actually occurs:
+    usually none (ids, shas, names, URLs) or a few (quote, backslash, tab in source text).
     """
-    if not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPING)).as_py():
-        return pc.binary_join_element_wise('"', values, '"', "")
-    out = pc.replace_substring(values, "\\", "\\\\")
-    out = pc.replace_substring(out, '"', '\\"')
-    for char, escape in _SHORT_ESCAPES.items():
-        if pc.any(pc.match_substring(out, char)).as_py():
-            out = pc.replace_substring(out, char, escape)
-    if pc.any(pc.match_substring_regex(out, _RARE_CONTROL)).as_py():
-        for code in [*range(0x00, 0x08), 0x0B, *range(0x0E, 0x20)]:
-            out = pc.replace_substring(out, chr(code), f"\\u{code:04x}")
-    return pc.binary_join_element_wise('"', out, '"', "")
+    for char in _special_characters(values):
+        escape = _SHORT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
+        values = pc.replace_substring(values, char, escape)
+    return values
 
 
-def _json_values(column: pa.Array) -> pa.Array:
+def _json_fields(name: str, column: pa.Array, separator: str) -> list[pa.Array | str]:
+    """`"name":value` for every row, as parts of an element-wise join."""
+    key = f'{separator}"{name}":'
     if pa.types.is_string(column.type):
-        return json_strings(column)
+        return [key + '"', json_string_contents(column), '"']
     if pa.types.is_boolean(column.type):
-        return pc.if_else(column, "true", "false")
+        return [key, _JSON_BOOLEANS.take(pc.cast(column, pa.int8()))]
     if pa.types.is_integer(column.type):
-        return pc.cast(column, pa.string())
+        return [key, pc.cast(column, pa.string())]
     raise TypeError(f"no JSON encoding for {column.type}")
+
+
+def _merge_literals(parts: list[pa.Array | str]) -> list[pa.Array | str]:
+    """Adjacent literal parts as one: fewer arguments for the join kernel to walk."""
+    merged: list[pa.Array | str] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return merged
 
 
 def index_operations(batch: pa.RecordBatch) -> BulkOperations:
@@ -118,18 +145,16 @@ def index_operations(batch: pa.RecordBatch) -> BulkOperations:
 
     No Python work per document or field: Arrow escapes and joins whole columns.
     """
-    parts: list[pa.Array | str] = []
-    separator = "{"
-    for name in batch.schema.names:
-        if name in NON_SOURCE_COLUMNS:
-            continue
-        parts += [f'{separator}"{name}":', _json_values(batch.column(name))]
-        separator = ","
     doc_id = batch.column("doc_id")
     # ids are [0-9a-f-] only (see documents.document_id): no JSON escaping needed.
-    payloads = pc.binary_join_element_wise(
-        '{"index":{"_id":"', doc_id, '"}}\n', *parts, "}\n", ""
-    ).cast(pa.binary())
+    parts: list[pa.Array | str] = ['{"index":{"_id":"', doc_id, '"}}\n']
+    separator = "{"
+    for name in batch.schema.names:
+        if name not in NON_SOURCE_COLUMNS:
+            parts += _json_fields(name, batch.column(name), separator)
+            separator = ","
+    parts.append("}\n")
+    payloads = pc.binary_join_element_wise(*_merge_literals(parts), "").cast(pa.binary())
     return BulkOperations(doc_id, payloads)
 
 

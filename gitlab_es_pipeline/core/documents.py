@@ -7,10 +7,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gitlab_es_pipeline.core.lines import cap_lines, split_lines
+from gitlab_es_pipeline.core.lines import cap_lines, count_lines, split_texts
 
 LINE_DOCUMENT_SCHEMA = pa.schema(
     [
@@ -83,54 +84,74 @@ def _constant(value: object, length: int, type_: pa.DataType) -> pa.Array:
     return pa.repeat(pa.scalar(value, type_), length)
 
 
-def file_documents(
+@dataclass(frozen=True)
+class FileText:
+    """One file's decoded text at the snapshot's commit: what its line documents come from."""
+
+    path: str
+    blob_sha: str
+    text: str
+
+
+def line_document_batches(
     snapshot: RepositorySnapshot,
-    path: str,
-    blob_sha: str,
-    text: str,
+    files: Iterable[FileText],
     max_line_chars: int,
-) -> pa.RecordBatch | None:
-    """All documents of one file as one Arrow batch; None for a file with no lines."""
-    lines = split_lines(text)
-    n = len(lines)
-    if n == 0:
-        return None
-    content, truncated = cap_lines(lines, max_line_chars)
-    numbers = pa.array(range(1, n + 1), type=pa.int32())
-    number_text = pc.cast(numbers, pa.string())
-    doc_id = pc.binary_join_element_wise(
-        document_id_prefix(snapshot.project_id, path), number_text, ""
+    rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """The files' line documents, in order, in batches of about `rows` lines (a row group).
+
+    Memory holds one batch's files. The Arrow work is done once per batch, for all of its
+    files: done per file, its fixed cost would outweigh the lines in a repository of small
+    files.
+    """
+    pending: list[FileText] = []
+    lines = 0
+    for file in files:
+        count = count_lines(file.text)
+        if count == 0:
+            continue
+        pending.append(file)
+        lines += count
+        if lines >= rows:
+            yield _line_documents(snapshot, pending, max_line_chars)
+            pending, lines = [], 0
+    if pending:
+        yield _line_documents(snapshot, pending, max_line_chars)
+
+
+def _line_documents(
+    snapshot: RepositorySnapshot, files: list[FileText], max_line_chars: int
+) -> pa.RecordBatch:
+    lines = split_texts([file.text for file in files])
+    content, truncated = cap_lines(lines.flatten(), max_line_chars)
+    n = len(content)
+    # Which file each line is of, and its number in that file.
+    starts = lines.offsets.to_numpy() - lines.offsets[0].as_py()
+    file_of_line = pc.list_parent_indices(lines)
+    numbers = pa.array(
+        np.arange(1, n + 1, dtype=np.int32) - np.repeat(starts[:-1], np.diff(starts))
     )
-    web_url = pc.binary_join_element_wise(line_url_prefix(snapshot, path), number_text, "")
+    number_text = pc.cast(numbers, pa.string())
+
+    def per_line(per_file: list[str]) -> pa.Array:
+        return pa.array(per_file, pa.string()).take(file_of_line)
+
+    doc_id_prefixes = [document_id_prefix(snapshot.project_id, f.path) for f in files]
+    url_prefixes = [line_url_prefix(snapshot, f.path) for f in files]
     return pa.RecordBatch.from_arrays(
         [
-            doc_id,
+            pc.binary_join_element_wise(per_line(doc_id_prefixes), number_text, ""),
             _constant(snapshot.project_id, n, pa.int64()),
             _constant(snapshot.repository_name, n, pa.string()),
             _constant(snapshot.branch, n, pa.string()),
             _constant(snapshot.commit_sha, n, pa.string()),
-            _constant(path, n, pa.string()),
-            _constant(blob_sha, n, pa.string()),
+            per_line([f.path for f in files]),
+            per_line([f.blob_sha for f in files]),
             numbers,
             content,
             truncated,
-            web_url,
+            pc.binary_join_element_wise(per_line(url_prefixes), number_text, ""),
         ],
         schema=LINE_DOCUMENT_SCHEMA,
     )
-
-
-def coalesce_batches(
-    batches: Iterable[pa.RecordBatch], target_rows: int, schema: pa.Schema
-) -> Iterator[pa.RecordBatch]:
-    """Many small per-file batches -> row groups of about target_rows, memory bounded by that."""
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in batches:
-        pending.append(batch)
-        rows += batch.num_rows
-        if rows >= target_rows:
-            yield pa.Table.from_batches(pending, schema=schema).combine_chunks().to_batches()[0]
-            pending, rows = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending, schema=schema).combine_chunks().to_batches()[0]
