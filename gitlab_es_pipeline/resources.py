@@ -93,7 +93,14 @@ class ElasticsearchResource(ConfigurableResource):
     index: str = Field(default=DEFAULT_INDEX, description="Index or alias that searches use")
     bulk_max_bytes: int = Field(default=4 * 1024 * 1024, description="Bytes per _bulk request")
     bulk_max_docs: int = Field(default=10000, description="Documents per _bulk request")
-    bulk_max_retries: int = Field(default=8, description="Retries of rejected (429) items")
+    bulk_max_retries: int = Field(
+        default=8, description="Retries of a refused _bulk request or of its rejected items"
+    )
+    bulk_initial_backoff_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="First wait before such a retry (doubles, with jitter, up to 60 s)",
+    )
     bulk_workers: int = Field(
         default=2,
         ge=1,
@@ -124,6 +131,7 @@ class ElasticsearchResource(ConfigurableResource):
             max_chunk_bytes=self.bulk_max_bytes,
             max_chunk_docs=self.bulk_max_docs,
             max_retries=self.bulk_max_retries,
+            initial_backoff=self.bulk_initial_backoff_seconds,
             workers=self.bulk_workers,
         )
 

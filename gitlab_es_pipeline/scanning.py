@@ -29,11 +29,14 @@ from gitlab_es_pipeline.core.manifest import ManifestEntry, classify
 class RepositoryError(Exception):
     """Indexing one repository failed; the message names it (and the file, if one is to blame)."""
 
-    def __init__(self, repository: str, problem: str, path: str | None = None) -> None:
+    def __init__(
+        self, repository: str, problem: str, path: str | None = None, permanent: bool = False
+    ) -> None:
         where = f"{repository}: {path}" if path else repository
         super().__init__(f"{where}: {problem}")
         self.repository = repository
         self.path = path
+        self.permanent = permanent  # trying again would fail the same way
 
 
 @dataclass
@@ -151,8 +154,11 @@ class RepositoryScan:
         self._listing: TreeListing | None = None
         self._base: dict[str, ManifestEntry] | None = None
 
-    def _fail(self, problem: object, path: str | None = None) -> RepositoryError:
-        return RepositoryError(self.snapshot.repository_name, str(problem), path)
+    def _fail(
+        self, problem: object, path: str | None = None, permanent: bool = False
+    ) -> RepositoryError:
+        permanent = permanent or (isinstance(problem, GitLabError) and problem.permanent)
+        return RepositoryError(self.snapshot.repository_name, str(problem), path, permanent)
 
     def _tree_entry(self, item: dict[str, Any]) -> ManifestEntry:
         path = item["path"]
@@ -246,7 +252,7 @@ class RepositoryScan:
         try:
             decoded = decode(data)
         except Exception as exc:  # a bug or a file we cannot handle: name it
-            raise self._fail(f"cannot decode: {exc!r}", entry.path) from exc
+            raise self._fail(f"cannot decode: {exc!r}", entry.path, permanent=True) from exc
         entry.encoding = decoded.encoding
         entry.line_count = count_lines(decoded.text)
         self.stats.lines += entry.line_count
@@ -262,7 +268,7 @@ class RepositoryScan:
         except RepositoryError:
             raise
         except Exception as exc:  # a bug building documents: say which repository
-            raise self._fail(f"cannot build line documents: {exc!r}") from exc
+            raise self._fail(f"cannot build line documents: {exc!r}", permanent=True) from exc
 
     def _files(self) -> Iterator[FileText]:
         """The texts of the wanted files, as they are read."""

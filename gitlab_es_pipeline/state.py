@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from dagster import (
     AssetKey,
     AssetObservation,
+    AssetPartitionStatus,
     AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
 )
 
+from gitlab_es_pipeline.partitions import repository_partitions
+
 ES_INDEX = AssetKey("es_index")
+FILE_MANIFEST = AssetKey("file_manifest")
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,14 @@ def forget(instance: DagsterInstance, partition: str, documents_deleted: int) ->
             metadata={"removed": True, "documents_deleted": documents_deleted},
         )
     )
+
+
+def failing_partitions(instance: DagsterInstance, partitions: list[str]) -> list[str]:
+    """Repositories whose latest attempt failed (reading or writing), as the UI shows them."""
+    failing: set[str] = set()
+    for asset_key in (FILE_MANIFEST, ES_INDEX):
+        statuses = instance.get_status_by_partition(asset_key, partitions, repository_partitions)
+        failing.update(
+            key for key, status in (statuses or {}).items() if status == AssetPartitionStatus.FAILED
+        )
+    return sorted(failing)

@@ -29,6 +29,8 @@ class Pipeline:
     storage: Path
     groups: str = ""
     indexing: dict[str, Any] = field(default_factory=dict)
+    gitlab_options: dict[str, Any] = field(default_factory=dict)
+    es_options: dict[str, Any] = field(default_factory=dict)
     sensor_cursor: str | None = None
 
     def resources(self) -> dict[str, Any]:
@@ -37,10 +39,13 @@ class Pipeline:
                 url=self.gitlab.url,
                 token=self.gitlab.token,
                 groups=self.groups,
-                archive_retry_seconds=0.05,
+                **{"archive_retry_seconds": 0.05, **self.gitlab_options},
             ),
             "elasticsearch": ElasticsearchResource(
-                url=self.es.url, api_key=self.es.api_key, index=INDEX, bulk_max_docs=50
+                url=self.es.url,
+                api_key=self.es.api_key,
+                index=INDEX,
+                **{"bulk_max_docs": 50, **self.es_options},
             ),
             "indexing": IndexingResource(**self.indexing),
             "parquet_io_manager": ParquetIOManager(base_path=str(self.storage)),

@@ -11,7 +11,6 @@ from dagster import (
     AssetOut,
     Config,
     DataVersion,
-    Failure,
     MetadataValue,
     Output,
     ResourceParam,
@@ -38,6 +37,7 @@ from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.pools import GITLAB_POOL
 from gitlab_es_pipeline.resources import GitLabResource, IndexingResource
+from gitlab_es_pipeline.retries import step_failure, step_retry_policy
 from gitlab_es_pipeline.scanning import RepositoryError, RepositoryScan, ScanSettings
 from gitlab_es_pipeline.state import ES_INDEX, last_indexed
 
@@ -56,13 +56,15 @@ def _snapshot(source: GitLabSource, key: str) -> RepositorySnapshot:
         project = Project.from_api(source.project(key))
         branch = project.default_branch
         if not branch:
-            raise Failure(f"{key}: the project has no default branch (empty repository?)")
+            raise step_failure(
+                f"{key}: the project has no default branch (empty repository?)", permanent=True
+            )
         commit = source.head_commit(project.project_id, branch)
     except GitLabError as exc:
         hint = " If it was renamed or moved, discovery will replace this partition." * (
             exc.status == 404
         )
-        raise Failure(description=f"{key}: {exc}.{hint}") from exc
+        raise step_failure(f"{key}: {exc}.{hint}", permanent=exc.permanent) from exc
     return RepositorySnapshot(
         project_id=project.project_id,
         repository_name=project.path_with_namespace,
@@ -153,6 +155,7 @@ def _compared_changes(
     group_name="gitlab",
     can_subset=False,
     pool=GITLAB_POOL,
+    retry_policy=step_retry_policy(),
 )
 def manifest_and_line_documents(
     context: AssetExecutionContext,
@@ -199,7 +202,7 @@ def manifest_and_line_documents(
             scan.list_tree()
             scan.plan(base_entries)
     except RepositoryError as exc:
-        raise Failure(description=str(exc)) from exc
+        raise step_failure(str(exc), permanent=exc.permanent) from exc
     context.log.info(
         f"{snapshot.repository_name}: {snapshot.branch} at {snapshot.commit_sha}, {mode.value} "
         f"against {base_header.snapshot.commit_sha if base_header else 'nothing'}; "
@@ -225,7 +228,7 @@ def manifest_and_line_documents(
                 dictionary_columns=REPEATED_COLUMNS,
             )
         except RepositoryError as exc:
-            raise Failure(description=str(exc)) from exc
+            raise step_failure(str(exc), permanent=exc.permanent) from exc
         manifest = manifest_table(header, [*scan.entries.values(), *scan.deleted])
         summary = summarize(manifest)
         stats = scan.stats

@@ -12,13 +12,13 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     DataVersion,
-    Failure,
     MetadataValue,
     Output,
     ResourceParam,
     asset,
 )
 
+from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError
 from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
 from gitlab_es_pipeline.core.manifest import (
     BuildMode,
@@ -33,6 +33,7 @@ from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource
+from gitlab_es_pipeline.retries import step_failure, step_retry_policy
 from gitlab_es_pipeline.state import ES_INDEX
 
 DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
@@ -47,6 +48,7 @@ _FAILURES_SHOWN = 20
     kinds={"elasticsearch", "parquet"},
     owners=["team:data-platform"],
     pool=ELASTICSEARCH_POOL,
+    retry_policy=step_retry_policy(),
     check_specs=[
         AssetCheckSpec(
             DOCUMENT_COUNT_CHECK,
@@ -77,7 +79,10 @@ def es_index(
     summary = summarize(manifest)
     index = elasticsearch.line_index()
     parquet_io_manager.withdraw_partition(ES_INDEX, context.partition_key)
-    new_index = index.ensure() == "created"
+    try:
+        new_index = index.ensure() == "created"
+    except IndexSetupError as exc:
+        raise step_failure(f"{snapshot.repository_name}: {exc}", permanent=True) from exc
     with index.bulk_load() if new_index else nullcontext():
         written = index.write(map(index_operations, line_documents.iter_batches()))
     deleted = index.write(
@@ -98,9 +103,10 @@ def es_index(
     if failed:
         failures = [*written.failures, *deleted.failures][:_FAILURES_SHOWN]
         shown = "\n".join(f"- {f}" for f in failures)
-        raise Failure(
-            description=f"{snapshot.repository_name}: Elasticsearch rejected {failed} "
+        raise step_failure(
+            f"{snapshot.repository_name}: Elasticsearch rejected {failed} "
             f"operations; commit {snapshot.commit_sha} is not marked indexed.\n{shown}",
+            permanent=True,
             metadata={**outcome, "failures": MetadataValue.md(shown)},
         )
     yield Output(

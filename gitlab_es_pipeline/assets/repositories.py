@@ -14,7 +14,7 @@ from gitlab_es_pipeline.core.projects import Project, is_indexable, projects_tab
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import GITLAB_POOL, ensure_pools
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
-from gitlab_es_pipeline.state import forget, last_indexed
+from gitlab_es_pipeline.state import failing_partitions, forget, last_indexed
 
 _PREVIEW_ROWS = 200  # the full list is the asset's Parquet file
 
@@ -61,6 +61,7 @@ def repositories(
             context.instance.delete_dynamic_partition(REPOSITORIES_PARTITION, key)
             context.log.info(f"{key}: gone from GitLab; partition and documents removed")
     table = projects_table(list(found.values()))
+    failing = failing_partitions(context.instance, sorted(keys))
     context.log.info(f"{len(keys)} repositories: {len(added)} added, {len(removed)} removed")
     context.add_output_metadata(
         {
@@ -69,6 +70,9 @@ def repositories(
             "partitions_removed": len(removed),
             "documents_deleted": documents_deleted,
             "projects_left_out": MetadataValue.int(left_out),
+            # Repositories whose latest run failed; the UI marks their partitions failed too.
+            "repositories_failing": len(failing),
+            "failing": MetadataValue.md("\n".join(f"- {k}" for k in failing[:_PREVIEW_ROWS])),
             "gitlab_requests": MetadataValue.json(dict(source.requests)),
             "projects": MetadataValue.table(
                 records=[TableRecord(row) for row in table.slice(0, _PREVIEW_ROWS).to_pylist()],

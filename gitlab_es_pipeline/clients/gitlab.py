@@ -52,6 +52,11 @@ class GitLabError(Exception):
         super().__init__(message)
         self.status = status
 
+    @property
+    def permanent(self) -> bool:
+        """An answer no retry changes: about the token (401, 403) or the project (404)."""
+        return self.status in (401, 403, 404)
+
 
 def _explain(exc: GitlabError, what: str) -> GitLabError:
     status = exc.response_code

@@ -14,6 +14,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -80,8 +81,10 @@ class ElasticsearchStandIn(StandInServer):
         self.count_only = count_only
         self.bulk_requests = 0
         self.bulk_bytes = 0
-        # Fault injection: (action, meta, source) -> an item result to answer instead, or None.
+        # Fault injection: (action, meta, source) -> an item result to answer instead, or None;
+        # and request -> a whole response to answer instead (an outage, an overload), or None.
         self.item_faults: list[Any] = []
+        self.faults: list[Callable[[Request], Response | None]] = []
         self._lock = threading.RLock()
 
     # -- test API ---------------------------------------------------------------------------
@@ -97,6 +100,9 @@ class ElasticsearchStandIn(StandInServer):
     def handle(self, request: Request) -> Response:
         with self._lock:
             self.requests.append((request.method, request.raw_path))
+            injected = next((r for f in self.faults if (r := f(request)) is not None), None)
+            if injected is not None:
+                return injected
             try:
                 response = (
                     self._authorised(request) or self._negotiated(request) or self._route(request)

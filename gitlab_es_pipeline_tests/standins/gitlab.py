@@ -109,6 +109,7 @@ class RecordedRequest:
     query: dict[str, str]
     status: int
     raw_path: str = ""  # as sent, URL-encoded
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 def _instant(value: str) -> datetime:
@@ -185,13 +186,17 @@ class GitLabStandIn(StandInServer):
                 if request.method == "DELETE":
                     self.requests.clear()
             return Response(200, counts)
+        arrived = time.monotonic()
         rate_headers, over = self._rate_headers()
         response = self._route(request, path, over)
-        response.headers.update(rate_headers)
+        if not response.bare:
+            response.headers.update(rate_headers)
         decoded = unquote(path[len(API) :]) if path.startswith(API) else path
         with self._lock:
             self.requests.append(
-                RecordedRequest(request.method, decoded, request.query, response.status, path)
+                RecordedRequest(
+                    request.method, decoded, request.query, response.status, path, arrived
+                )
             )
         return response
 

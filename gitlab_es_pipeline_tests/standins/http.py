@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -39,6 +41,15 @@ class Response:
         self.content_type = content_type
         self.stream = stream  # an iterator of bytes: sent with chunked transfer encoding
         self.filtered = False  # the body already honours the request's filter_path
+        self.reset = False  # no answer at all: the connection is reset (TCP RST)
+        self.bare = False  # sent with only the given headers (e.g. a 429 with no rate headers)
+
+    @classmethod
+    def connection_reset(cls) -> Response:
+        """What a client sees when a proxy or a restarting server drops the connection."""
+        response = cls()
+        response.reset = True
+        return response
 
 
 class StandInServer:
@@ -62,6 +73,13 @@ class StandInServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 response = owner.handle(Request(self, body))
+                if response.reset:
+                    # SO_LINGER 0: close() sends RST, not FIN, and drops what was unsent.
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.close_connection = True
+                    return
                 self.send_response(response.status)
                 self.send_header("Content-Type", response.content_type)
                 for name, value in response.headers.items():

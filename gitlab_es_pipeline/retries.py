@@ -1,0 +1,36 @@
+"""What Dagster does when a repository's step fails.
+
+A transient fault that outlasted the clients' own retries (GitLab or Elasticsearch down for
+minutes) fails the step, and Dagster runs it again later with exponential backoff and
+jitter, so that a fleet's runs do not all come back at once. A permanent one (a revoked
+token, a deleted project, documents Elasticsearch refuses, an index with the wrong mapping)
+fails at once: trying again would only repeat it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import Backoff, Failure, Jitter, RetryPolicy
+
+STEP_RETRIES_ENV = "INDEX_STEP_RETRIES"
+STEP_RETRY_DELAY_ENV = "INDEX_STEP_RETRY_DELAY_SECONDS"
+
+
+def step_retry_policy() -> RetryPolicy:
+    """3 retries, 60 s then doubling, ±50 % jitter; the environment may change both numbers."""
+    return RetryPolicy(
+        max_retries=int(os.environ.get(STEP_RETRIES_ENV, "3")),
+        delay=float(os.environ.get(STEP_RETRY_DELAY_ENV, "60")),
+        backoff=Backoff.EXPONENTIAL,
+        jitter=Jitter.PLUS_MINUS,
+    )
+
+
+def step_failure(
+    description: str, *, permanent: bool, metadata: Mapping[str, Any] | None = None
+) -> Failure:
+    """A failure that names the repository; only a transient one is retried."""
+    return Failure(description=description, metadata=metadata, allow_retries=not permanent)

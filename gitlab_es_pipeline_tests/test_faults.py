@@ -1,0 +1,343 @@
+"""Faults in GitLab, Elasticsearch and the pipeline: whatever happens, the index stays right.
+
+Every case ends by comparing the index with what git says it must hold: nothing lost,
+nothing duplicated, nothing stale. Run the suite alone with `pytest -m faults` (the SIGKILL
+case lives in test_incremental.py and carries the same mark).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, ExecuteInProcessResult
+
+from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline_tests.corpus import expected_after_runs
+from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
+from gitlab_es_pipeline_tests.standins.gitlab import RecordedRequest
+from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
+
+pytestmark = pytest.mark.faults
+
+APP, OTHER = "team/app", "team/other"
+
+
+def _file(key: str, number: int, lines: int = 20, tag: str = "v1") -> str:
+    return "".join(f'{key} file {number} line {n} {tag} = "x\\t{n}"\n' for n in range(lines))
+
+
+class Fleet:
+    """Two repositories: faults hit `team/app`; `team/other` must not care."""
+
+    def __init__(self, pipeline: Pipeline, tmp_path: Path) -> None:
+        self.pipeline = pipeline
+        self.repos: dict[str, Path] = {}
+        self.indexed: dict[str, list[str]] = {}
+        for key, files in ((APP, 30), (OTHER, 5)):
+            repo = init_repo(tmp_path / key.replace("/", "_"))
+            commit_files(repo, {f"src/m{i}.py": _file(key, i) for i in range(files)})
+            self.repos[key] = repo
+        self.projects = {
+            key: pipeline.gitlab.add_project(key, str(r)) for key, r in self.repos.items()
+        }
+        pipeline.discover()
+
+    def head(self, key: str) -> str:
+        return run_git(self.repos[key], "rev-parse", "HEAD").strip()
+
+    def index(self, key: str) -> ExecuteInProcessResult:
+        result = self.pipeline.index(key, raise_on_error=False)
+        if result.success:
+            mode = _metadata(self.pipeline, "file_manifest", key)["mode"]
+            # A full read rewrites every line at HEAD; an incremental one only what changed.
+            runs = self.indexed.get(key, []) if mode == "incremental" else []
+            self.indexed[key] = [*runs, self.head(key)]
+        return result
+
+    def push(self, key: str, files: dict[str, str]) -> None:
+        commit_files(self.repos[key], files)
+        self.projects[key].record_push()
+
+    def assert_exact(self) -> None:
+        expected: dict = {}
+        for key, commits in self.indexed.items():
+            project = self.projects[key]
+            url = f"{self.pipeline.gitlab.url}/{key}"
+            expected.update(
+                expected_after_runs(
+                    self.repos[key], commits, project.id, key, "main", url, known_text={}
+                ).documents
+            )
+        documents = self.pipeline.es.documents(INDEX)
+        assert set(documents) == set(expected), set(documents) ^ set(expected)
+        for doc_id, doc in expected.items():
+            assert documents[doc_id] == doc, doc_id
+
+
+def _metadata(pipeline: Pipeline, asset: str, partition: str | None = None) -> dict:
+    partitions = [partition] if partition is not None else None
+    records = pipeline.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=partitions), limit=1
+    ).records
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def _failure_message(result: ExecuteInProcessResult) -> str:
+    """What the UI shows as the step's failure: our Failure's description."""
+    data = result.get_step_failure_events()[0].step_failure_data
+    assert data.user_failure_data is not None and data.user_failure_data.description
+    return data.user_failure_data.description
+
+
+def _step_attempts(result: ExecuteInProcessResult, step: str) -> int:
+    return sum(
+        1
+        for event in result.all_events
+        if event.step_key == step and event.event_type == DagsterEventType.STEP_START
+    ) + sum(
+        1
+        for event in result.all_events
+        if event.step_key == step and event.event_type == DagsterEventType.STEP_RESTARTED
+    )
+
+
+def _requests(pipeline: Pipeline, key: str, kind: str) -> list[RecordedRequest]:
+    project_id = str(pipeline.gitlab._find_project(key).id)  # type: ignore[union-attr]
+    return [
+        r
+        for r in pipeline.gitlab.requests_of_kind(kind)
+        if r.path.startswith((f"/projects/{project_id}/", f"/projects/{key}"))
+    ]
+
+
+@pytest.fixture
+def fleet(pipeline: Pipeline, tmp_path: Path) -> Fleet:
+    return Fleet(pipeline, tmp_path)
+
+
+def _refuse(times: int, where: str, answer: callable) -> callable:  # type: ignore[valid-type]
+    """A GitLab fault: the first `times` requests whose path contains `where` get `answer()`."""
+    left = [times]
+
+    def fault(request: Request, path: str) -> Response | None:
+        if where in path and left[0] > 0:
+            left[0] -= 1
+            return answer()
+        return None
+
+    return fault
+
+
+# -- GitLab --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", ["none", "retry_after", "ratelimit_reset"])
+def test_a_burst_of_429s_is_waited_out(fleet: Fleet, headers: str) -> None:
+    """gitlab.com often sends 429 with no headers at all; when it says how long, we wait."""
+
+    def too_many() -> Response:
+        answer = Response(429, {"message": "429 Too Many Requests"})
+        answer.bare = True
+        if headers == "retry_after":
+            answer.headers["Retry-After"] = "1"
+        elif headers == "ratelimit_reset":
+            answer.headers["RateLimit-Reset"] = str(int(time.time()) + 2)
+        return answer
+
+    fleet.pipeline.gitlab.faults.append(_refuse(3, "/repository/tree", too_many))
+    assert fleet.index(APP).success and fleet.index(OTHER).success
+    tree = _requests(fleet.pipeline, APP, "tree")
+    assert [r.status for r in tree] == [429, 429, 429, 200]
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(tree)]
+    if headers == "retry_after":
+        assert all(gap >= 0.95 for gap in gaps), gaps
+    elif headers == "ratelimit_reset":
+        assert sum(gaps) >= 0.95, gaps  # waited until the announced reset
+    else:
+        assert 0.05 < gaps[0] < gaps[1] < gaps[2] < 5, gaps  # backing off by itself
+    fleet.assert_exact()
+
+
+def _bare(status: int) -> Response:
+    """An error from in front of GitLab (load balancer, proxy): none of GitLab's headers.
+
+    (With RateLimit-Reset on it, python-gitlab would wait until the rate window resets.)
+    """
+    answer = Response(status, {"message": f"{status} from the load balancer"})
+    answer.bare = True
+    return answer
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_errors_are_retried(fleet: Fleet, status: int) -> None:
+    fleet.pipeline.gitlab.faults.append(_refuse(2, "/repository/archive", lambda: _bare(status)))
+    assert fleet.index(APP).success
+    archive = _requests(fleet.pipeline, APP, "archive")
+    assert [r.status for r in archive] == [status, status, 200]
+    fleet.assert_exact()
+
+
+@pytest.mark.parametrize("fault", ["reset", "timeout"])
+def test_connection_resets_and_timeouts_are_retried(fleet: Fleet, fault: str) -> None:
+    fleet.pipeline.gitlab_options["request_timeout_seconds"] = 1.0
+
+    def answer() -> Response:
+        if fault == "reset":
+            return Response.connection_reset()
+        time.sleep(1.5)  # the client has given up by now
+        return _bare(504)
+
+    fleet.pipeline.gitlab.faults.append(_refuse(1, "/repository/branches/", answer))
+    assert fleet.index(APP).success
+    branch_requests = _requests(fleet.pipeline, APP, "branch")
+    assert len(branch_requests) == 2  # the broken one (seen by the server) and its retry
+    fleet.assert_exact()
+
+
+def test_a_raw_file_cut_off_mid_body_is_fetched_again(fleet: Fleet) -> None:
+    assert fleet.index(APP).success
+    fleet.push(APP, {"src/m3.py": _file(APP, 3, tag="v2")})
+
+    def cut() -> Response:
+        def body():  # half a file, then the connection goes
+            yield b"half a file\n"
+            raise StandInServer.BrokenStream()
+
+        return Response(200, stream=body(), content_type="text/plain")
+
+    fleet.pipeline.gitlab.faults.append(_refuse(1, "/raw", cut))
+    assert fleet.index(APP).success
+    assert _metadata(fleet.pipeline, "file_manifest", APP)["mode"] == "incremental"
+    assert len(_requests(fleet.pipeline, APP, "raw_blob")) == 2
+    fleet.assert_exact()
+
+
+def test_a_project_deleted_after_discovery_fails_its_run_and_the_others_go_on(
+    fleet: Fleet,
+) -> None:
+    project = fleet.pipeline.gitlab._find_project(APP)
+    assert project is not None
+    del fleet.pipeline.gitlab.projects[project.id]
+    result = fleet.index(APP)
+    assert not result.success
+    message = _failure_message(result)
+    assert message.startswith(f"{APP}: GitLab refused") and "HTTP 404" in message
+    assert "discovery will replace this partition" in message
+    # Permanent: not retried by Dagster (one attempt of the step).
+    assert _step_attempts(result, "manifest_and_line_documents") == 1
+    assert fleet.index(OTHER).success
+    fleet.assert_exact()
+    # The next discovery drops the partition.
+    fleet.pipeline.discover()
+    assert APP not in fleet.pipeline.partitions()
+
+
+@pytest.mark.parametrize(("status", "hint"), [(401, "check GITLAB_TOKEN"), (403, "read_api")])
+def test_a_revoked_token_fails_at_once_and_says_what_to_do(
+    fleet: Fleet, status: int, hint: str
+) -> None:
+    assert fleet.index(APP).success
+    fleet.push(APP, {"src/new.py": _file(APP, 99)})
+    fleet.pipeline.gitlab.faults.append(
+        lambda request, path: Response(status, {"message": f"{status} refused"})
+    )
+    result = fleet.index(APP)
+    assert not result.success
+    message = _failure_message(result)
+    assert message.startswith(APP) and f"HTTP {status}" in message and hint in message
+    assert fleet.pipeline.gitlab.token not in message
+    assert _step_attempts(result, "manifest_and_line_documents") == 1
+    state = last_indexed(fleet.pipeline.instance, APP)
+    assert state is not None and state.commit_sha == fleet.indexed[APP][-1]
+    fleet.assert_exact()  # still the commit indexed before
+
+
+def test_a_repository_that_keeps_failing_is_counted_and_does_not_block_the_rest(
+    fleet: Fleet,
+) -> None:
+    app_id = fleet.projects[APP].id
+
+    def app_forbidden(request: Request, path: str) -> Response | None:
+        if path.startswith((f"/api/v4/projects/{app_id}/", "/api/v4/projects/team%2Fapp")):
+            return Response(403, {"message": "403 Forbidden"})
+        return None
+
+    fleet.pipeline.gitlab.faults.append(app_forbidden)
+    assert not fleet.index(APP).success
+    assert fleet.index(OTHER).success
+    fleet.pipeline.discover()
+    meta = _metadata(fleet.pipeline, "repositories")
+    assert meta["repositories_failing"] == 1 and APP in meta["failing"]
+    fleet.pipeline.gitlab.faults.clear()
+    assert fleet.index(APP).success
+    fleet.pipeline.discover()
+    assert _metadata(fleet.pipeline, "repositories")["repositories_failing"] == 0
+    fleet.assert_exact()
+
+
+# -- Elasticsearch -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_refused_bulk_request_is_sent_again(fleet: Fleet, status: int) -> None:
+    fleet.pipeline.es_options["bulk_initial_backoff_seconds"] = 0.05
+    refused = [0]
+
+    def overloaded(request: Request) -> Response | None:
+        # 4 in a row: more than the client's own 3 quick retries, so ours must act too.
+        if request.raw_path.endswith("/_bulk") and refused[0] < 4:
+            refused[0] += 1
+            return Response(status, {"error": {"type": "es_rejected_execution_exception"}})
+        return None
+
+    fleet.pipeline.es.faults.append(overloaded)
+    result = fleet.index(APP)
+    assert result.success and refused[0] == 4
+    fleet.assert_exact()
+
+
+def test_elasticsearch_down_for_a_whole_run_keeps_the_old_commit_and_the_next_run_converges(
+    fleet: Fleet,
+) -> None:
+    fleet.pipeline.es_options.update(bulk_initial_backoff_seconds=0.05, bulk_max_retries=2)
+    assert fleet.index(APP).success
+    fleet.push(APP, {"src/m1.py": _file(APP, 1, tag="v2"), "src/added.py": _file(APP, 77)})
+    fleet.pipeline.es.faults.append(lambda request: Response.connection_reset())
+    result = fleet.index(APP)
+    assert not result.success
+    assert _step_attempts(result, "es_index") == 2  # transient: retried once (tests' policy)
+    state = last_indexed(fleet.pipeline.instance, APP)
+    assert state is not None and state.commit_sha == fleet.indexed[APP][-1]
+    fleet.pipeline.es.faults.clear()
+    assert fleet.index(APP).success
+    fleet.assert_exact()
+
+
+def test_elasticsearch_going_down_mid_write_leaves_nothing_stale_after_the_next_run(
+    fleet: Fleet,
+) -> None:
+    fleet.pipeline.es_options.update(bulk_initial_backoff_seconds=0.05, bulk_max_retries=1)
+    assert fleet.index(APP).success
+    fleet.push(APP, {f"src/m{i}.py": _file(APP, i, lines=25, tag="v2") for i in range(0, 30, 2)})
+    bulks = [0]
+
+    def down_after_two_bulks(request: Request) -> Response | None:
+        if request.raw_path.endswith("/_bulk"):
+            bulks[0] += 1
+            if bulks[0] > 2:
+                return Response.connection_reset()
+        return None
+
+    fleet.pipeline.es.faults.append(down_after_two_bulks)
+    assert not fleet.index(APP).success
+    # Half the new commit is in the index, none of it marked indexed.
+    state = last_indexed(fleet.pipeline.instance, APP)
+    assert state is not None and state.commit_sha == fleet.indexed[APP][-1]
+    fleet.pipeline.es.faults.clear()
+    assert fleet.index(APP).success
+    assert _metadata(fleet.pipeline, "file_manifest", APP)["mode"] == "full_refresh"
+    fleet.assert_exact()
