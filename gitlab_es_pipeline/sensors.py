@@ -7,8 +7,10 @@ from datetime import datetime, timezone
 
 from dagster import (
     DagsterInstance,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     sensor,
@@ -23,6 +25,7 @@ from gitlab_es_pipeline.resources import GitLabResource
 from gitlab_es_pipeline.state import fleet_state, last_indexed
 
 COMMIT_TAG = "gitlab_es_pipeline/commit"
+PARTITION_TAG = "dagster/partition"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class SensorLimits:
     recheck_seconds: float = 300
     # GitLab's hourly throttle of last_activity_at, plus a margin.
     activity_window_seconds: float = 3900
+    # A repository whose run failed is asked for again after this, doubling up to the cap.
+    retry_seconds: float = 300
+    retry_cap_seconds: float = 6 * 3600
 
     @classmethod
     def from_env(cls) -> "SensorLimits":
@@ -39,6 +45,7 @@ class SensorLimits:
             max_runs_per_tick=int(os.environ.get("HEAD_SENSOR_MAX_RUNS_PER_TICK", 50)),
             max_head_lookups_per_tick=int(os.environ.get("HEAD_SENSOR_MAX_HEAD_LOOKUPS", 200)),
             recheck_seconds=float(os.environ.get("HEAD_SENSOR_RECHECK_SECONDS", 300)),
+            retry_seconds=float(os.environ.get("HEAD_SENSOR_RETRY_SECONDS", 300)),
         )
 
 
@@ -71,6 +78,13 @@ def evaluate_tick(
     fleet = fleet_state(instance)
     indexed = fleet.indexed
     runs: list[tuple[str, str]] = [(k, c) for k, c in cursor.pending if k in partitions]
+    _note_failed_runs(instance, cursor, now, limits)
+    for key, commit in cursor.due_retries(now):
+        state = last_indexed(instance, key) if key in indexed else None
+        if state is not None:
+            cursor.forget_failure(key, state.timestamp)
+        if key in partitions and key in cursor.retries:
+            runs.append((key, commit))
     budget = limits.max_head_lookups_per_tick
     lookups = 0
     errors: list[str] = []
@@ -112,16 +126,49 @@ def evaluate_tick(
     runs = dedupe(runs)
     cursor.pending = runs[limits.max_runs_per_tick :]
     return Tick(
-        [(k, c, run_key(k, c, fleet.epoch(k))) for k, c in runs[: limits.max_runs_per_tick]],
+        [
+            (k, c, run_key(k, c, fleet.epoch(k), cursor.attempt(k, c, now)))
+            for k, c in runs[: limits.max_runs_per_tick]
+        ],
         cursor,
         lookups,
         errors,
     )
 
 
-def run_key(partition: str, commit: str, epoch: str) -> str:
-    """Partition and commit: a commit is indexed once (again only after a removal)."""
-    return f"{partition}@{commit}" + (f"#{epoch}" if epoch else "")
+def run_key(partition: str, commit: str, epoch: str, attempt: int = 0) -> str:
+    """Partition and commit: a commit is indexed once (again only after a removal, or as a
+    retry of a failed run)."""
+    return (
+        f"{partition}@{commit}" + (f"#{epoch}" if epoch else "") + (f"~{attempt}" * bool(attempt))
+    )
+
+
+def _note_failed_runs(
+    instance: DagsterInstance, cursor: TrackerCursor, now: float, limits: SensorLimits
+) -> None:
+    """Runs this sensor asked for that failed since the last look (also those that run
+    monitoring marked failed after their process died): each gets a retry, later and later."""
+    since = cursor.failures_seen_until or now - limits.activity_window_seconds
+    records = instance.get_run_records(
+        RunsFilter(
+            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+            updated_after=datetime.fromtimestamp(since, timezone.utc),
+        ),
+        limit=1000,
+        order_by="update_timestamp",
+        ascending=True,
+    )
+    for record in records:
+        updated = record.update_timestamp.replace(tzinfo=timezone.utc).timestamp()
+        cursor.failures_seen_until = max(cursor.failures_seen_until, updated)
+        key = record.dagster_run.tags.get(PARTITION_TAG)
+        commit = record.dagster_run.tags.get(COMMIT_TAG)
+        if key and commit:
+            ended = record.end_time or updated
+            cursor.record_failure(
+                key, commit, ended, limits.retry_seconds, limits.retry_cap_seconds
+            )
 
 
 @sensor(

@@ -7,18 +7,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import DagsterInstance, ExecuteInProcessResult, RunsFilter, materialize
 
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.io_managers import ParquetIOManager
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
-from gitlab_es_pipeline.sensors import SensorLimits, evaluate_tick
+from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits, evaluate_tick
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 INDEX = "gitlab-lines"
+RUN_KEY_TAG = "dagster/run_key"  # Dagster's own tag; the daemon never launches one twice
 
 
 @dataclass
@@ -58,7 +59,11 @@ class Pipeline:
         return sorted(self.instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
 
     def index(
-        self, partition: str, raise_on_error: bool = True, full_refresh: bool = False
+        self,
+        partition: str,
+        raise_on_error: bool = True,
+        full_refresh: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> ExecuteInProcessResult:
         return materialize(
             [manifest_and_line_documents, es_index, repositories],
@@ -67,6 +72,7 @@ class Pipeline:
             instance=self.instance,
             resources=self.resources(),
             raise_on_error=raise_on_error,
+            tags=tags,
             run_config={
                 "ops": {"manifest_and_line_documents": {"config": {"full_refresh": full_refresh}}}
             },
@@ -85,12 +91,19 @@ class Pipeline:
         self.sensor_cursor = tick.cursor.to_json()
         return tick.runs
 
-    def run_sensor_requests(self, limits: SensorLimits | None = None) -> list[str]:
-        """A tick, then the runs it asked for (as the daemon would launch them)."""
-        runs = self.sensor_tick(limits)
-        for key, _commit, _run_key in runs:
-            self.index(key)
-        return [key for key, _, _ in runs]
+    def run_sensor_requests(
+        self, limits: SensorLimits | None = None, raise_on_error: bool = True
+    ) -> list[str]:
+        """A tick, then the runs it asked for, as the daemon launches them: with the sensor's
+        tags, and never a run key that a run already had."""
+        launched = []
+        for key, commit, run_key in self.sensor_tick(limits):
+            if self.instance.get_run_records(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1):
+                continue
+            tags = {RUN_KEY_TAG: run_key, COMMIT_TAG: commit}
+            self.index(key, raise_on_error=raise_on_error, tags=tags)
+            launched.append(key)
+        return launched
 
     def index_all(self) -> None:
         for key in self.partitions():

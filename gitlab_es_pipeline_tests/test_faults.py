@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, ExecuteInProcessResult
 
+from gitlab_es_pipeline.sensors import SensorLimits
 from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
@@ -57,6 +58,17 @@ class Fleet:
             runs = self.indexed.get(key, []) if mode == "incremental" else []
             self.indexed[key] = [*runs, self.head(key)]
         return result
+
+    def sensor_round(self, limits: SensorLimits) -> list[str]:
+        """A sensor tick and the runs the daemon would launch for it; returns those launched."""
+        launched = self.pipeline.run_sensor_requests(limits, raise_on_error=False)
+        for key in launched:
+            state = last_indexed(self.pipeline.instance, key)
+            if state is not None and state.commit_sha == self.head(key):
+                mode = _metadata(self.pipeline, "file_manifest", key)["mode"]
+                runs = self.indexed.get(key, []) if mode == "incremental" else []
+                self.indexed[key] = [*runs, self.head(key)]
+        return launched
 
     def push(self, key: str, files: dict[str, str]) -> None:
         commit_files(self.repos[key], files)
@@ -340,4 +352,30 @@ def test_elasticsearch_going_down_mid_write_leaves_nothing_stale_after_the_next_
     fleet.pipeline.es.faults.clear()
     assert fleet.index(APP).success
     assert _metadata(fleet.pipeline, "file_manifest", APP)["mode"] == "full_refresh"
+    fleet.assert_exact()
+
+
+def test_a_failed_run_is_asked_for_again_by_the_sensor_later_under_a_new_run_key(
+    fleet: Fleet,
+) -> None:
+    """Dagster never launches a run key twice: a retry needs a new one, and waits first."""
+    limits = SensorLimits(recheck_seconds=0, retry_seconds=1.5)
+    assert sorted(fleet.sensor_round(limits)) == [APP, OTHER]
+    fleet.push(APP, {"src/m2.py": _file(APP, 2, tag="v2")})
+    fleet.pipeline.es.faults.append(lambda request: Response.connection_reset())
+    assert fleet.sensor_round(limits) == [APP]  # launched, and failed
+    assert last_indexed(fleet.pipeline.instance, APP).commit_sha != fleet.head(APP)
+    fleet.pipeline.es.faults.clear()
+    # At once: the same commit's run key again, which Dagster skips.
+    assert fleet.sensor_round(limits) == []
+    time.sleep(1.6)
+    assert fleet.sensor_round(limits) == [APP]  # the retry, with a run key of its own
+    run_keys = sorted(
+        record.dagster_run.tags["dagster/run_key"]
+        for record in fleet.pipeline.instance.get_run_records()
+        if record.dagster_run.tags.get("dagster/partition") == APP
+    )
+    head = fleet.head(APP)
+    assert [k for k in run_keys if head in k] == [f"{APP}@{head}", f"{APP}@{head}~1"]
+    assert fleet.sensor_round(limits) == []  # indexed now: nothing more to retry
     fleet.assert_exact()

@@ -206,6 +206,7 @@ def test_a_full_refresh_rebuilds_and_removes_everything_stale(fleet: Fleet) -> N
     assert meta.metadata["mode"].value == "full_refresh"
 
 
+@pytest.mark.faults
 def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_converges(
     fleet: Fleet,
 ) -> None:

@@ -3,7 +3,9 @@
 GitLab updates a project's last_activity_at at most once an hour, so a push soon after
 another may not move it. A project active within the last hour is therefore looked at again
 every `recheck_seconds` while it stays in that window; a project whose last_activity_at
-moved is looked at at once. Idle projects cost nothing.
+moved is looked at at once. Idle projects cost nothing. A repository whose run failed is
+asked for again after a backoff (5 minutes, doubling up to 6 hours), with a new run key each
+time: Dagster never launches a run key twice.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ class TrackerCursor:
     requested: dict[str, tuple[str, str]] = field(default_factory=dict)
     # (partition, commit) run requests over the per-tick cap, sent first next tick
     pending: list[tuple[str, str]] = field(default_factory=list)
+    # partition -> (commit whose run failed, failures so far, unix time of the last failure,
+    # unix time from which it may be retried)
+    retries: dict[str, tuple[str, int, float, float]] = field(default_factory=dict)
+    # unix time up to which failed runs have been looked at
+    failures_seen_until: float = 0.0
 
     def due(self, key: str, last_activity_at: str, now: float, recheck_seconds: float) -> bool:
         seen = self.checked.get(key)
@@ -30,6 +37,37 @@ class TrackerCursor:
         entry = self.requested.get(key)
         return entry[0] if entry is not None and entry[1] == epoch else None
 
+    def record_failure(
+        self, key: str, commit: str, ended: float, backoff_seconds: float, cap_seconds: float
+    ) -> None:
+        """A run for the partition failed: a retry is due later, later each time it fails."""
+        previous = self.retries.get(key)
+        failures = 1
+        if previous is not None and previous[0] == commit:
+            if ended <= previous[2]:
+                return  # seen already
+            failures = previous[1] + 1
+        wait = min(backoff_seconds * 2 ** (failures - 1), cap_seconds)
+        self.retries[key] = (commit, failures, ended, ended + wait)
+
+    def forget_failure(self, key: str, indexed_at: float) -> None:
+        """The partition was indexed after its last failure: nothing to retry."""
+        entry = self.retries.get(key)
+        if entry is not None and indexed_at > entry[2]:
+            del self.retries[key]
+
+    def due_retries(self, now: float) -> list[tuple[str, str]]:
+        return [(k, v[0]) for k, v in self.retries.items() if now >= v[3]]
+
+    def attempt(self, key: str, commit: str, now: float) -> int:
+        """The run key's attempt number for a request of the partition at this commit: that of
+        the failed run until its retry is due (Dagster then skips it as a duplicate), one more
+        from then on; 0 for a commit that has not failed."""
+        entry = self.retries.get(key)
+        if entry is None or entry[0] != commit:
+            return 0
+        return entry[1] if now >= entry[3] else entry[1] - 1
+
     def prune(self, live: set[str], now: float, window_seconds: float) -> None:
         """Forget what can no longer matter, so the cursor stays as small as the activity."""
         self.checked = {
@@ -37,6 +75,7 @@ class TrackerCursor:
         }
         self.requested = {k: v for k, v in self.requested.items() if k in live}
         self.pending = [(k, c) for k, c in self.pending if k in live]
+        self.retries = {k: v for k, v in self.retries.items() if k in live}
 
     def to_json(self) -> str:
         return json.dumps(
@@ -44,6 +83,8 @@ class TrackerCursor:
                 "checked": {k: list(v) for k, v in self.checked.items()},
                 "requested": {k: list(v) for k, v in self.requested.items()},
                 "pending": [list(p) for p in self.pending],
+                "retries": {k: list(v) for k, v in self.retries.items()},
+                "failures_seen_until": self.failures_seen_until,
             },
             sort_keys=True,
         )
@@ -57,6 +98,11 @@ class TrackerCursor:
             checked={k: (v[0], float(v[1])) for k, v in raw.get("checked", {}).items()},
             requested={k: (v[0], v[1]) for k, v in raw.get("requested", {}).items()},
             pending=[(k, c) for k, c in raw.get("pending", [])],
+            retries={
+                k: (v[0], int(v[1]), float(v[2]), float(v[3]))
+                for k, v in raw.get("retries", {}).items()
+            },
+            failures_seen_until=float(raw.get("failures_seen_until", 0.0)),
         )
 
 
