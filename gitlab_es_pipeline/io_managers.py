@@ -111,6 +111,16 @@ class ParquetStore(UPathIOManager):
         path = self.partition_path(asset_key, partition)
         return ParquetFile(path).read() if path.exists() else None
 
+    def store_partition(self, asset_key: AssetKey, partition: str, table: pa.Table) -> str:
+        """A table kept beside the assets (e.g. dead letters); returns where it went."""
+        path = self.partition_path(asset_key, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as f:
+            pq.write_table(table, f, compression="zstd")
+        tmp.rename(path)
+        return str(path)
+
     def withdraw_partition(self, asset_key: AssetKey, partition: str) -> None:
         """Remove a stored partition whose content is about to stop being true."""
         path = self.partition_path(asset_key, partition)

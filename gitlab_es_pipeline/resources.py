@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+from urllib.parse import urlsplit
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar, get_dagster_logger
 from elasticsearch import Elasticsearch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from gitlab_es_pipeline.clients.elasticsearch import SERIALIZERS, LineIndex
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
@@ -21,8 +22,14 @@ from gitlab_es_pipeline.core.lines import DEFAULT_MAX_LINE_CHARS
 DEFAULT_INDEX = "gitlab-lines"
 
 
+# Validation errors name the field and the problem, never the value given: it may be a secret.
+_HIDE_INPUT = {**ConfigurableResource.model_config, "hide_input_in_errors": True}
+
+
 class GitLabResource(ConfigurableResource):
     """The GitLab instance to index. The token needs read_api and read_repository."""
+
+    model_config = _HIDE_INPUT  # type: ignore[assignment]
 
     url: str = Field(description="Base URL of the GitLab instance, e.g. https://gitlab.example.com")
     token: str = Field(description="Personal, group or project access token (GITLAB_TOKEN)")
@@ -33,6 +40,12 @@ class GitLabResource(ConfigurableResource):
     )
     request_timeout_seconds: float = Field(default=60.0)
     max_retries: int = Field(default=10, description="Retries of a 429/5xx answer per request")
+    verify_tls: bool = Field(
+        default=True, description="Check GitLab's certificate (off only with a logged warning)"
+    )
+    ca_bundle: str = Field(
+        default="", description="CA bundle (PEM file) to check GitLab's certificate against"
+    )
     archive_format: str = Field(default="tar.gz", description="tar.gz (less traffic) or tar")
     archive_attempts: int = Field(
         default=3,
@@ -44,6 +57,16 @@ class GitLabResource(ConfigurableResource):
         default=15.0, ge=0, description="Wait before the first new archive request (doubles)"
     )
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_with_scheme(cls, value: str) -> str:
+        return _checked_url(value, "GITLAB_URL", "https://gitlab.example.com", api_suffix=True)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token_given(cls, value: str) -> str:
+        return _checked_secret(value, "GITLAB_TOKEN")
+
     def group_paths(self) -> list[str]:
         return [g.strip().strip("/") for g in self.groups.split(",") if g.strip().strip("/")]
 
@@ -53,6 +76,7 @@ class GitLabResource(ConfigurableResource):
             self.token,
             timeout=self.request_timeout_seconds,
             max_retries=self.max_retries,
+            ssl_verify=_tls_verification("GitLab", self.verify_tls, self.ca_bundle),
         )
 
 
@@ -86,6 +110,8 @@ class IndexingResource(ConfigurableResource):
 class ElasticsearchResource(ConfigurableResource):
     """The cluster and index that hold the line documents."""
 
+    model_config = _HIDE_INPUT  # type: ignore[assignment]
+
     url: str = Field(description="Elasticsearch URL, e.g. https://es.example.com:9200")
     api_key: str | None = Field(default=None, description="ELASTICSEARCH_API_KEY (preferred)")
     username: str | None = Field(default=None)
@@ -108,6 +134,18 @@ class ElasticsearchResource(ConfigurableResource):
         "elasticsearch pool; mind the cluster's write thread pool queue)",
     )
     request_timeout_seconds: float = Field(default=120.0)
+    verify_certs: bool = Field(
+        default=True,
+        description="Check the cluster's certificate (off only with a logged warning)",
+    )
+    ca_certs: str = Field(
+        default="", description="CA bundle (PEM file) to check the cluster's certificate against"
+    )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_with_scheme(cls, value: str) -> str:
+        return _checked_url(value, "ELASTICSEARCH_URL", "https://es.example.com:9200")
 
     def client(self) -> Elasticsearch:
         auth: dict[str, object] = {}
@@ -115,6 +153,14 @@ class ElasticsearchResource(ConfigurableResource):
             auth["api_key"] = self.api_key
         elif self.username:
             auth["basic_auth"] = (self.username, self.password or "")
+        verify = _tls_verification("Elasticsearch", self.verify_certs, self.ca_certs)
+        tls: dict[str, object] = {}
+        if self.url.startswith("https:"):  # the client refuses TLS options for plain HTTP
+            tls = {"verify_certs": verify is not False}
+            if isinstance(verify, str):
+                tls["ca_certs"] = verify
+            if verify is False:
+                tls["ssl_show_warn"] = False  # warned once, by us
         return Elasticsearch(
             self.url,
             request_timeout=self.request_timeout_seconds,
@@ -122,6 +168,7 @@ class ElasticsearchResource(ConfigurableResource):
             max_retries=3,
             serializers=SERIALIZERS,
             **auth,
+            **tls,
         )
 
     def line_index(self) -> LineIndex:
@@ -136,6 +183,45 @@ class ElasticsearchResource(ConfigurableResource):
         )
 
 
+def _checked_url(value: str, variable: str, example: str, api_suffix: bool = False) -> str:
+    """A malformed URL is refused when the resource is set up, in one sentence, not as a
+    connection error deep in a run. (An EnvVar is checked once it is resolved.)"""
+    if isinstance(value, EnvVar):
+        return value
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{variable} must be a URL with a scheme, e.g. {example} (got {value!r})")
+    if api_suffix and parts.path.rstrip("/").endswith("/api/v4"):
+        raise ValueError(f"{variable} is the base URL, without /api/v4 (got {value!r})")
+    return value.strip().rstrip("/")
+
+
+def _checked_secret(value: str, variable: str) -> str:
+    """Never echoes the value."""
+    if isinstance(value, EnvVar):
+        return value
+    if not value.strip():
+        raise ValueError(f"{variable} is empty")
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"{variable} contains whitespace (a stray newline from a secret file?)")
+    return value
+
+
+def _tls_verification(service: str, verify: bool, ca_bundle: str) -> bool | str:
+    """True (the system's CAs), a CA bundle's path, or False, which is said out loud."""
+    if not verify:
+        get_dagster_logger().warning(
+            f"TLS certificate verification of {service} is OFF: its identity is not checked"
+        )
+        return False
+    return ca_bundle or True
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
+
+
 def _optional_env(name: str, default: str | None = None) -> EnvVar | str | None:
     """EnvVar when the variable is set (its value stays out of the run config), else default."""
     return EnvVar(name) if os.environ.get(name) else default
@@ -147,6 +233,8 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             url=EnvVar("GITLAB_URL"),
             token=EnvVar("GITLAB_TOKEN"),
             groups=_optional_env("GITLAB_GROUPS", ""),
+            verify_tls=_flag("GITLAB_VERIFY_TLS", True),
+            ca_bundle=os.environ.get("GITLAB_CA_BUNDLE", ""),
         ),
         "elasticsearch": ElasticsearchResource(
             url=EnvVar("ELASTICSEARCH_URL"),
@@ -154,6 +242,8 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             username=_optional_env("ELASTICSEARCH_USERNAME"),
             password=_optional_env("ELASTICSEARCH_PASSWORD"),
             index=_optional_env("ELASTICSEARCH_INDEX", DEFAULT_INDEX),
+            verify_certs=_flag("ELASTICSEARCH_VERIFY_CERTS", True),
+            ca_certs=os.environ.get("ELASTICSEARCH_CA_CERTS", ""),
         ),
         "indexing": IndexingResource(),
     }

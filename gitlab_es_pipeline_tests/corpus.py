@@ -88,8 +88,36 @@ def edge_case_files(submodule_commit: str) -> dict[str, FileSpec]:
     }
 
 
+def bad_input_files() -> dict[str, FileSpec]:
+    """Issue #5's awkward files and paths, each with the outcome the README documents."""
+    at_cap = ("y" * 99 + "\n") * 10485 + "z" * 75 + "\n"  # exactly MAX_FILE_BYTES
+    assert len(at_cap) == MAX_FILE_BYTES
+    return {
+        "invalid_utf8.txt": b"ok line\nbad \xff\xfe byte\n",
+        "utf16_bom.txt": "h\u00e9llo\nw\u00f6rld\n".encode("utf-16"),
+        "mixed_endings.txt": b"crlf\r\nlf\nlone\rcr\n",
+        "lone_cr_only.txt": b"one\rtwo\rthree",
+        "late_nul.txt": b"x" * 8000 + b"\x00 after the sniffed bytes\nmore\n",
+        "huge_line.txt": "w" * 900_000 + "\n",
+        "at_cap.txt": at_cap,
+        "over_cap.txt": at_cap + "!",
+        "lfs.bin": "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+        "size 12345\n",
+        "control_chars.txt": "bell\x07 escape\x1b[0m form\x0cfeed vtab\x0b del\x7f\n",
+        "quote\"d and 'single'.txt": "quoted path\n",
+        "new\nline in name.txt": "a newline in the path\n",
+        "long/" + "segment_of_path/" * 70 + "end.txt": "over 1,000 characters of path\n",
+    }
+
+
 #: Files whose bytes are not UTF-8: what a person reads in them.
-KNOWN_TEXT = {"latin1.txt": LATIN1_TEXT}
+KNOWN_TEXT = {
+    "latin1.txt": LATIN1_TEXT,
+    # Not UTF-8: the closest legacy encoding (Western European) reads the two bytes as "ÿþ".
+    "invalid_utf8.txt": "ok line\nbad \u00ff\u00fe byte\n",
+    "utf16_bom.txt": "h\u00e9llo\nw\u00f6rld\n",
+}
 
 
 def build_corpus(root: Path) -> dict[str, Path]:
@@ -118,6 +146,9 @@ def build_corpus(root: Path) -> dict[str, Path]:
         },
     )
     repos["other/lib"] = other
+    bad = init_repo(root / "quirks" / "bad-input")
+    commit_files(bad, bad_input_files(), "bad input")
+    repos["quirks/bad-input"] = bad
     return repos
 
 
@@ -172,7 +203,8 @@ def expected_documents(
         if len(data) > MAX_FILE_BYTES:
             expected.skipped[path] = "too_large"
             continue
-        if b"\x00" in data[:8000]:
+        utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))  # a BOM: text full of NULs
+        if b"\x00" in data[:8000] and not utf16:
             expected.skipped[path] = "binary"
             continue
         text = known_text.get(path) or data.decode("utf-8")

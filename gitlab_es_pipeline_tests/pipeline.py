@@ -52,8 +52,13 @@ class Pipeline:
             "parquet_io_manager": ParquetIOManager(base_path=str(self.storage)),
         }
 
-    def discover(self) -> ExecuteInProcessResult:
-        return materialize([repositories], instance=self.instance, resources=self.resources())
+    def discover(self, raise_on_error: bool = True) -> ExecuteInProcessResult:
+        return materialize(
+            [repositories],
+            instance=self.instance,
+            resources=self.resources(),
+            raise_on_error=raise_on_error,
+        )
 
     def partitions(self) -> list[str]:
         return sorted(self.instance.get_dynamic_partitions(REPOSITORIES_PARTITION))

@@ -96,7 +96,7 @@ def test_index_operations_are_valid_ndjson_with_ids() -> None:
     for i, row in enumerate(batch.to_pylist()):
         assert json.loads(lines[2 * i]) == {"index": {"_id": row["doc_id"]}}
         assert json.loads(lines[2 * i + 1]) == {k: v for k, v in row.items() if k != "doc_id"}
-    assert ops.describe(1) == "x.py:2"
+    assert str(ops.origin(1)) == "x.py:2" and ops.origin(1).line_number == 2
     assert ops.slice(1).body() == b"\n".join(lines[2:])
 
 
@@ -154,4 +154,4 @@ def test_chunks_are_bounded_by_bytes_and_count_across_input_batches(per_batch: i
 def test_retried_operations_are_taken_out_of_a_chunk() -> None:
     ops = next(delete_operations(["a", "b", "c", "d"]))
     assert ops.take([1, 3]).body() == b'{"delete":{"_id":"b"}}\n{"delete":{"_id":"d"}}\n'
-    assert ops.describe(2) == "document c"
+    assert str(ops.origin(2)) == "document c" and ops.origin(2).file_path is None

@@ -11,8 +11,15 @@ import itertools
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, ExecuteInProcessResult
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    ExecuteInProcessResult,
+)
 
 from gitlab_es_pipeline.sensors import SensorLimits
 from gitlab_es_pipeline.state import last_indexed
@@ -378,4 +385,51 @@ def test_a_failed_run_is_asked_for_again_by_the_sensor_later_under_a_new_run_key
     head = fleet.head(APP)
     assert [k for k in run_keys if head in k] == [f"{APP}@{head}", f"{APP}@{head}~1"]
     assert fleet.sensor_round(limits) == []  # indexed now: nothing more to retry
+    fleet.assert_exact()
+
+
+def test_documents_refused_for_good_become_dead_letters_that_the_next_run_sends_again(
+    fleet: Fleet,
+) -> None:
+    pipeline = fleet.pipeline
+    assert fleet.index(APP).success
+    fleet.push(APP, {"src/m3.py": _file(APP, 3, tag="v2")})
+
+    def mapping_error(kind: str, meta: dict, source: dict | None) -> dict | None:
+        if source and source["file_path"] == "src/m3.py" and source["line_number"] == 2:
+            return {
+                "_id": meta["_id"],
+                "status": 400,
+                "error": {"type": "document_parsing_exception", "reason": "bad value"},
+            }
+        return None
+
+    pipeline.es.item_faults.append(mapping_error)
+    result = fleet.index(APP)
+    assert not result.success
+    message = _failure_message(result)
+    assert "src/m3.py:2: HTTP 400 document_parsing_exception: bad value" in message
+    assert _step_attempts(result, "es_index") == 1  # permanent: Dagster does not retry it
+    # The asset check failed, with the count; the commit is not marked indexed.
+    check = AssetCheckKey(AssetKey("es_index"), "document_count_matches_manifest")
+    execution = pipeline.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [check]
+    )[check]
+    evaluation = execution.event.dagster_event.event_specific_data
+    assert evaluation.passed is False and evaluation.metadata["documents_rejected"].value == 1
+    assert last_indexed(pipeline.instance, APP).commit_sha == fleet.indexed[APP][-1]
+    # The dead letter, kept where the failure says.
+    kept = Path(evaluation.metadata["dead_letters"].value)
+    assert kept == pipeline.storage / "es_index_dead_letters" / "team" / "app.parquet"
+    rows = pq.read_table(kept).to_pylist()
+    assert [(r["file_path"], r["line_number"], r["status"]) for r in rows] == [
+        ("src/m3.py", 2, 400)
+    ]
+    assert rows[0]["commit_sha"] == fleet.head(APP) and "bad value" in rows[0]["error"]
+    # The mapping is fixed: the next run rebuilds, sends it again, and the letter is gone.
+    pipeline.es.item_faults.clear()
+    assert fleet.index(APP).success
+    meta = _metadata(pipeline, "es_index", APP)
+    assert meta["mode"] == "full_refresh" and meta["dead_letters_retried"] == 1
+    assert not kept.exists()
     fleet.assert_exact()

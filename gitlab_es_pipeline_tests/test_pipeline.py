@@ -65,7 +65,7 @@ def test_every_line_of_every_repository_is_indexed_field_by_field(
     assert pipeline.partitions() == sorted(corpus_repos)
     discovery = pipeline.instance.get_latest_materialization_event(AssetKey("repositories"))
     meta = {k: v.value for k, v in discovery.asset_materialization.metadata.items()}
-    assert meta["partitions_added"] == 3 and meta["partitions_removed"] == 0
+    assert meta["partitions_added"] == 4 and meta["partitions_removed"] == 0
     assert meta["projects_left_out"] == 1  # the empty one; the archived one is filtered by GitLab
 
     pipeline.index_all()

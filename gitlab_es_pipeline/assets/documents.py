@@ -54,15 +54,22 @@ def _snapshot(source: GitLabSource, key: str) -> RepositorySnapshot:
     """The project as GitLab has it now; a failure names the repository and what to do."""
     try:
         project = Project.from_api(source.project(key))
-        branch = project.default_branch
-        if not branch:
-            raise step_failure(
-                f"{key}: the project has no default branch (empty repository?)", permanent=True
-            )
-        commit = source.head_commit(project.project_id, branch)
     except GitLabError as exc:
         hint = " If it was renamed or moved, discovery will replace this partition." * (
             exc.status == 404
+        )
+        raise step_failure(f"{key}: {exc}.{hint}", permanent=exc.permanent) from exc
+    branch = project.default_branch
+    if not branch:
+        raise step_failure(
+            f"{key}: the project has no default branch (empty repository?)", permanent=True
+        )
+    try:
+        commit = source.head_commit(project.project_id, branch)
+    except GitLabError as exc:
+        hint = (
+            f" The default branch {branch!r} is gone: choose another one in the project's "
+            "settings (Repository > Branch defaults)." * (exc.status == 404)
         )
         raise step_failure(f"{key}: {exc}.{hint}", permanent=exc.permanent) from exc
     return RepositorySnapshot(

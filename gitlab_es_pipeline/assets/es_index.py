@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
     DataVersion,
     MetadataValue,
     Output,
@@ -20,6 +21,7 @@ from dagster import (
 
 from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError
 from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
+from gitlab_es_pipeline.core.dead_letters import dead_letter_table
 from gitlab_es_pipeline.core.manifest import (
     BuildMode,
     ManifestHeader,
@@ -37,6 +39,8 @@ from gitlab_es_pipeline.retries import step_failure, step_retry_policy
 from gitlab_es_pipeline.state import ES_INDEX
 
 DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
+# Where each partition's dead letters are kept, beside the assets (not an asset itself).
+DEAD_LETTERS = AssetKey("es_index_dead_letters")
 _FAILURES_SHOWN = 20
 
 
@@ -79,6 +83,7 @@ def es_index(
     summary = summarize(manifest)
     index = elasticsearch.line_index()
     parquet_io_manager.withdraw_partition(ES_INDEX, context.partition_key)
+    dead_before = parquet_io_manager.read_partition(DEAD_LETTERS, context.partition_key)
     try:
         new_index = index.ensure() == "created"
     except IndexSetupError as exc:
@@ -96,19 +101,37 @@ def es_index(
         "documents_written": written.succeeded,
         "documents_deleted": deleted.results.get("deleted", 0) + swept,
         "documents_failed": failed,
+        # The previous run's dead letters, sent again as part of this run's full rebuild.
+        "dead_letters_retried": dead_before.num_rows if dead_before is not None else 0,
         "items_retried": written.retried_items + deleted.retried_items,
         "bulk_requests": written.requests + deleted.requests,
         "bulk_bytes": written.bytes_sent + deleted.bytes_sent,
     }
+    partition = context.partition_key
     if failed:
-        failures = [*written.failures, *deleted.failures][:_FAILURES_SHOWN]
-        shown = "\n".join(f"- {f}" for f in failures)
+        failures = [*written.failures, *deleted.failures]
+        kept = parquet_io_manager.store_partition(
+            DEAD_LETTERS, partition, dead_letter_table(snapshot, failures)
+        )
+        shown = "\n".join(f"- {f}" for f in failures[:_FAILURES_SHOWN])
+        yield AssetCheckResult(
+            check_name=DOCUMENT_COUNT_CHECK,
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"documents_rejected": failed, "dead_letters": MetadataValue.path(kept)},
+        )
         raise step_failure(
             f"{snapshot.repository_name}: Elasticsearch rejected {failed} "
-            f"operations; commit {snapshot.commit_sha} is not marked indexed.\n{shown}",
+            f"operations; commit {snapshot.commit_sha} is not marked indexed, and the next run "
+            f"rebuilds the repository and sends them again. Kept in {kept}:\n{shown}",
             permanent=True,
-            metadata={**outcome, "failures": MetadataValue.md(shown)},
+            metadata={
+                **outcome,
+                "failures": MetadataValue.md(shown),
+                "dead_letters": MetadataValue.path(kept),
+            },
         )
+    parquet_io_manager.withdraw_partition(DEAD_LETTERS, partition)
     yield Output(
         present_rows(manifest),
         data_version=DataVersion(snapshot.commit_sha),

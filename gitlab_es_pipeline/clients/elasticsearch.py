@@ -20,7 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gitlab_es_pipeline.core.bulk import BulkOperations, chunk_operations
+from gitlab_es_pipeline.core.bulk import BulkOperations, ItemFailure, chunk_operations
 from gitlab_es_pipeline.core.mapping import (
     concrete_index_name,
     index_body,
@@ -100,16 +100,6 @@ class IndexSetupError(Exception):
     """The target index exists but cannot hold line documents."""
 
 
-@dataclass(frozen=True)
-class ItemFailure:
-    location: str
-    status: int
-    error: str
-
-    def __str__(self) -> str:
-        return f"{self.location}: HTTP {self.status} {self.error}"
-
-
 @dataclass
 class BulkReport:
     succeeded: int = 0
@@ -173,10 +163,17 @@ class LineIndex:
     def ensure(self) -> str:
         """Create `<name>-v<N>` with our mapping and `<name>` as its alias, unless it exists.
 
-        An existing index or alias is checked: it must carry every field of our mapping.
+        An existing index or alias is checked: it must carry every field of our mapping, and
+        an alias must point at one index.
         """
         if self.client.indices.exists(index=self.name):
             mappings = self.client.indices.get_mapping(index=self.name)
+            if len(mappings.body) > 1:
+                raise IndexSetupError(
+                    f"{self.name!r} is an alias of several indices "
+                    f"({', '.join(sorted(mappings.body))}): stale documents are deleted by id, "
+                    "which needs one index behind it; point the alias at one of them"
+                )
             for index, body in mappings.body.items():
                 properties = body.get("mappings", {}).get("properties", {})
                 problems = missing_or_conflicting_fields(properties)
@@ -246,7 +243,7 @@ class LineIndex:
                     if len(report.failures) < self.keep_failures:
                         report.failures.append(
                             ItemFailure(
-                                pending.describe(position), status, _error_text(result.get("error"))
+                                pending.origin(position), status, _error_text(result.get("error"))
                             )
                         )
             if not retry:

@@ -56,16 +56,40 @@ class BulkOperations(NamedTuple):
         where = pa.array(positions, pa.int64())
         return BulkOperations(self.doc_ids.take(where), self.payloads.take(where))
 
-    def describe(self, position: int) -> str:
-        """Where a failed document comes from, for error messages: file path and line."""
+    def origin(self, position: int) -> Origin:
+        """Where an operation's document comes from, for error reports: file path and line
+        (from its source; a delete has none)."""
+        doc_id = self.doc_ids[position].as_py()
         lines = self.payloads[position].as_py().split(b"\n")
         if len(lines) >= 2 and lines[1]:
             try:
                 source = json.loads(lines[1])
-                return f"{source.get('file_path')}:{source.get('line_number')}"
+                return Origin(doc_id, source.get("file_path"), source.get("line_number"))
             except ValueError:
                 pass
-        return f"document {self.doc_ids[position].as_py()}"
+        return Origin(doc_id, None, None)
+
+
+class Origin(NamedTuple):
+    doc_id: str
+    file_path: str | None
+    line_number: int | None
+
+    def __str__(self) -> str:
+        if self.file_path is None:
+            return f"document {self.doc_id}"
+        return f"{self.file_path}:{self.line_number}"
+
+
+class ItemFailure(NamedTuple):
+    """An operation Elasticsearch refused for good: which document, and why."""
+
+    origin: Origin
+    status: int
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.origin}: HTTP {self.status} {self.error}"
 
 
 def concat_operations(parts: list[BulkOperations]) -> BulkOperations:

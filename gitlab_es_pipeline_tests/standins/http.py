@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,9 +103,18 @@ class StandInServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
 
+        self._scheme = "http"
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def use_tls(self, certfile: str, keyfile: str) -> StandInServer:
+        """Serve HTTPS with this certificate (call before start)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile)
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._scheme = "https"
+        return self
 
     class BrokenStream(Exception):
         """Raised by a stream to cut the connection mid-body (fault injection)."""
@@ -112,7 +122,7 @@ class StandInServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
     def start(self) -> StandInServer:
         self._thread.start()

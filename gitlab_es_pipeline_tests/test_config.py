@@ -1,0 +1,104 @@
+"""Configuration mistakes get one clear sentence when a run sets up, not a trace deep in it."""
+
+from __future__ import annotations
+
+import pytest
+from dagster import DagsterInstance, DagsterInvalidConfigError, EnvVar, materialize
+from pydantic import ValidationError
+
+from gitlab_es_pipeline.assets import repositories
+from gitlab_es_pipeline.core.mapping import index_body
+from gitlab_es_pipeline.io_managers import ParquetIOManager
+from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
+from gitlab_es_pipeline_tests.pipeline import INDEX
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo
+
+SECRET = "glpat-do-not-echo-me"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("gitlab.example.com", "GITLAB_URL must be a URL with a scheme"),
+        ("ftp://gitlab.example.com", "GITLAB_URL must be a URL with a scheme"),
+        ("https://gitlab.example.com/api/v4", "GITLAB_URL is the base URL, without /api/v4"),
+    ],
+)
+def test_a_malformed_gitlab_url_is_refused_in_one_sentence(url: str, expected: str) -> None:
+    with pytest.raises(ValidationError, match=expected):
+        GitLabResource(url=url, token=SECRET)
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [("", "GITLAB_TOKEN is empty"), (f"{SECRET}\n", "GITLAB_TOKEN contains whitespace")],
+)
+def test_a_malformed_token_is_refused_without_echoing_it(token: str, expected: str) -> None:
+    with pytest.raises(ValidationError, match=expected) as raised:
+        GitLabResource(url="https://gitlab.example.com", token=token)
+    assert SECRET not in str(raised.value)
+
+
+def test_a_malformed_elasticsearch_url_is_refused() -> None:
+    with pytest.raises(ValidationError, match="ELASTICSEARCH_URL must be a URL with a scheme"):
+        ElasticsearchResource(url="localhost:9200")
+    assert ElasticsearchResource(url="https://es.example.com:9200/").url == (
+        "https://es.example.com:9200"
+    )
+
+
+def _setup_error(instance: DagsterInstance, tmp_path) -> str:
+    result = materialize(
+        [repositories],
+        instance=instance,
+        raise_on_error=False,
+        resources={
+            "gitlab": GitLabResource(url=EnvVar("GITLAB_URL"), token=EnvVar("GITLAB_TOKEN")),
+            "elasticsearch": ElasticsearchResource(url=EnvVar("ELASTICSEARCH_URL")),
+            "parquet_io_manager": ParquetIOManager(base_path=str(tmp_path)),
+        },
+    )
+    assert not result.success
+    texts = []
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None:
+            texts.append(error.message)
+            error = error.cause or error.context
+    return "\n".join(texts)
+
+
+def test_variables_are_checked_once_resolved_when_a_run_starts(
+    instance: DagsterInstance, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITLAB_URL", "gitlab.example.com")
+    monkeypatch.setenv("GITLAB_TOKEN", SECRET)
+    monkeypatch.setenv("ELASTICSEARCH_URL", "https://es.example.com:9200")
+    text = _setup_error(instance, tmp_path)
+    assert "GITLAB_URL must be a URL with a scheme" in text and SECRET not in text
+    # A variable that is not set at all: Dagster refuses the run's configuration, by name.
+    monkeypatch.delenv("GITLAB_URL")
+    with pytest.raises(
+        DagsterInvalidConfigError, match='environment variable "GITLAB_URL" which is not set'
+    ):
+        _setup_error(instance, tmp_path)
+
+
+def test_an_alias_over_several_indices_is_refused_at_once(pipeline, tmp_path) -> None:
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, {"a.py": "x = 1\n"})
+    pipeline.gitlab.add_project("team/app", str(repo))
+    pipeline.discover()
+    client = pipeline.resources()["elasticsearch"].client()
+    for name in ("gitlab-lines-v1", "gitlab-lines-v2"):
+        client.indices.create(index=name, **index_body(), aliases={INDEX: {}})
+    result = pipeline.index("team/app", raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data
+    assert failure.user_failure_data is not None
+    assert failure.user_failure_data.description == (
+        "team/app: 'gitlab-lines' is an alias of several indices (gitlab-lines-v1, "
+        "gitlab-lines-v2): stale documents are deleted by id, which needs one index behind it; "
+        "point the alias at one of them"
+    )
+    assert pipeline.es.bulk_requests == 0
