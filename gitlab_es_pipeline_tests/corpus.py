@@ -178,6 +178,7 @@ def expected_documents(
     web_url: str,
     known_text: dict[str, str] | None = None,
     commit: str | None = None,
+    visibility: str = "private",
 ) -> Expected:
     known_text = KNOWN_TEXT if known_text is None else known_text
     commit = commit or run_git(repo, "rev-parse", f"refs/heads/{branch}").strip()
@@ -214,6 +215,7 @@ def expected_documents(
         for number, line in enumerate(_lines(text), start=1):
             expected.documents[f"{project_id}-{digest}-{number}"] = {
                 "project_id": project_id,
+                "visibility": visibility,
                 "repository_name": repository_name,
                 "branch": branch,
                 "commit_sha": commit,

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, ExecuteInProcessResult, RunsFilter, materialize
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    RunsFilter,
+    materialize,
+)
 
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
@@ -59,6 +66,16 @@ class Pipeline:
             resources=self.resources(),
             raise_on_error=raise_on_error,
         )
+
+    def latest_metadata(self, asset: str, partition: str | None = None) -> dict[str, Any]:
+        """The metadata of an asset's latest materialization (of one partition), as values."""
+        partitions = [partition] if partition is not None else None
+        records = self.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=partitions), limit=1
+        ).records
+        materialization = records[0].asset_materialization
+        assert materialization is not None
+        return {k: v.value for k, v in materialization.metadata.items()}
 
     def partitions(self) -> list[str]:
         return sorted(self.instance.get_dynamic_partitions(REPOSITORIES_PARTITION))

@@ -15,13 +15,14 @@ from dagster import DagsterInstance
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 
 
-def spec_of(pipeline: Pipeline, partition: str) -> str:
+def spec_of(pipeline: Pipeline, partition: str, tags: dict[str, str] | None = None) -> str:
     return json.dumps(
         {
             "gitlab": {"url": pipeline.gitlab.url, "token": pipeline.gitlab.token},
             "es": {"url": pipeline.es.url, "api_key": pipeline.es.api_key},
             "storage": str(pipeline.storage),
             "partition": partition,
+            "tags": tags or {},
         }
     )
 
@@ -34,7 +35,7 @@ def main(spec: dict[str, Any]) -> None:
             instance,
             spec["storage"],
         )
-        pipeline.index(spec["partition"])
+        pipeline.index(spec["partition"], tags=spec.get("tags") or None)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from gitlab_es_pipeline.core.mapping import (
     INDEX_SETTINGS,
     LINE_DOCUMENT_MAPPING,
     concrete_index_name,
+    fields_to_add,
+    index_body,
     missing_or_conflicting_fields,
 )
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
@@ -27,6 +29,7 @@ def test_every_document_field_is_mapped_with_its_type() -> None:
     types = {name: spec["type"] for name, spec in props.items()}
     assert types == {
         "project_id": "long",
+        "visibility": "keyword",
         "repository_name": "keyword",
         "branch": "keyword",
         "commit_sha": "keyword",
@@ -71,6 +74,20 @@ def test_incompatible_mappings_are_named() -> None:
         "line_number: keyword instead of integer",
     ]
     assert concrete_index_name("gitlab-lines") == "gitlab-lines-v1"
+
+
+def test_an_index_from_an_earlier_version_gains_the_later_fields_in_place(
+    es_server: ElasticsearchStandIn,
+) -> None:
+    client = Elasticsearch(es_server.url, api_key=es_server.api_key)
+    body = index_body()
+    del body["mappings"]["properties"]["visibility"]  # as version 1 made it
+    client.indices.create(index="gitlab-lines-v1", **body, aliases={"gitlab-lines": {}})
+    assert fields_to_add(body["mappings"]["properties"]) == {"visibility": {"type": "keyword"}}
+    assert LineIndex(client, "gitlab-lines").ensure() == "existing"
+    mapping = client.indices.get_mapping(index="gitlab-lines")["gitlab-lines-v1"]["mappings"]
+    assert mapping["properties"]["visibility"] == {"type": "keyword"}
+    assert fields_to_add(mapping["properties"]) == {}
 
 
 def test_an_existing_index_with_another_mapping_is_refused(es_server: ElasticsearchStandIn) -> None:

@@ -1,8 +1,9 @@
 """Faults in GitLab, Elasticsearch and the pipeline: whatever happens, the index stays right.
 
 Every case ends by comparing the index with what git says it must hold: nothing lost,
-nothing duplicated, nothing stale. Run the suite alone with `pytest -m faults` (the SIGKILL
-case lives in test_incremental.py and carries the same mark).
+nothing duplicated, nothing stale. Run the suite alone with `pytest -m faults` (the killed-run
+cases live in test_incremental.py, the archive, tree and rejection cases in test_pipeline.py,
+with the same mark).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pytest
 from dagster import (
     AssetCheckKey,
     AssetKey,
-    AssetRecordsFilter,
     DagsterEventType,
     ExecuteInProcessResult,
 )
@@ -60,7 +60,7 @@ class Fleet:
     def index(self, key: str) -> ExecuteInProcessResult:
         result = self.pipeline.index(key, raise_on_error=False)
         if result.success:
-            mode = _metadata(self.pipeline, "file_manifest", key)["mode"]
+            mode = self.pipeline.latest_metadata("file_manifest", key)["mode"]
             # A full read rewrites every line at HEAD; an incremental one only what changed.
             runs = self.indexed.get(key, []) if mode == "incremental" else []
             self.indexed[key] = [*runs, self.head(key)]
@@ -72,10 +72,15 @@ class Fleet:
         for key in launched:
             state = last_indexed(self.pipeline.instance, key)
             if state is not None and state.commit_sha == self.head(key):
-                mode = _metadata(self.pipeline, "file_manifest", key)["mode"]
+                mode = self.pipeline.latest_metadata("file_manifest", key)["mode"]
                 runs = self.indexed.get(key, []) if mode == "incremental" else []
                 self.indexed[key] = [*runs, self.head(key)]
         return launched
+
+    def assert_still_at_the_last_indexed_commit(self, key: str) -> None:
+        """A failed run recorded nothing: Dagster's storage still names the commit before."""
+        state = last_indexed(self.pipeline.instance, key)
+        assert state is not None and state.commit_sha == self.indexed[key][-1]
 
     def push(self, key: str, files: dict[str, str]) -> None:
         commit_files(self.repos[key], files)
@@ -95,14 +100,6 @@ class Fleet:
         assert set(documents) == set(expected), set(documents) ^ set(expected)
         for doc_id, doc in expected.items():
             assert documents[doc_id] == doc, doc_id
-
-
-def _metadata(pipeline: Pipeline, asset: str, partition: str | None = None) -> dict:
-    partitions = [partition] if partition is not None else None
-    records = pipeline.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=partitions), limit=1
-    ).records
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def _failure_message(result: ExecuteInProcessResult) -> str:
@@ -203,8 +200,10 @@ def test_server_errors_are_retried(fleet: Fleet, status: int) -> None:
 @pytest.mark.parametrize("fault", ["reset", "timeout"])
 def test_connection_resets_and_timeouts_are_retried(fleet: Fleet, fault: str) -> None:
     fleet.pipeline.gitlab_options["request_timeout_seconds"] = 1.0
+    broken_at: list[float] = []
 
     def answer() -> Response:
+        broken_at.append(time.monotonic())
         if fault == "reset":
             return Response.connection_reset()
         time.sleep(1.5)  # the client has given up by now
@@ -212,8 +211,12 @@ def test_connection_resets_and_timeouts_are_retried(fleet: Fleet, fault: str) ->
 
     fleet.pipeline.gitlab.faults.append(_refuse(1, "/repository/branches/", answer))
     assert fleet.index(APP).success
-    branch_requests = _requests(fleet.pipeline, APP, "branch")
-    assert len(branch_requests) == 2  # the broken one (seen by the server) and its retry
+    # The broken request (recorded by the stand-in only once its handler is done) and the
+    # client's retry, which came after it gave up on the first.
+    answered = [r for r in _requests(fleet.pipeline, APP, "branch") if r.status == 200]
+    assert len(broken_at) == 1 and len(answered) == 1
+    waited = answered[0].at - broken_at[0]
+    assert waited >= (1.0 if fault == "timeout" else 0.0), waited
     fleet.assert_exact()
 
 
@@ -230,7 +233,7 @@ def test_a_raw_file_cut_off_mid_body_is_fetched_again(fleet: Fleet) -> None:
 
     fleet.pipeline.gitlab.faults.append(_refuse(1, "/raw", cut))
     assert fleet.index(APP).success
-    assert _metadata(fleet.pipeline, "file_manifest", APP)["mode"] == "incremental"
+    assert fleet.pipeline.latest_metadata("file_manifest", APP)["mode"] == "incremental"
     assert len(_requests(fleet.pipeline, APP, "raw_blob")) == 2
     fleet.assert_exact()
 
@@ -270,8 +273,7 @@ def test_a_revoked_token_fails_at_once_and_says_what_to_do(
     assert message.startswith(APP) and f"HTTP {status}" in message and hint in message
     assert fleet.pipeline.gitlab.token not in message
     assert _step_attempts(result, "manifest_and_line_documents") == 1
-    state = last_indexed(fleet.pipeline.instance, APP)
-    assert state is not None and state.commit_sha == fleet.indexed[APP][-1]
+    fleet.assert_still_at_the_last_indexed_commit(APP)
     fleet.assert_exact()  # still the commit indexed before
 
 
@@ -289,12 +291,12 @@ def test_a_repository_that_keeps_failing_is_counted_and_does_not_block_the_rest(
     assert not fleet.index(APP).success
     assert fleet.index(OTHER).success
     fleet.pipeline.discover()
-    meta = _metadata(fleet.pipeline, "repositories")
+    meta = fleet.pipeline.latest_metadata("repositories")
     assert meta["repositories_failing"] == 1 and APP in meta["failing"]
     fleet.pipeline.gitlab.faults.clear()
     assert fleet.index(APP).success
     fleet.pipeline.discover()
-    assert _metadata(fleet.pipeline, "repositories")["repositories_failing"] == 0
+    assert fleet.pipeline.latest_metadata("repositories")["repositories_failing"] == 0
     fleet.assert_exact()
 
 
@@ -329,8 +331,7 @@ def test_elasticsearch_down_for_a_whole_run_keeps_the_old_commit_and_the_next_ru
     result = fleet.index(APP)
     assert not result.success
     assert _step_attempts(result, "es_index") == 2  # transient: retried once (tests' policy)
-    state = last_indexed(fleet.pipeline.instance, APP)
-    assert state is not None and state.commit_sha == fleet.indexed[APP][-1]
+    fleet.assert_still_at_the_last_indexed_commit(APP)
     fleet.pipeline.es.faults.clear()
     assert fleet.index(APP).success
     fleet.assert_exact()
@@ -354,11 +355,10 @@ def test_elasticsearch_going_down_mid_write_leaves_nothing_stale_after_the_next_
     fleet.pipeline.es.faults.append(down_after_two_bulks)
     assert not fleet.index(APP).success
     # Half the new commit is in the index, none of it marked indexed.
-    state = last_indexed(fleet.pipeline.instance, APP)
-    assert state is not None and state.commit_sha == fleet.indexed[APP][-1]
+    fleet.assert_still_at_the_last_indexed_commit(APP)
     fleet.pipeline.es.faults.clear()
     assert fleet.index(APP).success
-    assert _metadata(fleet.pipeline, "file_manifest", APP)["mode"] == "full_refresh"
+    assert fleet.pipeline.latest_metadata("file_manifest", APP)["mode"] == "full_refresh"
     fleet.assert_exact()
 
 
@@ -417,7 +417,7 @@ def test_documents_refused_for_good_become_dead_letters_that_the_next_run_sends_
     )[check]
     evaluation = execution.event.dagster_event.event_specific_data
     assert evaluation.passed is False and evaluation.metadata["documents_rejected"].value == 1
-    assert last_indexed(pipeline.instance, APP).commit_sha == fleet.indexed[APP][-1]
+    fleet.assert_still_at_the_last_indexed_commit(APP)
     # The dead letter, kept where the failure says.
     kept = Path(evaluation.metadata["dead_letters"].value)
     assert kept == pipeline.storage / "es_index_dead_letters" / "team" / "app.parquet"
@@ -429,7 +429,7 @@ def test_documents_refused_for_good_become_dead_letters_that_the_next_run_sends_
     # The mapping is fixed: the next run rebuilds, sends it again, and the letter is gone.
     pipeline.es.item_faults.clear()
     assert fleet.index(APP).success
-    meta = _metadata(pipeline, "es_index", APP)
+    meta = pipeline.latest_metadata("es_index", APP)
     assert meta["mode"] == "full_refresh" and meta["dead_letters_retried"] == 1
     assert not kept.exists()
     fleet.assert_exact()

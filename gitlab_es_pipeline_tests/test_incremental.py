@@ -1,18 +1,22 @@
 """Keeping the index in step: the sensor, incremental runs, exact deletes, discovery changes."""
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckKey, AssetKey
+from dagster import AssetCheckKey, AssetKey, DagsterRunStatus, RunsFilter
+from dagster._daemon.monitoring.run_monitoring import check_run_timeout
 
 from gitlab_es_pipeline.core.documents import document_id
+from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits
 from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
-from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
+from gitlab_es_pipeline_tests.pipeline import INDEX, RUN_KEY_TAG, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.run_partition import spec_of
 
@@ -52,8 +56,8 @@ class Fleet:
         self.app.record_push()
         return commit
 
-    def sensor_round(self) -> list[str]:
-        keys = self.pipeline.run_sensor_requests()
+    def sensor_round(self, limits: SensorLimits | None = None) -> list[str]:
+        keys = self.pipeline.run_sensor_requests(limits)
         for key in keys:
             self.indexed[key].append(self.head(key))
         return keys
@@ -206,18 +210,15 @@ def test_a_full_refresh_rebuilds_and_removes_everything_stale(fleet: Fleet) -> N
     assert meta.metadata["mode"].value == "full_refresh"
 
 
-@pytest.mark.faults
-def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_converges(
-    fleet: Fleet,
+def _run_killed_inside_es_index(
+    pipeline: Pipeline, partition: str, tags: dict[str, str] | None = None
 ) -> None:
-    pipeline = fleet.pipeline
-    indexed_before = fleet.indexed["team/app"][-1]
-    written = fleet.push({"b.txt": lines(2, "b"), "new.txt": lines(3, "n")})
+    """A run of the partition in a process of its own, killed (SIGKILL) once its documents are
+    written: the index operations of a run are all answered before its first delete."""
     runner = [sys.executable, "-m", "gitlab_es_pipeline_tests.run_partition"]
-    child = subprocess.Popen([*runner, spec_of(pipeline, "team/app")])
+    child = subprocess.Popen([*runner, spec_of(pipeline, partition, tags)])
 
     def kill_once_documents_are_written(kind: str, meta: dict, source: object) -> None:
-        # The index operations of the run are all answered before its first delete.
         if kind == "delete" and child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
 
@@ -226,6 +227,16 @@ def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_con
         assert child.wait(timeout=180) == -signal.SIGKILL
     finally:
         pipeline.es.item_faults.clear()
+
+
+@pytest.mark.faults
+def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_converges(
+    fleet: Fleet,
+) -> None:
+    pipeline = fleet.pipeline
+    indexed_before = fleet.indexed["team/app"][-1]
+    written = fleet.push({"b.txt": lines(2, "b"), "new.txt": lines(3, "n")})
+    _run_killed_inside_es_index(pipeline, "team/app")
     new_docs = {
         d["commit_sha"]
         for d in pipeline.es.documents(INDEX).values()
@@ -248,6 +259,31 @@ def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_con
     assert meta.metadata["mode"].value == "full_refresh"
     fleet.push({"a.py": lines(2, "a5")})
     assert fleet.sensor_round() == ["team/app"]  # and incremental again from there
+    fleet.assert_exact()
+
+
+@pytest.mark.faults
+def test_a_run_whose_process_died_is_failed_by_run_monitoring_and_retried_by_the_sensor(
+    fleet: Fleet,
+) -> None:
+    """The local run launcher cannot see a dead run worker: run monitoring's max runtime
+    marks the run failed (Dagster's own check, run here without the daemon), and the
+    sensor asks for the repository again under a new run key."""
+    pipeline = fleet.pipeline
+    fleet.push({"b.txt": lines(2, "b"), "new.txt": lines(3, "n")})
+    limits = SensorLimits(recheck_seconds=0, retry_seconds=0.5)
+    (key, commit, run_key), *_ = pipeline.sensor_tick(limits)
+    assert key == "team/app"
+    _run_killed_inside_es_index(pipeline, key, {RUN_KEY_TAG: run_key, COMMIT_TAG: commit})
+    (record,) = pipeline.instance.get_run_records(RunsFilter(tags={RUN_KEY_TAG: run_key}))
+    assert record.dagster_run.status == DagsterRunStatus.STARTED  # nobody knows it died
+    assert fleet.sensor_round(limits) == []  # its run key is taken: Dagster would skip it
+    check_run_timeout(pipeline.instance, record, logging.getLogger("test"), 0.001)
+    record = pipeline.instance.get_run_record_by_id(record.dagster_run.run_id)
+    assert record is not None and record.dagster_run.status == DagsterRunStatus.FAILURE
+    time.sleep(0.6)
+    assert fleet.sensor_round(limits) == ["team/app"]
+    fleet.indexed["team/app"] = [fleet.head("team/app")]  # a full rebuild after a dead run
     fleet.assert_exact()
 
 

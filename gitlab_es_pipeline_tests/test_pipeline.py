@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, AssetRecordsFilter
+from dagster import AssetKey
 
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline_tests.corpus import expected_documents
@@ -31,13 +31,6 @@ def _serve_corpus(pipeline: Pipeline, corpus: dict[str, Path], tmp_path: Path) -
     pipeline.gitlab.add_project("acme/archived", str(archived), archived=True)
     pipeline.gitlab.add_project("acme/empty", str(init_repo(tmp_path / "empty")))
     return ids
-
-
-def _latest_metadata(pipeline: Pipeline, key: str, partition: str) -> dict:
-    records = pipeline.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[partition]), limit=1
-    ).records
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def _assert_index_matches_git(
@@ -92,7 +85,7 @@ def test_every_line_of_every_repository_is_indexed_field_by_field(
         "node_modules/pkg/index.js": "excluded",
         "dist/app.min.js": "excluded",
     }
-    meta = _latest_metadata(pipeline, "file_manifest", "acme/backend")
+    meta = pipeline.latest_metadata("file_manifest", "acme/backend")
     assert meta["skipped_binary"] == 2 and meta["skipped_too_large"] == 1
     assert (
         meta["skipped_symlink"] == 1
@@ -101,7 +94,7 @@ def test_every_line_of_every_repository_is_indexed_field_by_field(
     )
     assert meta["lines"] == len(expected.documents)
     assert meta["commit_sha"] == expected.documents[next(iter(expected.documents))]["commit_sha"]
-    es_meta = _latest_metadata(pipeline, "es_index", "acme/backend")
+    es_meta = pipeline.latest_metadata("es_index", "acme/backend")
     assert es_meta["lines"] == es_meta["documents_written"] == len(expected.documents)
     assert es_meta["project"] == f"{pipeline.gitlab.url}/acme/backend"
 
@@ -147,9 +140,7 @@ def test_files_the_archive_leaves_out_are_fetched_alone(pipeline: Pipeline, tmp_
     )
     assert pipeline.es.documents(INDEX) == expected.documents
     assert len(pipeline.gitlab.requests_of_kind("raw_blob")) == 1
-    assert (
-        _latest_metadata(pipeline, "line_documents", "g/exportignore")["files_fetched_alone"] == 1
-    )
+    assert pipeline.latest_metadata("line_documents", "g/exportignore")["files_fetched_alone"] == 1
 
 
 def test_groups_scope_discovery_and_vanished_projects_lose_their_partition(
@@ -187,6 +178,7 @@ def test_keyset_pagination_walks_every_page(pipeline: Pipeline, tmp_path: Path) 
     assert all(r.query.get("pagination") == "keyset" for r in lists)
 
 
+@pytest.mark.faults
 def test_rejected_documents_fail_the_run_naming_repository_file_and_line(
     pipeline: Pipeline, corpus_repos: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -213,6 +205,7 @@ def test_rejected_documents_fail_the_run_naming_repository_file_and_line(
     assert pipeline.instance.get_latest_materialization_event(AssetKey("es_index")) is None
 
 
+@pytest.mark.faults
 def test_rejections_for_overload_are_retried_until_accepted(
     pipeline: Pipeline,
     corpus_repos: dict[str, Path],
@@ -241,7 +234,7 @@ def test_rejections_for_overload_are_retried_until_accepted(
     pipeline.es.item_faults.append(busy_twice)
     pipeline.index("acme/backend")
     assert len(rejected) == 20 and set(rejected.values()) == {2}
-    meta = _latest_metadata(pipeline, "es_index", "acme/backend")
+    meta = pipeline.latest_metadata("es_index", "acme/backend")
     assert meta["items_retried"] == 40
     expected = expected_documents(
         corpus_repos["acme/backend"],
@@ -404,6 +397,7 @@ def _connection_cut_after(data: bytes) -> Response:
     return Response(200, stream=body(), content_type="application/octet-stream")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("fault", ["truncated", "connection_cut"])
 def test_a_broken_archive_fails_the_run_naming_the_repository_and_writes_nothing(
     pipeline: Pipeline, tmp_path: Path, fault: str
@@ -454,6 +448,7 @@ def test_a_broken_archive_fails_the_run_naming_the_repository_and_writes_nothing
     assert pipeline.instance.get_latest_materialization_event(AssetKey("line_documents")) is None
 
 
+@pytest.mark.faults
 def test_an_archive_download_that_breaks_off_once_is_resumed_without_duplicates(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -476,7 +471,7 @@ def test_an_archive_download_that_breaks_off_once_is_resumed_without_duplicates(
     pipeline.gitlab.faults.append(cut_the_first_download)
     pipeline.index("g/flaky")
     assert len(pipeline.gitlab.requests_of_kind("archive")) == 2
-    meta = _latest_metadata(pipeline, "line_documents", "g/flaky")
+    meta = pipeline.latest_metadata("line_documents", "g/flaky")
     assert meta["archive_restarts"] == 1 and meta["files_from_archive"] == 20
     assert meta["dagster/row_count"] == 20 * 400  # every line once: nothing read twice
     expected = expected_documents(
@@ -515,15 +510,16 @@ def test_the_tree_is_listed_while_the_archive_streams(pipeline: Pipeline, tmp_pa
         repo, project.id, "g/wide", "main", f"{pipeline.gitlab.url}/g/wide"
     )
     assert pipeline.es.documents(INDEX) == expected.documents
-    meta = _latest_metadata(pipeline, "file_manifest", "g/wide")
+    meta = pipeline.latest_metadata("file_manifest", "g/wide")
     assert meta["files"] == 350 and meta["files_indexed"] == 350
     # What a run needs, for sizing workers: the pool that returns memory, and the peak.
-    documents = _latest_metadata(pipeline, "line_documents", "g/wide")
+    documents = pipeline.latest_metadata("line_documents", "g/wide")
     assert documents["arrow_memory_pool"] in ("jemalloc", "system")
     assert 50 < documents["peak_rss_mb"] < 4096
-    assert 50 < _latest_metadata(pipeline, "es_index", "g/wide")["peak_rss_mb"] < 4096
+    assert 50 < pipeline.latest_metadata("es_index", "g/wide")["peak_rss_mb"] < 4096
 
 
+@pytest.mark.faults
 def test_a_tree_listing_that_fails_part_way_fails_the_run_and_writes_nothing(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -546,3 +542,24 @@ def test_a_tree_listing_that_fails_part_way_fails_the_run_and_writes_nothing(
     assert "g/revoked: GitLab refused the tree of project" in failure.message
     assert "read_api and read_repository" in failure.message
     assert pipeline.es.bulk_requests == 0 and not pipeline.es.indices
+
+
+def test_every_document_carries_the_visibility_and_follows_its_change(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Searches filter on project_id and visibility: a change must reach every document."""
+    repo = init_repo(tmp_path / "vis")
+    commit_files(repo, {"a.py": "x = 1\ny = 2\n", "docs/b.md": "# b\n"})
+    project = pipeline.gitlab.add_project("g/vis", str(repo))  # private, as GitLab's default
+    pipeline.discover()
+    url = f"{pipeline.gitlab.url}/g/vis"
+    assert pipeline.index("g/vis").success
+    assert pipeline.es.documents(INDEX) == (
+        expected_documents(repo, project.id, "g/vis", "main", url, visibility="private").documents
+    )
+    project.visibility = "internal"  # no new commit: only the project's setting changed
+    assert pipeline.index("g/vis").success
+    assert pipeline.es.documents(INDEX) == (
+        expected_documents(repo, project.id, "g/vis", "main", url, visibility="internal").documents
+    )
+    assert pipeline.latest_metadata("file_manifest", "g/vis")["files_read"] == 2

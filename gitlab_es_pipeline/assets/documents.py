@@ -78,6 +78,7 @@ def _snapshot(source: GitLabSource, key: str) -> RepositorySnapshot:
         branch=branch,
         commit_sha=commit,
         web_url=project.web_url,
+        visibility=project.visibility or "private",
     )
 
 
@@ -186,11 +187,13 @@ def manifest_and_line_documents(
     )
     mode, base_header, base_table = _choose_mode(context, config, snapshot, parquet_io_manager)
     scan = RepositoryScan(source, snapshot, settings)
+    # Every document carries these: when one changes, every document is written again.
     identity_changed = base_header is not None and (
         base_header.snapshot.repository_name,
         base_header.snapshot.branch,
         base_header.snapshot.web_url,
-    ) != (snapshot.repository_name, snapshot.branch, snapshot.web_url)
+        base_header.snapshot.visibility,
+    ) != (snapshot.repository_name, snapshot.branch, snapshot.web_url, snapshot.visibility)
     read_everything = (
         mode is not BuildMode.INCREMENTAL
         or identity_changed

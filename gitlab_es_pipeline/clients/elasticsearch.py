@@ -23,6 +23,7 @@ from tenacity import (
 from gitlab_es_pipeline.core.bulk import BulkOperations, ItemFailure, chunk_operations
 from gitlab_es_pipeline.core.mapping import (
     concrete_index_name,
+    fields_to_add,
     index_body,
     missing_or_conflicting_fields,
 )
@@ -163,8 +164,8 @@ class LineIndex:
     def ensure(self) -> str:
         """Create `<name>-v<N>` with our mapping and `<name>` as its alias, unless it exists.
 
-        An existing index or alias is checked: it must carry every field of our mapping, and
-        an alias must point at one index.
+        An existing index or alias is checked: it must carry every field of our mapping (those
+        added by later versions are put in), and an alias must point at one index.
         """
         if self.client.indices.exists(index=self.name):
             mappings = self.client.indices.get_mapping(index=self.name)
@@ -182,6 +183,9 @@ class LineIndex:
                         f"index {index!r} behind {self.name!r} has an incompatible mapping: "
                         + "; ".join(problems)
                     )
+                added = fields_to_add(properties)
+                if added:  # an index made by an earlier version: new fields go in place
+                    self.client.indices.put_mapping(index=index, properties=added)
             return "existing"
         concrete = concrete_index_name(self.name)
         try:

@@ -17,6 +17,8 @@ LINE_DOCUMENT_SCHEMA = pa.schema(
     [
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("project_id", pa.int64(), nullable=False),
+        # private, internal or public: with project_id, what a search filters on per user.
+        pa.field("visibility", pa.string(), nullable=False),
         pa.field("repository_name", pa.string(), nullable=False),
         pa.field("branch", pa.string(), nullable=False),
         pa.field("commit_sha", pa.string(), nullable=False),
@@ -35,6 +37,7 @@ NON_SOURCE_COLUMNS = ("doc_id",)
 # Columns with one value per run or per file: what a Parquet dictionary compresses well.
 REPEATED_COLUMNS = (
     "project_id",
+    "visibility",
     "repository_name",
     "branch",
     "commit_sha",
@@ -53,6 +56,7 @@ class RepositorySnapshot:
     branch: str
     commit_sha: str
     web_url: str
+    visibility: str = "private"
 
 
 def path_digest(path: str) -> str:
@@ -143,6 +147,7 @@ def _line_documents(
         [
             pc.binary_join_element_wise(per_line(doc_id_prefixes), number_text, ""),
             _constant(snapshot.project_id, n, pa.int64()),
+            _constant(snapshot.visibility, n, pa.string()),
             _constant(snapshot.repository_name, n, pa.string()),
             _constant(snapshot.branch, n, pa.string()),
             _constant(snapshot.commit_sha, n, pa.string()),

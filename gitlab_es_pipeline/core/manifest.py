@@ -32,7 +32,14 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-_SNAPSHOT_KEYS = ("project_id", "repository_name", "branch", "commit_sha", "web_url")
+_SNAPSHOT_KEYS = (
+    "project_id",
+    "repository_name",
+    "branch",
+    "commit_sha",
+    "web_url",
+    "visibility",
+)
 
 
 class Change(str, Enum):
@@ -110,6 +117,8 @@ class ManifestHeader:
                 branch=meta["branch"],
                 commit_sha=meta["commit_sha"],
                 web_url=meta["web_url"],
+                # A manifest from before documents carried visibility: unknown.
+                visibility=meta.get("visibility", ""),
             ),
             mode=BuildMode(meta.get("mode", BuildMode.FULL.value)),
             base_commit=meta.get("base_commit") or None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 # Bumped when the mapping changes in a way that needs a new concrete index behind the alias.
@@ -48,6 +49,7 @@ LINE_DOCUMENT_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
     "properties": {
         "project_id": {"type": "long"},
+        "visibility": {"type": "keyword"},
         "repository_name": {"type": "keyword"},
         "branch": {"type": "keyword"},
         "commit_sha": {"type": "keyword"},
@@ -78,16 +80,29 @@ def concrete_index_name(alias: str) -> str:
 
 
 def index_body() -> dict[str, Any]:
-    return {"settings": INDEX_SETTINGS, "mappings": LINE_DOCUMENT_MAPPING}
+    """A copy: whoever sends or changes it cannot change the module's mapping."""
+    return copy.deepcopy({"settings": INDEX_SETTINGS, "mappings": LINE_DOCUMENT_MAPPING})
+
+
+# Fields added to the mapping after the first release: an index made before lacks them, and
+# they are added to it in place (Elasticsearch allows new fields in an existing mapping).
+ADDED_FIELDS = ("visibility",)
 
 
 def missing_or_conflicting_fields(existing_properties: dict[str, Any]) -> list[str]:
-    """Fields of our mapping that an existing index lacks or types differently."""
+    """Fields of our mapping that an existing index lacks or types differently; an index that
+    lacks only fields added since is not this list's business (see fields_to_add)."""
     problems = []
     for name, spec in LINE_DOCUMENT_MAPPING["properties"].items():
         have = existing_properties.get(name)
-        if have is None:
+        if have is None and name not in ADDED_FIELDS:
             problems.append(f"{name}: missing")
-        elif have.get("type", "object") != spec["type"]:
+        elif have is not None and have.get("type", "object") != spec["type"]:
             problems.append(f"{name}: {have.get('type')} instead of {spec['type']}")
     return problems
+
+
+def fields_to_add(existing_properties: dict[str, Any]) -> dict[str, Any]:
+    """The later fields an index from an earlier version lacks."""
+    properties = LINE_DOCUMENT_MAPPING["properties"]
+    return {name: properties[name] for name in ADDED_FIELDS if name not in existing_properties}

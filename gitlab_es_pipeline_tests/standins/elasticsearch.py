@@ -231,6 +231,21 @@ class ElasticsearchStandIn(StandInServer):
                     {"_shards": {"total": len(targets), "successful": len(targets), "failed": 0}},
                 )
             if op == "_mapping":
+                if method == "PUT":  # new fields only, as Elasticsearch allows
+                    new = (request.json() or {}).get("properties", {})
+                    for index in targets:
+                        have = index.mappings.setdefault("properties", {})
+                        for name, spec in new.items():
+                            if name in have and have[name].get("type") != spec.get("type"):
+                                return _error(
+                                    400,
+                                    "illegal_argument_exception",
+                                    f"mapper [{name}] cannot be changed from type "
+                                    f"[{have[name].get('type')}] to [{spec.get('type')}]",
+                                )
+                    for index in targets:
+                        index.mappings["properties"].update(copy.deepcopy(new))
+                    return Response(200, {"acknowledged": True})
                 return Response(200, {i.name: {"mappings": i.mappings} for i in targets})
             if op == "_settings":
                 if method == "PUT":

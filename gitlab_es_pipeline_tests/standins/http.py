@@ -48,7 +48,7 @@ class Response:
     @classmethod
     def connection_reset(cls) -> Response:
         """What a client sees when a proxy or a restarting server drops the connection."""
-        response = cls()
+        response = cls(status=0)  # no HTTP status at all; recorded as 0
         response.reset = True
         return response
 
