@@ -152,7 +152,8 @@ def _note_failed_runs(
     since = cursor.failures_seen_until or now - limits.activity_window_seconds
     records = instance.get_run_records(
         RunsFilter(
-            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+            # Not CANCELED: a person stopped that run, and a push still starts a new one.
+            statuses=[DagsterRunStatus.FAILURE],
             updated_after=datetime.fromtimestamp(since, timezone.utc),
         ),
         limit=1000,
