@@ -82,7 +82,10 @@ class ParquetStore(UPathIOManager):
         return base_path / escape_dotdot_segments(partition.lstrip("/"))
 
     def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
-        # Write beside, then rename: a reader never sees a half-written file.
+        self._replace(path, obj)
+
+    def _replace(self, path: UPath, obj: Any) -> None:
+        """Write beside, then rename: a reader never sees a half-written file."""
         tmp = path.with_name(path.name + ".tmp")
         if isinstance(obj, pa.Table):
             with tmp.open("wb") as f:
@@ -115,10 +118,7 @@ class ParquetStore(UPathIOManager):
         """A table kept beside the assets (e.g. dead letters); returns where it went."""
         path = self.partition_path(asset_key, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as f:
-            pq.write_table(table, f, compression="zstd")
-        tmp.rename(path)
+        self._replace(path, table)
         return str(path)
 
     def withdraw_partition(self, asset_key: AssetKey, partition: str) -> None:

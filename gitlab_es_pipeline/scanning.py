@@ -22,7 +22,6 @@ from gitlab_es_pipeline.core.filtering import (
     content_skip_reason,
     tree_skip_reason,
 )
-from gitlab_es_pipeline.core.lines import count_lines
 from gitlab_es_pipeline.core.manifest import ManifestEntry, classify
 
 
@@ -253,10 +252,11 @@ class RepositoryScan:
             decoded = decode(data)
         except Exception as exc:  # a bug or a file we cannot handle: name it
             raise self._fail(f"cannot decode: {exc!r}", entry.path, permanent=True) from exc
+        text = FileText(entry.path, entry.blob_sha, decoded.text)
         entry.encoding = decoded.encoding
-        entry.line_count = count_lines(decoded.text)
+        entry.line_count = text.line_count
         self.stats.lines += entry.line_count
-        return FileText(entry.path, entry.blob_sha, decoded.text)
+        return text
 
     def documents(self, rows: int) -> Iterator[pa.RecordBatch]:
         """Line documents of the wanted files in batches of about `rows`; fills in their

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import quote
 
 import numpy as np
@@ -96,6 +97,11 @@ class FileText:
     blob_sha: str
     text: str
 
+    @cached_property
+    def line_count(self) -> int:
+        """Counted once: the manifest records it, and the batching needs it."""
+        return count_lines(self.text)
+
 
 def line_document_batches(
     snapshot: RepositorySnapshot,
@@ -112,11 +118,10 @@ def line_document_batches(
     pending: list[FileText] = []
     lines = 0
     for file in files:
-        count = count_lines(file.text)
-        if count == 0:
+        if file.line_count == 0:
             continue
         pending.append(file)
-        lines += count
+        lines += file.line_count
         if lines >= rows:
             yield _line_documents(snapshot, pending, max_line_chars)
             pending, lines = [], 0
