@@ -7,6 +7,8 @@ later saves another 10-15 MB (measured with bench/, 1,000,000 lines). glibc's ma
 holds Python's request bodies, raises its mmap threshold after the first large block is
 freed and then keeps such blocks in its heaps; a fixed threshold returns them at once.
 Set ARROW_DEFAULT_MEMORY_POOL (jemalloc, mimalloc or system) to choose another Arrow pool.
+And pandas, which pyarrow would import only to ask whether a list is a pandas object, stays
+unloaded.
 """
 
 import contextlib
@@ -26,6 +28,34 @@ def prefer_returning_allocators() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):  # not glibc: its own defaults
             ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
+def keep_pandas_unloaded() -> None:
+    """pyarrow imports pandas (about 30 MB resident) the first time it converts a Python
+    sequence, only to ask whether it is a pandas object; the pipeline never hands it one.
+
+    Letting that first probe fail makes pyarrow remember "no pandas" for its probes in this
+    process. pandas stays importable, and pyarrow still imports it when asked for pandas
+    output (`to_pandas`), which tries again.
+    """
+    if "pandas" in sys.modules:  # already paid for
+        return
+    import pyarrow as pa
+
+    sys.meta_path.insert(0, _NoPandas)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(_NoPandas)
+
+
+class _NoPandas:
+    """An import finder that refuses pandas, for the moment of pyarrow's first probe."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas":
+            raise ImportError("pandas is kept out of pyarrow's probe", name=name)
 
 
 def use_returning_memory_pool() -> str:

@@ -60,7 +60,7 @@ class BuildMode(str, Enum):
     FULL_REFRESH = "full_refresh"
 
 
-@dataclass
+@dataclass(slots=True)
 class ManifestEntry:
     path: str
     blob_sha: str
