@@ -2,7 +2,7 @@
 
 import os
 
-from dagster import Definitions
+from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
 
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
 from gitlab_es_pipeline.io_managers import ParquetIOManager, default_storage_url
@@ -11,11 +11,24 @@ from gitlab_es_pipeline.resources import resources_from_env
 from gitlab_es_pipeline.schedules import hourly_discovery
 from gitlab_es_pipeline.sensors import head_commit_sensor
 
+EXECUTORS = {"multiprocess": multiprocess_executor, "in_process": in_process_executor}
+
+
+def executor_from_env() -> ExecutorDefinition:
+    """RUN_EXECUTOR=in_process keeps both steps of a run in the run's process: where each run
+    is a pod of its own (Kubernetes) that saves a process's fixed memory per run."""
+    choice = os.environ.get("RUN_EXECUTOR", "multiprocess").strip().lower() or "multiprocess"
+    if choice not in EXECUTORS:
+        raise ValueError(f"RUN_EXECUTOR must be one of {', '.join(EXECUTORS)}, not {choice!r}")
+    return EXECUTORS[choice]
+
+
 defs = Definitions(
     assets=[repositories, manifest_and_line_documents, es_index],
     jobs=[index_repository_job, discover_repositories_job],
     schedules=[hourly_discovery],
     sensors=[head_commit_sensor],
+    executor=executor_from_env(),
     resources={
         **resources_from_env(),
         "parquet_io_manager": ParquetIOManager(

@@ -1,0 +1,282 @@
+"""deploy/: the compose file resolves, the image's entry points and files exist and load, the
+production dagster.yaml loads against a real PostgreSQL, and the Helm values name only what
+the image and the project provide.
+
+No Docker engine is needed: `docker-compose config` (Debian's docker-compose package) only
+reads files, and the image's commands are run here as they would run in the container.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+import yaml
+from dagster import DagsterInstance
+from dagster._core.scheduler.instigation import InstigatorType
+
+from gitlab_es_pipeline_tests.postgres import TempPostgres
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+DAGSTER_BIN = Path(sys.executable).parent
+
+
+def _compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose is not installed: apt-get install -y docker-compose")
+    command = ["docker-compose", "-f", str(DEPLOY / "docker-compose.yml")]
+    if env_file is not None:
+        command += ["--env-file", str(env_file)]
+    clean_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, env=clean_env, cwd=DEPLOY
+    )
+
+
+def _env_example() -> dict[str, str]:
+    values = {}
+    for line in (DEPLOY / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name] = value
+    return values
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    result = _compose("config", env_file=DEPLOY / ".env.example")
+    assert result.returncode == 0, result.stderr
+    assert "$${" not in result.stdout, "a variable was left unresolved"
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_runs_the_five_services_with_health_checks_and_volumes(compose: dict) -> None:
+    services = compose["services"]
+    assert {"postgres", "elasticsearch", "code", "webserver", "daemon"} <= set(services)
+    for name in ("postgres", "elasticsearch", "code", "webserver", "daemon"):
+        # The code service's check is the image's own HEALTHCHECK (checked below).
+        if name != "code":
+            assert services[name]["healthcheck"]["test"], name
+    mounts = {
+        name: {v.split(":")[1] for v in service.get("volumes", [])}
+        for name, service in services.items()
+    }
+    assert "/var/lib/postgresql/data" in mounts["postgres"]
+    assert "/usr/share/elasticsearch/data" in mounts["elasticsearch"]
+    # Runs execute in the code container: the Parquet files live there.
+    assert "/opt/dagster/parquet" in mounts["code"]
+    # Step logs are written by runs (code) and shown by the webserver.
+    assert "/opt/dagster/logs" in mounts["code"] & mounts["webserver"]
+    assert set(compose["volumes"]) >= {"postgres-data", "elasticsearch-data", "parquet"}
+
+
+def test_compose_takes_secrets_from_the_env_file_and_gives_them_only_where_needed(
+    compose: dict,
+) -> None:
+    example = _env_example()
+    services = compose["services"]
+    es = services["elasticsearch"]["environment"]
+    assert es["xpack.security.enabled"] == "true"
+    assert es["ELASTIC_PASSWORD"] == example["ELASTIC_PASSWORD"]
+    code = services["code"]["environment"]
+    assert code["GITLAB_TOKEN"] == example["GITLAB_TOKEN"]
+    assert code["ELASTICSEARCH_PASSWORD"] == example["ELASTIC_PASSWORD"]
+    assert code["DAGSTER_PG_PASSWORD"] == example["POSTGRES_PASSWORD"]
+    for name in ("webserver", "daemon"):
+        assert "GITLAB_TOKEN" not in services[name]["environment"], name
+        assert "ELASTICSEARCH_PASSWORD" not in services[name]["environment"], name
+    # Kibana only on request.
+    assert services["kibana"]["profiles"] == ["kibana"]
+
+
+def test_compose_refuses_to_run_without_the_passwords(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "\n".join(f"{k}={v}" for k, v in _env_example().items() if k != "POSTGRES_PASSWORD")
+    )
+    result = _compose("config", env_file=env_file)
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr
+
+
+def _dockerfile() -> str:
+    return (DEPLOY / "Dockerfile").read_text()
+
+
+def test_everything_the_image_copies_exists_and_the_compose_file_builds_it(compose: dict) -> None:
+    for line in _dockerfile().splitlines():
+        if line.startswith("COPY "):
+            *sources, _ = line.split()[1:]
+            for source in sources:
+                assert (ROOT / source).exists(), source
+    build = compose["services"]["code"]["build"]
+    assert Path(build["context"]).resolve() == ROOT
+    assert (ROOT / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _instruction(name: str) -> list[str]:
+    """An exec-form instruction of the Dockerfile (CMD, or HEALTHCHECK's CMD) as argv."""
+    text = _dockerfile().replace("\\\n", " ")
+    found = re.search(rf"^{name}\b.*?(\[.*\])\s*$", text, re.MULTILINE)
+    assert found, name
+    return yaml.safe_load(found.group(1))
+
+
+@pytest.fixture
+def deploy_home(tmp_path: Path, postgres: TempPostgres) -> Iterator[dict[str, str]]:
+    """The image's environment: deploy/dagster.yaml as $DAGSTER_HOME/dagster.yaml, a fresh
+    PostgreSQL database, the DAGSTER_PG_* variables that compose sets."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    database = f"deploy{os.getpid()}{_free_port()}"
+    conn = psycopg2.connect(postgres.url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {database}")
+    conn.close()
+    env = {
+        "PATH": f"{DAGSTER_BIN}:{os.environ['PATH']}",
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(postgres.port),
+        "DAGSTER_PG_USER": postgres.user,
+        "DAGSTER_PG_PASSWORD": "not-checked-by-trust-auth",
+        "DAGSTER_PG_DB": database,
+        "DAGSTER_DISABLE_TELEMETRY": "yes",
+        "GITLAB_URL": "https://gitlab.example.com",
+        "GITLAB_TOKEN": "glpat-deploy-test",
+        "ELASTICSEARCH_URL": "http://127.0.0.1:9",
+        "PARQUET_STORAGE_URL": str(tmp_path / "parquet"),
+    }
+    yield env
+
+
+def test_the_deploy_instance_loads_on_postgres_with_its_limits(deploy_home: dict[str, str]) -> None:
+    info = subprocess.run(
+        ["dagster", "instance", "info"], capture_output=True, text=True, env=deploy_home
+    )
+    assert info.returncode == 0, info.stderr
+    assert "run_storage: PostgresRunStorage" in info.stdout
+    assert "event_log_storage: PostgresEventLogStorage" in info.stdout
+    old = {k: os.environ.get(k) for k in deploy_home}
+    os.environ.update(deploy_home)
+    try:
+        with DagsterInstance.get() as instance:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+            assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+            concurrency = instance.get_concurrency_config()
+            assert concurrency.run_queue_config.max_concurrent_runs == 4
+            limits = concurrency.run_queue_config.tag_concurrency_limits
+            assert limits[0]["key"] == "dagster/partition" and limits[0]["limit"] == 1
+            assert concurrency.pool_config.default_pool_limit == 4
+            assert instance.run_monitoring_enabled
+            assert instance.run_monitoring_max_runtime_seconds == 10800
+            assert instance.compute_log_manager.__class__.__name__ == "LocalComputeLogManager"
+            retention = instance.get_tick_retention_settings(InstigatorType.SENSOR)
+            assert {status.value: days for status, days in retention.items()}["SKIPPED"] == 7
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_the_image_serves_the_definitions_the_workspace_names(
+    deploy_home: dict[str, str], tmp_path: Path
+) -> None:
+    """The image's CMD starts the code server; its HEALTHCHECK passes; the webserver's and
+    daemon's workspace file loads the code location from it."""
+    port = _free_port()
+    command = [str(port) if arg == "4000" else arg for arg in _instruction("CMD")]
+    command = [a if a != "0.0.0.0" else "127.0.0.1" for a in command]
+    server = subprocess.Popen(
+        command, env=deploy_home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        health = [str(port) if arg == "4000" else arg for arg in _instruction("HEALTHCHECK")]
+        deadline = time.monotonic() + 120
+        while True:
+            check = subprocess.run(health, capture_output=True, text=True, env=deploy_home)
+            if check.returncode == 0:
+                break
+            assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
+            assert time.monotonic() < deadline, check.stderr
+            time.sleep(1)
+        workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
+        (location,) = workspace["load_from"]
+        assert location["grpc_server"]["host"] == "code"  # the compose service
+        location["grpc_server"].update(host="127.0.0.1", port=port)
+        local = tmp_path / "workspace.yaml"
+        local.write_text(yaml.safe_dump(workspace))
+        validate = subprocess.run(
+            ["dagster", "definitions", "validate", "-w", str(local)],
+            capture_output=True,
+            text=True,
+            env=deploy_home,
+        )
+        assert validate.returncode == 0, validate.stdout + validate.stderr
+        assert "gitlab_es_pipeline" in validate.stdout + validate.stderr
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_helm_values_name_only_what_the_image_and_the_project_provide() -> None:
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "gitlab_es_pipeline.definitions"]
+    assert _instruction("CMD")[-2:] == deployment["dagsterApiGrpcArgs"]  # as the image runs it
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (ROOT / "README.md").read_text()))
+    for variable in deployment["env"]:
+        assert variable["name"] in documented, variable["name"]
+    # Secrets go to the run pods too, by name.
+    secret = deployment["envSecrets"][0]["name"]
+    assert values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"][0]["name"] == secret
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["postgresql"]["enabled"] is False
+    # The same one-run-per-repository rule as dagster.yaml.
+    project = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    ours = project["concurrency"]["runs"]["tag_concurrency_limits"]
+    theirs = values["concurrency"]["runs"]["tagConcurrencyLimits"]
+    assert [(t["key"], t["value"], t["limit"]) for t in theirs] == [
+        (t["key"], t["value"], t["limit"]) for t in ours
+    ]
+
+
+def test_run_executor_from_the_environment() -> None:
+    code = (
+        "from gitlab_es_pipeline.definitions import defs;"
+        "print(defs.resolve_job_def('index_repository').executor_def.name)"
+    )
+
+    def executor(value: str | None) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ["PATH"]}
+        if value is not None:
+            env["RUN_EXECUTOR"] = value
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
+        )
+
+    assert executor(None).stdout.strip() == "multiprocess"
+    assert executor("in_process").stdout.strip() == "in_process"
+    wrong = executor("celery")
+    assert wrong.returncode != 0 and "RUN_EXECUTOR" in wrong.stderr
