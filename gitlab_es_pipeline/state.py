@@ -30,6 +30,7 @@ class IndexedState:
     project_id: int | None
     storage_id: int
     timestamp: float
+    lines: int | None = None  # line documents the manifest of that commit says it holds
 
 
 def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | None:
@@ -46,11 +47,13 @@ def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | No
     if commit is None:
         return None
     project = metadata.get("project_id")
+    lines = metadata.get("lines")
     return IndexedState(
         commit_sha=str(commit.value),
         project_id=int(project.value) if project is not None else None,
         storage_id=record.storage_id,
         timestamp=record.timestamp,
+        lines=int(lines.value) if lines is not None else None,
     )
 
 

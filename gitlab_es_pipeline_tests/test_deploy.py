@@ -8,6 +8,7 @@ reads files, and the image's commands are run here as they would run in the cont
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -114,11 +115,20 @@ def _dockerfile() -> str:
 
 
 def test_everything_the_image_copies_exists_and_the_compose_file_builds_it(compose: dict) -> None:
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for line in _dockerfile().splitlines():
         if line.startswith("COPY "):
             *sources, _ = line.split()[1:]
             for source in sources:
                 assert (ROOT / source).exists(), source
+                # ... and is sent to the builder (the build context leaves out .venv, tests).
+                parts = Path(source).parts
+                sent = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+                assert not any(fnmatch.fnmatch(p, pattern) for p in sent for pattern in ignored)
     build = compose["services"]["code"]["build"]
     assert Path(build["context"]).resolve() == ROOT
     assert (ROOT / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
@@ -208,9 +218,10 @@ def test_the_image_serves_the_definitions_the_workspace_names(
     port = _free_port()
     command = [str(port) if arg == "4000" else arg for arg in _instruction("CMD")]
     command = [a if a != "0.0.0.0" else "127.0.0.1" for a in command]
-    server = subprocess.Popen(
-        command, env=deploy_home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    log = tmp_path / "code-server.log"
+    # Its output goes to a file: an unread pipe fills up and stalls the server.
+    with log.open("wb") as sink:
+        server = subprocess.Popen(command, env=deploy_home, stdout=sink, stderr=subprocess.STDOUT)
     try:
         health = [str(port) if arg == "4000" else arg for arg in _instruction("HEALTHCHECK")]
         deadline = time.monotonic() + 120
@@ -218,7 +229,7 @@ def test_the_image_serves_the_definitions_the_workspace_names(
             check = subprocess.run(health, capture_output=True, text=True, env=deploy_home)
             if check.returncode == 0:
                 break
-            assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
+            assert server.poll() is None, log.read_text()
             assert time.monotonic() < deadline, check.stderr
             time.sleep(1)
         workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
@@ -237,7 +248,11 @@ def test_the_image_serves_the_definitions_the_workspace_names(
         assert "gitlab_es_pipeline" in validate.stdout + validate.stderr
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
 
 
 def test_helm_values_name_only_what_the_image_and_the_project_provide() -> None:

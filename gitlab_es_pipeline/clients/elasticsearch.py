@@ -311,7 +311,7 @@ class LineIndex:
     def refresh(self) -> None:
         self.client.indices.refresh(index=self.name)
 
-    def count(self, project_id: int, repository_name: str | None = None) -> int:
+    def count(self, project_id: int | None, repository_name: str | None = None) -> int:
         return int(
             self.client.count(
                 index=self.name, query=_repository_query(project_id, repository_name)

@@ -748,9 +748,14 @@ def _analyzer_of(mappings: dict[str, Any], field_name: str) -> str | None:
 
 
 def _wildcard_regex(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
+    """Lucene's wildcard syntax: `*` any run, `?` one character, `\\` makes the next literal."""
     out = []
-    for ch in pattern:
-        out.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            out.append(re.escape(next(chars, "\\")))
+        else:
+            out.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
     return re.compile("".join(out) + r"\Z", re.DOTALL | (re.IGNORECASE if case_insensitive else 0))
 
 
@@ -811,6 +816,15 @@ def _matches(
             n = len(wanted)
             return any(tokens[i : i + n] == wanted for i in range(len(tokens) - n + 1))
         operator = arg.get("operator", "or").lower() if isinstance(arg, dict) else "or"
+        if operator == "and" and analyzer:
+            # A word split into parts is a token graph, and Lucene's query for it accepts the
+            # whole word or all of its parts (parse_config finds "parse_config(path):").
+            words = [analyze(word, analyzer) for word in str(text).split()]
+            return all(
+                w[0] in tokens or (len(w) > 1 and all(part in tokens for part in w[1:]))
+                for w in words
+                if w
+            )
         hits = [w in tokens for w in wanted]
         return all(hits) if operator == "and" else any(hits)
     raise ValueError(f"query [{kind}] is not supported by the stand-in")

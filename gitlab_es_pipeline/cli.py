@@ -1,0 +1,237 @@
+"""`gitlab-es-pipeline search` and `status`: the index and the fleet, from a shell.
+
+Configuration comes from the same environment variables as the pipeline (GITLAB_*,
+ELASTICSEARCH_*, DAGSTER_HOME / DAGSTER_PG_*). Exit status as grep's: 0 found, 1 nothing
+found, 2 trouble (a service unreachable, a setting missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from dagster import DagsterInstance
+from elasticsearch import ApiError, Elasticsearch, TransportError
+from requests import RequestException
+
+from gitlab_es_pipeline.clients.gitlab import GitLabError
+from gitlab_es_pipeline.core.search import SearchError, SearchOptions, grep_line, search_body
+from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, resources_from_env
+from gitlab_es_pipeline.status import RepositoryStatus, repository_status, selected_repositories
+
+FOUND, NOT_FOUND, TROUBLE = 0, 1, 2
+
+
+class Trouble(Exception):
+    """Said to the user in one line, exit status 2."""
+
+
+def _setting_problem(exc: Exception) -> str:
+    """One line from Dagster's configuration error: which variable, never its value."""
+    text = str(exc)
+    missing = sorted(set(re.findall(r'environment variable "(\w+)" which is not set', text)))
+    if missing:
+        return f"{', '.join(missing)} not set (see the README's Configuration)"
+    for line in text.splitlines():
+        if "Value error" in line:
+            return line.split("Value error,", 1)[-1].strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _resource(name: str) -> Any:
+    """The pipeline's own resource, its environment variables resolved (never printed)."""
+    try:
+        return resources_from_env()[name].process_config_and_initialize()
+    except Exception as exc:
+        raise Trouble(_setting_problem(exc)) from None
+
+
+def _elasticsearch() -> tuple[ElasticsearchResource, Elasticsearch]:
+    resource: ElasticsearchResource = _resource("elasticsearch")
+    return resource, resource.client()
+
+
+def _unreachable(service: str, url: str, exc: Exception) -> Trouble:
+    """The service, where, and why, in one line; credentials in a URL are left out."""
+    parts = urlsplit(url)
+    where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    if isinstance(exc, ApiError):
+        reason = f"HTTP {exc.meta.status} {exc.error}"
+    else:
+        found = re.search(r"\[Errno -?\d+\][^')\]]*|timed out|certificate verify failed", str(exc))
+        reason = found.group(0).strip() if found else type(exc).__name__
+    return Trouble(f"cannot reach {service} at {where}: {reason}")
+
+
+def search(args: argparse.Namespace, out: TextIO) -> int:
+    options = SearchOptions(
+        text=" ".join(args.text),
+        exact=args.fixed_strings,
+        ignore_case=args.ignore_case,
+        repositories=tuple(args.repository or ()),
+        path=args.path,
+        extensions=tuple(args.ext or ()),
+        language=args.language,
+        limit=args.max_count,
+    )
+    try:
+        body = search_body(options)
+    except SearchError as exc:
+        raise Trouble(str(exc)) from None
+    resource, client = _elasticsearch()
+    try:
+        response = client.search(index=resource.index, **body).body
+    except (ApiError, TransportError) as exc:
+        raise _unreachable("Elasticsearch", resource.url, exc) from None
+    hits = [hit["_source"] for hit in response["hits"]["hits"]]
+    total = response["hits"]["total"]["value"]
+    if args.json:
+        json.dump({"total": total, "matches": hits}, out, indent=2)
+        out.write("\n")
+    else:
+        for source in hits:
+            out.write(grep_line(source) + "\n")
+            if source.get("web_url"):
+                out.write(f"    {source['web_url']}\n")
+        if total > len(hits):
+            print(f"({total - len(hits)} more; raise -n to see them)", file=sys.stderr)
+    return FOUND if hits else NOT_FOUND
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "-"
+
+
+def _table(statuses: list[RepositoryStatus], out: TextIO) -> None:
+    header = ("repository", "state", "indexed", "at", "head", "documents", "lines", "last failure")
+    rows = [header]
+    for s in statuses:
+        failure = f"{s.last_failure.at} {s.last_failure.message}" if s.last_failure else "-"
+        rows.append(
+            (
+                s.repository,
+                s.state,
+                _short(s.indexed_commit),
+                s.indexed_at or "-",
+                _short(s.head),
+                "-" if s.documents is None else str(s.documents),
+                "-" if s.lines is None else str(s.lines),
+                failure[:100],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+
+
+def status(args: argparse.Namespace, out: TextIO) -> int:
+    problems: list[str] = []
+    try:
+        instance = DagsterInstance.get()
+    except Exception as exc:
+        raise Trouble(f"cannot open the Dagster instance: {str(exc).splitlines()[0]}") from None
+    with instance:
+        repositories = selected_repositories(instance, args.repositories)
+        head_of = None
+        if not args.no_heads and repositories:
+            gitlab: GitLabResource = _resource("gitlab")
+            source = gitlab.source()
+            # Someone is waiting at a terminal: two quick retries, not the pipeline's ten
+            # (python-gitlab backs off up to about 100 s in all, connection errors included).
+            source.max_retries = 2
+
+            def head_of(repository: str) -> str | None:
+                try:
+                    return source.default_branch_head(repository)
+                except RequestException as exc:  # no answer at all: stop asking
+                    raise _unreachable("GitLab", gitlab.url, exc) from None
+                except GitLabError as exc:  # an answer about this repository
+                    problems.append(f"{repository}: {exc}")
+                    return None
+
+        documents_of = None
+        if repositories:
+            resource, _ = _elasticsearch()
+            index = resource.line_index()
+
+            def documents_of(repository: str, project_id: int | None) -> int:
+                try:
+                    return index.count(project_id, repository)
+                except (ApiError, TransportError) as exc:
+                    raise _unreachable("Elasticsearch", resource.url, exc) from None
+
+        statuses = [
+            repository_status(instance, repository, head_of, documents_of)
+            for repository in repositories
+        ]
+    if args.json:
+        json.dump([s.as_dict() for s in statuses], out, indent=2)
+        out.write("\n")
+    elif statuses:
+        _table(statuses, out)
+    else:
+        print("no repository matches (see `repositories` for the fleet)", file=sys.stderr)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return FOUND if statuses else NOT_FOUND
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="gitlab-es-pipeline", description=__doc__.split("\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+
+    find = commands.add_parser(
+        "search",
+        help="search the indexed lines",
+        description="Words match identifiers and their parts (camelCase, snake_case); "
+        "-F finds the text exactly as typed. Prints repository:path:line: content and the "
+        "link to the line in GitLab, in repository, path and line order.",
+    )
+    find.add_argument("text", nargs="+", help="words to find (all of them), or with -F a substring")
+    find.add_argument("-F", "--fixed-strings", action="store_true", help="exact substring")
+    find.add_argument("-i", "--ignore-case", action="store_true", help="with -F: ignore case")
+    find.add_argument(
+        "-r",
+        "--repository",
+        action="append",
+        help="repository (path_with_namespace or a wildcard like 'acme/*'); repeat for several",
+    )
+    find.add_argument("-p", "--path", help="file path wildcard, e.g. 'src/*.go' (* crosses /)")
+    find.add_argument("-e", "--ext", action="append", help="file extension; repeat for several")
+    find.add_argument("-l", "--language", help="a language's extensions, e.g. python, go")
+    find.add_argument("-n", "--max-count", type=int, default=20, help="matches shown (20)")
+    find.add_argument("--json", action="store_true", help="the matches as JSON documents")
+    find.set_defaults(run=search)
+
+    state = commands.add_parser(
+        "status",
+        help="where each repository stands",
+        description="For each repository: the last indexed commit and when, HEAD now, "
+        "documents in Elasticsearch against the manifest's lines, the last failure.",
+    )
+    state.add_argument("repositories", nargs="*", help="repositories or wildcards (default: all)")
+    state.add_argument(
+        "--no-heads", action="store_true", help="do not ask GitLab for HEAD (one request each)"
+    )
+    state.add_argument("--json", action="store_true", help="one JSON object per repository")
+    state.set_defaults(run=status)
+    return top
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args, out or sys.stdout)
+    except Trouble as exc:
+        print(f"gitlab-es-pipeline {args.command}: {exc}", file=sys.stderr)
+        return TROUBLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

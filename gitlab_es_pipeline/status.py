@@ -1,0 +1,122 @@
+"""Where each repository stands: indexed commit, HEAD now, documents against lines, failures.
+
+Read from Dagster's storage (the only state store) and, when asked, from GitLab (HEAD) and
+Elasticsearch (document counts). The services are passed in as functions, so that an
+unreachable one costs its columns, not the whole report.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.state import last_indexed
+
+PARTITION_TAG = "dagster/partition"
+
+
+@dataclass(frozen=True)
+class Failure:
+    run_id: str
+    at: str  # ISO 8601, UTC
+    message: str
+
+
+@dataclass(frozen=True)
+class RepositoryStatus:
+    repository: str
+    state: str  # up to date | behind | indexed | never indexed | failing | count mismatch
+    indexed_commit: str | None
+    indexed_at: str | None
+    head: str | None
+    behind: bool | None
+    documents: int | None
+    lines: int | None
+    last_failure: Failure | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def selected_repositories(instance: DagsterInstance, patterns: Iterable[str]) -> list[str]:
+    """The partitions (repositories) matching any of the patterns; all when none is given."""
+    keys = sorted(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
+    wanted = list(patterns)
+    if not wanted:
+        return keys
+    return [key for key in keys if any(fnmatch.fnmatchcase(key, p) for p in wanted)]
+
+
+def last_failure(instance: DagsterInstance, repository: str) -> Failure | None:
+    """The newest failed run of the repository, with the first line of its step's error."""
+    records = instance.get_run_records(
+        RunsFilter(statuses=[DagsterRunStatus.FAILURE], tags={PARTITION_TAG: repository}),
+        limit=1,
+    )
+    if not records:
+        return None
+    record = records[0]
+    message = "the run failed"
+    for event in instance.all_logs(
+        record.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE
+    ):
+        data = event.dagster_event.step_failure_data if event.dagster_event else None
+        if data is not None and data.error is not None:
+            message = data.error.message.strip().splitlines()[0]
+    ended = record.end_time or record.update_timestamp.timestamp()
+    return Failure(record.dagster_run.run_id, _iso(ended) or "", message)
+
+
+def repository_status(
+    instance: DagsterInstance,
+    repository: str,
+    head_of: Callable[[str], str | None] | None,
+    documents_of: Callable[[str, int | None], int] | None,
+) -> RepositoryStatus:
+    """head_of / documents_of: None when that service is not asked (or not reachable)."""
+    indexed = last_indexed(instance, repository)
+    failure = last_failure(instance, repository)
+    head = head_of(repository) if head_of else None
+    documents = (
+        documents_of(repository, indexed.project_id if indexed else None) if documents_of else None
+    )
+    behind = None if head is None or indexed is None else head != indexed.commit_sha
+    failing = failure is not None and (
+        indexed is None or failure.at > (_iso(indexed.timestamp) or "")
+    )
+    lines = indexed.lines if indexed else None
+    if failing:
+        state = "failing"
+    elif indexed is None:
+        state = "never indexed"
+    elif documents is not None and lines is not None and documents != lines:
+        state = "count mismatch"
+    elif behind:
+        state = "behind"
+    elif behind is None:
+        state = "indexed"  # HEAD not looked at
+    else:
+        state = "up to date"
+    return RepositoryStatus(
+        repository=repository,
+        state=state,
+        indexed_commit=indexed.commit_sha if indexed else None,
+        indexed_at=_iso(indexed.timestamp) if indexed else None,
+        head=head,
+        behind=behind,
+        documents=documents,
+        lines=lines,
+        last_failure=failure,
+    )

@@ -1,0 +1,175 @@
+"""The command line: `search` against an index the pipeline filled, `status` against Dagster's
+storage (SQLite and a real PostgreSQL) and the two stand-ins, exit statuses like grep's."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gitlab_es_pipeline.cli import main
+from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
+from gitlab_es_pipeline_tests.standins.http import Response
+
+ON_SQLITE = pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
+ON_BOTH = pytest.mark.parametrize("project_instance", ["sqlite", "postgres"], indirect=True)
+
+APP = {
+    "src/server.go": 'package main\n\nfunc main() {\n\thttp.Get("x") // *star* and ?\n}\n',
+    "src/util.py": "def parse_config(path):\n    return Config.load(path)  # http.Get(\n",
+    "docs/README.md": "# App\nCall parse_config to read it.\n",
+}
+LIB = {"lib.py": "def parse_config():\n    pass\n"}
+
+
+@pytest.fixture
+def pipeline(gitlab_server, es_server, project_instance, tmp_path: Path) -> Pipeline:
+    return Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")
+
+
+@pytest.fixture
+def fleet(pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Two repositories indexed by the pipeline; the CLI's environment pointed at it all."""
+    repos = {"team/app": init_repo(tmp_path / "app"), "team/lib": init_repo(tmp_path / "lib")}
+    commit_files(repos["team/app"], APP)
+    commit_files(repos["team/lib"], LIB)
+    for key, repo in repos.items():
+        pipeline.gitlab.add_project(key, str(repo))
+    pipeline.discover()
+    pipeline.index_all()
+    for name, value in {
+        "GITLAB_URL": pipeline.gitlab.url,
+        "GITLAB_TOKEN": pipeline.gitlab.token,
+        "ELASTICSEARCH_URL": pipeline.es.url,
+        "ELASTICSEARCH_API_KEY": pipeline.es.api_key,
+        "ELASTICSEARCH_INDEX": INDEX,
+    }.items():
+        monkeypatch.setenv(name, value)
+    return repos
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+def found(*argv: str) -> str:
+    """The output of a command that must find something."""
+    code, output = run(*argv)
+    assert code == 0, output
+    return output
+
+
+def _grep(repos: dict[str, Path], needle: str, ignore_case: bool = False) -> list[str]:
+    """What grep over the repositories' files prints, as `repository:path:line: content`."""
+    found = []
+    for key, repo in sorted(repos.items()):
+        for path in sorted(run_git(repo, "ls-files").split()):
+            text = (repo / path).read_text()
+            for number, line in enumerate(text.split("\n")[:-1], start=1):
+                hit = needle.lower() in line.lower() if ignore_case else needle in line
+                if hit:
+                    found.append(f"{key}:{path}:{number}: {line}")
+    return found
+
+
+def _match_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if not line.startswith("    ")]
+
+
+@ON_SQLITE
+def test_exact_substring_search_prints_what_grep_would(fleet: dict[str, Path]) -> None:
+    # Wildcard characters in the text are matched as typed.
+    for needle in ("http.Get(", "*star* and ?", "parse_config"):
+        assert _match_lines(found("search", "-F", needle)) == _grep(fleet, needle)
+    output = found("search", "-F", "-i", "PARSE_CONFIG")
+    assert _match_lines(output) == _grep(fleet, "parse_config", ignore_case=True)
+    # Each match is followed by its link to the line in GitLab.
+    head = run_git(fleet["team/app"], "rev-parse", "HEAD").strip()
+    assert output.splitlines()[1].strip().endswith(f"/-/blob/{head}/docs/README.md#L2")
+
+
+@ON_SQLITE
+def test_filters_words_and_result_count(fleet: dict[str, Path]) -> None:
+    output = found("search", "parse_config", "-r", "team/lib")
+    assert _match_lines(output) == ["team/lib:lib.py:1: def parse_config():"]
+    output = found("search", "-F", "http.Get(", "-l", "go")
+    assert _match_lines(output) == [line for line in _grep(fleet, "http.Get(") if ".go:" in line]
+    output = found("search", "-F", "parse_config", "-p", "src/*", "-e", "py")
+    assert _match_lines(output) == ["team/app:src/util.py:1: def parse_config(path):"]
+    output = found("search", "-F", "parse_config", "-r", "team/*", "-n", "1", "--json")
+    document = json.loads(output)
+    assert document["total"] == len(_grep(fleet, "parse_config")) and len(document["matches"]) == 1
+    assert document["matches"][0]["repository_name"] == "team/app"
+
+
+@ON_SQLITE
+def test_nothing_found_is_status_1_and_trouble_is_status_2(
+    fleet: dict[str, Path], pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("search", "-F", "no line has this") == (1, "")
+    assert run("search", "-l", "cobol", "x")[0] == 2
+    assert "unknown language 'cobol'" in capsys.readouterr().err
+    pipeline.es.stop()
+    assert run("search", "anything")[0] == 2
+    assert f"cannot reach Elasticsearch at {pipeline.es.url}" in capsys.readouterr().err
+
+
+@ON_BOTH
+def test_status_reports_commits_heads_counts_and_failures(
+    fleet: dict[str, Path], pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    indexed = {key: run_git(repo, "rev-parse", "HEAD").strip() for key, repo in fleet.items()}
+    code, output = run("status", "--json")
+    assert code == 0
+    rows = {row["repository"]: row for row in json.loads(output)}
+    for key, commit in indexed.items():
+        assert rows[key]["state"] == "up to date"
+        assert rows[key]["indexed_commit"] == rows[key]["head"] == commit
+        # Documents in the index, counted by Elasticsearch, against the manifest's lines.
+        expected = sum(len(t.split("\n")) - 1 for t in (APP if key == "team/app" else LIB).values())
+        assert rows[key]["documents"] == rows[key]["lines"] == expected
+        assert rows[key]["last_failure"] is None
+
+    # A push: behind. A run that fails for good: failing, with its message.
+    pushed = commit_files(fleet["team/app"], {"new.txt": "one\n"})
+    pipeline.gitlab.faults.append(
+        lambda request, path: (
+            Response(403, {"message": "403 Forbidden"}) if "/repository/" in path else None
+        )
+    )
+    commit_files(fleet["team/lib"], {"more.py": "x = 1\n"})
+    pipeline.index("team/lib", raise_on_error=False)
+    pipeline.gitlab.faults.clear()
+    rows = {row["repository"]: row for row in json.loads(run("status", "--json")[1])}
+    assert rows["team/app"]["state"] == "behind" and rows["team/app"]["head"] == pushed
+    assert rows["team/app"]["indexed_commit"] == indexed["team/app"]
+    assert rows["team/lib"]["state"] == "failing"
+    assert "HTTP 403" in rows["team/lib"]["last_failure"]["message"]
+
+    # The table, for people; a pattern selects repositories; --no-heads spares GitLab.
+    code, output = run("status", "team/a*")
+    header, row = output.splitlines()
+    assert header.split()[:3] == ["repository", "state", "indexed"]
+    assert row.startswith("team/app") and "behind" in row and pushed[:12] in row
+    seen = len(pipeline.gitlab.requests)
+    code, output = run("status", "--no-heads", "--json")
+    assert {r["state"] for r in json.loads(output)} == {"indexed", "failing"}
+    assert len(pipeline.gitlab.requests) == seen
+    assert run("status", "nothing/*") == (1, "")
+    assert run("status", "--json", "nothing/*") == (1, "[]\n")
+
+    pipeline.gitlab.stop()
+    assert run("status")[0] == 2
+    assert f"cannot reach GitLab at {pipeline.gitlab.url}" in capsys.readouterr().err
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "gitlab-es-pipeline"
+    result = subprocess.run([str(script), "search", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--fixed-strings" in result.stdout
