@@ -19,6 +19,7 @@ from dagster import DagsterInstance
 from elasticsearch import ApiError, Elasticsearch, TransportError
 from requests import RequestException
 
+from gitlab_es_pipeline.clients.elasticsearch import client_mismatch
 from gitlab_es_pipeline.clients.gitlab import GitLabError
 from gitlab_es_pipeline.core.search import SearchError, SearchOptions, grep_line, search_body
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, resources_from_env
@@ -61,10 +62,10 @@ def _unreachable(service: str, url: str, exc: Exception) -> Trouble:
     parts = urlsplit(url)
     where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     if isinstance(exc, ApiError):
-        reason = f"HTTP {exc.meta.status} {exc.error}"
-    else:
-        found = re.search(r"\[Errno -?\d+\][^')\]]*|timed out|certificate verify failed", str(exc))
-        reason = found.group(0).strip() if found else type(exc).__name__
+        reason = client_mismatch(exc) or f"HTTP {exc.meta.status} {exc.error}"
+        return Trouble(f"{service} at {where} refused the request: {reason}")
+    found = re.search(r"\[Errno -?\d+\][^')\]]*|timed out|certificate verify failed", str(exc))
+    reason = found.group(0).strip() if found else type(exc).__name__
     return Trouble(f"cannot reach {service} at {where}: {reason}")
 
 

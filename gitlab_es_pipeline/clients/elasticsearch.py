@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elastic_transport import JsonSerializer, NdjsonSerializer
-from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch
+from elasticsearch import (
+    ApiError,
+    ConnectionError,
+    ConnectionTimeout,
+    Elasticsearch,
+    __versionstr__,
+)
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -127,6 +133,22 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ApiError) and exc.meta.status in RETRYABLE_ITEM_STATUSES
 
 
+def client_mismatch(exc: ApiError) -> str | None:
+    """What to do when the cluster refuses this client's major version, else None.
+
+    Each client sends `compatible-with=<its major>`; a cluster accepts its own major and the
+    one before, so a 9.x client is refused by 8.x clusters (400 media_type_header_exception).
+    """
+    if exc.meta.status != 400 or exc.error != "media_type_header_exception":
+        return None
+    major = int(__versionstr__.split(".")[0])
+    return (
+        f"the cluster refuses Elasticsearch client {__versionstr__} (an older cluster): the "
+        f"client's major version must match the cluster's; for {major - 1}.x clusters install "
+        f"'elasticsearch>={major - 1}.13,<{major}' (see the README's Deployment)"
+    )
+
+
 def _error_text(error: Any) -> str:
     if isinstance(error, dict):
         return f"{error.get('type')}: {error.get('reason')}"
@@ -161,13 +183,26 @@ class LineIndex:
         self.workers = max(1, workers)
         self._sleep = sleep
 
+    def _exists(self) -> bool:
+        try:
+            return bool(self.client.indices.exists(index=self.name))
+        except ApiError as exc:
+            if exc.meta.status != 400:
+                raise
+            try:  # a HEAD answer has no body: ask again with GET to learn why
+                self.client.indices.get(index=self.name)
+            except ApiError as detailed:
+                reason = client_mismatch(detailed) or f"{detailed.error}: {detailed.message}"
+                raise IndexSetupError(reason) from detailed
+            raise
+
     def ensure(self) -> str:
         """Create `<name>-v<N>` with our mapping and `<name>` as its alias, unless it exists.
 
         An existing index or alias is checked: it must carry every field of our mapping (those
         added by later versions are put in), and an alias must point at one index.
         """
-        if self.client.indices.exists(index=self.name):
+        if self._exists():
             mappings = self.client.indices.get_mapping(index=self.name)
             if len(mappings.body) > 1:
                 raise IndexSetupError(

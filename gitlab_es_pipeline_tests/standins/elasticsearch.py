@@ -69,8 +69,12 @@ class ElasticsearchStandIn(StandInServer):
         api_key: str | None = None,
         basic_auth: tuple[str, str] | None = None,
         count_only: bool = False,
+        major: int = 9,
     ) -> None:
         super().__init__()
+        # The server's major version: it accepts clients asking for its own major or the one
+        # before (REST compatibility), and refuses a newer one as Elasticsearch does.
+        self.major = major
         self.indices: dict[str, Index] = {}
         self.aliases: dict[str, dict[str, dict[str, Any]]] = {}  # alias -> index -> options
         self.api_key = api_key
@@ -148,14 +152,20 @@ class ElasticsearchStandIn(StandInServer):
         return response
 
     def _negotiated(self, request: Request) -> Response | None:
+        accepted = (str(self.major - 1), str(self.major))
         for header in ("Accept", "Content-Type"):
             value = request.headers.get(header) or ""
             match = _MEDIA.search(value)
-            if match and match.group(2) not in ("8", "9"):
+            if match and match.group(2) not in accepted:
                 return _error(
                     400,
                     "media_type_header_exception",
-                    f"Invalid media-type value on headers [{header}]",
+                    "Invalid media-type value on headers [Accept, Content-Type]",
+                    caused_by={
+                        "type": "status_exception",
+                        "reason": f"{header} version must be either version {accepted[1]} or "
+                        f"{accepted[0]}, but found {match.group(2)}. {header}={value}",
+                    },
                 )
         if len(request.body) > MAX_CONTENT_LENGTH:
             return _error(413, "content_too_long_exception", "request body is too large")
@@ -182,7 +192,7 @@ class ElasticsearchStandIn(StandInServer):
                     "cluster_name": "stand-in",
                     "cluster_uuid": "stand-in",
                     "version": {
-                        "number": VERSION,
+                        "number": VERSION if self.major == 9 else f"{self.major}.19.0",
                         "build_flavor": "default",
                         "lucene_version": "10.2.0",
                     },
