@@ -92,6 +92,11 @@ class IndexingResource(ConfigurableResource):
         description="gitignore-like globs of paths never indexed",
     )
     row_group_lines: int = Field(default=8192, description="Lines per Parquet row group")
+    progress_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often a long step says in the run log how far it has got (0: always)",
+    )
     max_files_fetched_alone: int = Field(
         default=100,
         description="An incremental run fetches up to this many changed files one by one; "

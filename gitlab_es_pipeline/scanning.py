@@ -23,6 +23,7 @@ from gitlab_es_pipeline.core.filtering import (
     tree_skip_reason,
 )
 from gitlab_es_pipeline.core.manifest import ManifestEntry, classify
+from gitlab_es_pipeline.core.progress import Progress
 
 
 class RepositoryError(Exception):
@@ -140,9 +141,14 @@ class RepositoryScan:
     """
 
     def __init__(
-        self, source: GitLabSource, snapshot: RepositorySnapshot, settings: ScanSettings
+        self,
+        source: GitLabSource,
+        snapshot: RepositorySnapshot,
+        settings: ScanSettings,
+        progress: Progress | None = None,
     ) -> None:
         self.source = source
+        self.progress = progress
         self.snapshot = snapshot
         self.settings = settings
         self.entries: dict[str, ManifestEntry] = {}
@@ -271,7 +277,15 @@ class RepositoryScan:
             raise self._fail(f"cannot build line documents: {exc!r}", permanent=True) from exc
 
     def _files(self) -> Iterator[FileText]:
-        """The texts of the wanted files, as they are read."""
+        """The texts of the wanted files, as they are read, with progress in the run log
+        (out of the files to read when they are known: a full read lists them meanwhile)."""
+        total = None if self._listing is not None else len(self.wanted)
+        for count, text in enumerate(self._texts(), start=1):
+            if self.progress is not None:
+                self.progress.update(count, total, self.stats.lines)
+            yield text
+
+    def _texts(self) -> Iterator[FileText]:
         started = time.monotonic()
         try:
             if self._listing is not None:

@@ -24,8 +24,9 @@ PARTITION_TAG = "dagster/partition"
 @dataclass(frozen=True)
 class Failure:
     run_id: str
-    at: str  # ISO 8601, UTC
+    at: str  # ISO 8601, UTC, to the second
     message: str
+    timestamp: float  # the same, exactly: to compare with the indexed commit's time
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def last_failure(instance: DagsterInstance, repository: str) -> Failure | None:
         if data is not None and data.error is not None:
             message = data.error.message.strip().splitlines()[0]
     ended = record.end_time or record.update_timestamp.timestamp()
-    return Failure(record.dagster_run.run_id, _iso(ended) or "", message)
+    return Failure(record.dagster_run.run_id, _iso(ended) or "", message, ended)
 
 
 def repository_status(
@@ -93,9 +94,7 @@ def repository_status(
         documents_of(repository, indexed.project_id if indexed else None) if documents_of else None
     )
     behind = None if head is None or indexed is None else head != indexed.commit_sha
-    failing = failure is not None and (
-        indexed is None or failure.at > (_iso(indexed.timestamp) or "")
-    )
+    failing = failure is not None and (indexed is None or failure.timestamp > indexed.timestamp)
     lines = indexed.lines if indexed else None
     if failing:
         state = "failing"

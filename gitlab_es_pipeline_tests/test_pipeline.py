@@ -563,3 +563,27 @@ def test_every_document_carries_the_visibility_and_follows_its_change(
         expected_documents(repo, project.id, "g/vis", "main", url, visibility="internal").documents
     )
     assert pipeline.latest_metadata("file_manifest", "g/vis")["files_read"] == 2
+
+
+def test_long_steps_report_progress_in_the_run_log(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Both steps say how far they have got (here on every file and chunk), and when done."""
+    repo = _many_files(tmp_path, "many", 30)
+    pipeline.gitlab.add_project("g/many", str(repo))
+    pipeline.discover()
+    pipeline.indexing = {"progress_seconds": 0}
+    pipeline.es_options = {"bulk_max_docs": 10}
+    run_id = pipeline.index("g/many").run_id
+    messages = [
+        e.user_message
+        for e in pipeline.instance.all_logs(run_id)
+        if e.user_message.startswith("g/many: ")
+    ]
+    reads = [m for m in messages if m.startswith("g/many: read: ")]
+    writes = [m for m in messages if m.startswith("g/many: write: ")]
+    lines = pipeline.latest_metadata("line_documents", "g/many")["dagster/row_count"]
+    # One report per file read, then the total; one per bulk chunk, then the total.
+    assert len(reads) == 30 + 1 and reads[0].startswith("g/many: read: 1 files")
+    assert reads[-1].startswith(f"g/many: read: done, 30 files, {lines:,} lines in ")
+    assert len(writes) == -(-lines // 10) + 1
+    assert writes[-1].startswith(f"g/many: write: done, {lines:,} of {lines:,} documents in ")
+    assert all(m.endswith("lines/s)") or m.endswith("documents/s)") for m in reads + writes)

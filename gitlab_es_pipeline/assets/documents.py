@@ -31,6 +31,7 @@ from gitlab_es_pipeline.core.manifest import (
     manifest_table,
     summarize,
 )
+from gitlab_es_pipeline.core.progress import Progress
 from gitlab_es_pipeline.core.projects import Project
 from gitlab_es_pipeline.io_managers import ParquetStore, stage_parquet
 from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
@@ -186,7 +187,10 @@ def manifest_and_line_documents(
         max_files_fetched_alone=indexing.max_files_fetched_alone,
     )
     mode, base_header, base_table = _choose_mode(context, config, snapshot, parquet_io_manager)
-    scan = RepositoryScan(source, snapshot, settings)
+    progress = Progress(
+        f"{snapshot.repository_name}: read", "files", context.log.info, indexing.progress_seconds
+    )
+    scan = RepositoryScan(source, snapshot, settings, progress)
     # Every document carries these: when one changes, every document is written again.
     identity_changed = base_header is not None and (
         base_header.snapshot.repository_name,
@@ -239,6 +243,7 @@ def manifest_and_line_documents(
             )
         except RepositoryError as exc:
             raise step_failure(str(exc), permanent=exc.permanent) from exc
+        progress.finish()
         manifest = manifest_table(header, [*scan.entries.values(), *scan.deleted])
         summary = summarize(manifest)
         stats = scan.stats

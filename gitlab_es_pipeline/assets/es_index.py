@@ -30,11 +30,12 @@ from gitlab_es_pipeline.core.manifest import (
     stale_document_ids,
     summarize,
 )
+from gitlab_es_pipeline.core.progress import Progress
 from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore
 from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.partitions import repository_partitions
 from gitlab_es_pipeline.pools import ELASTICSEARCH_POOL
-from gitlab_es_pipeline.resources import ElasticsearchResource
+from gitlab_es_pipeline.resources import ElasticsearchResource, IndexingResource
 from gitlab_es_pipeline.retries import step_failure, step_retry_policy
 from gitlab_es_pipeline.state import ES_INDEX
 
@@ -64,6 +65,7 @@ _FAILURES_SHOWN = 20
 def es_index(
     context: AssetExecutionContext,
     elasticsearch: ElasticsearchResource,
+    indexing: IndexingResource,
     file_manifest: ParquetFile,
     line_documents: ParquetFile,
     parquet_io_manager: ResourceParam[ParquetStore],
@@ -88,8 +90,19 @@ def es_index(
         new_index = index.ensure() == "created"
     except IndexSetupError as exc:
         raise step_failure(f"{snapshot.repository_name}: {exc}", permanent=True) from exc
+    total = line_documents.num_rows
+    progress = Progress(
+        f"{snapshot.repository_name}: write",
+        "documents",
+        context.log.info,
+        indexing.progress_seconds,
+    )
     with index.bulk_load() if new_index else nullcontext():
-        written = index.write(map(index_operations, line_documents.iter_batches()))
+        written = index.write(
+            map(index_operations, line_documents.iter_batches()),
+            progress=lambda done: progress.update(done, total),
+        )
+    progress.finish()
     deleted = index.write(
         delete_operations(stale_document_ids(snapshot.project_id, entries_of(manifest)))
     )

@@ -293,13 +293,18 @@ class LineIndex:
             pending = pending.take(retry)
         return report
 
-    def write(self, operations: Iterable[BulkOperations]) -> BulkReport:
+    def write(
+        self,
+        operations: Iterable[BulkOperations],
+        progress: Callable[[int], None] | None = None,
+    ) -> BulkReport:
         """Send operations in byte-bounded chunks by `workers` concurrent senders.
 
         While they wait for Elasticsearch, this thread builds the next chunk; at most `workers`
         chunks are in flight plus the one being built, so memory is bounded by chunk size x
         (workers + 1).
         Items rejected for a while are re-sent alone, by the worker that sent them.
+        `progress` is told the operations done so far after each chunk.
         """
         report = BulkReport()
         chunks = chunk_operations(operations, self.max_chunk_bytes, self.max_chunk_docs)
@@ -310,8 +315,12 @@ class LineIndex:
                     in_flight.append(pool.submit(self._write_chunk, chunk))
                     if len(in_flight) >= self.workers:
                         report.merge(in_flight.popleft().result())
+                        if progress is not None:
+                            progress(report.succeeded + report.failed)
                 while in_flight:
                     report.merge(in_flight.popleft().result())
+                    if progress is not None:
+                        progress(report.succeeded + report.failed)
             except BaseException:
                 for future in in_flight:
                     future.cancel()
