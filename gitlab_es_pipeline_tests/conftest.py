@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
@@ -71,13 +70,8 @@ def project_instance(
     monkeypatch.delenv("DAGSTER_PG_HOST", raising=False)
     if request.param == "postgres":
         server: TempPostgres = request.getfixturevalue("postgres")
-        database = f"t{abs(hash(request.node.nodeid)) % 10**9}"
-        conn = psycopg2.connect(server.url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {database}")
-        conn.close()
-        monkeypatch.setenv("DAGSTER_PG_URL", server.url.rsplit("/", 1)[0] + "/" + database)
+        url = server.new_database(f"t{abs(hash(request.node.nodeid)) % 10**9}")
+        monkeypatch.setenv("DAGSTER_PG_URL", url)
     inst = DagsterInstance.from_config(str(home))
     try:
         yield inst

@@ -9,6 +9,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import psycopg2
+
 
 def _bin_dir() -> str | None:
     found = shutil.which("initdb")
@@ -69,6 +71,15 @@ class TempPostgres:
             "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database
         )
         return self
+
+    def new_database(self, name: str) -> str:
+        """An empty database of its own for a test; its URL."""
+        conn = psycopg2.connect(self.url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        conn.close()
+        return self.url.rsplit("/", 1)[0] + "/" + name
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")

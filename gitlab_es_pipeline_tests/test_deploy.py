@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 import yaml
 from dagster import DagsterInstance
@@ -156,11 +155,7 @@ def deploy_home(tmp_path: Path, postgres: TempPostgres) -> Iterator[dict[str, st
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
     database = f"deploy{os.getpid()}{_free_port()}"
-    conn = psycopg2.connect(postgres.url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {database}")
-    conn.close()
+    postgres.new_database(database)
     env = {
         "PATH": f"{DAGSTER_BIN}:{os.environ['PATH']}",
         "DAGSTER_HOME": str(home),
