@@ -1,5 +1,7 @@
 """The Definitions object, the lineage a person sees, and configuration from the environment."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ from dagster import AssetKey
 from gitlab_es_pipeline.definitions import defs
 from gitlab_es_pipeline.pools import ensure_pools
 from gitlab_es_pipeline.storage import postgres_url_from_env, with_psycopg2_driver
+from gitlab_es_pipeline_tests.pipeline import Pipeline
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +91,34 @@ def test_postgres_url_from_the_environment() -> None:
     )
     assert with_psycopg2_driver("postgres://x") == "postgresql+psycopg2://x"
     assert with_psycopg2_driver("postgresql+psycopg://x") == "postgresql+psycopg://x"
+
+
+@pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
+def test_runs_log_json_lines_with_run_and_repository(
+    project_instance, gitlab_server, es_server, tmp_path: Path, capfd
+) -> None:
+    """dagster.yaml's python_logs: each message of a run is also one JSON object on stderr."""
+    pipeline = Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, {"a.py": "x = 1\n"})
+    gitlab_server.add_project("team/app", str(repo))
+    pipeline.discover()
+    capfd.readouterr()
+    run_id = pipeline.index("team/app").run_id
+    lines = []
+    for line in capfd.readouterr().err.splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    ours = [line for line in lines if line.get("run_id") == run_id]
+    assert ours and all(line["repository"] == "team/app" for line in ours)
+    assert all(line["level"] in ("INFO", "WARNING", "ERROR", "CRITICAL") for line in ours)
+    done = [line for line in ours if line["message"].startswith("team/app: write: done, 1 of 1")]
+    assert len(done) == 1 and done[0]["step"] == "es_index" and done[0]["time"].endswith("+00:00")
+    read = [line for line in ours if line["message"].startswith("team/app: read: done, 1 files")]
+    assert len(read) == 1 and read[0]["step"] == "manifest_and_line_documents"
+    # ... and in the run's captured stderr, which the UI shows.
+    captured = Path(os.environ["DAGSTER_HOME"]) / "storage" / run_id
+    assert any(
+        '"message": "team/app: write: done' in p.read_text(errors="replace")
+        for p in captured.rglob("*.err")
+    )
