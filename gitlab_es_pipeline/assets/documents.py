@@ -149,7 +149,7 @@ def _compared_changes(
         ),
         "line_documents": AssetOut(
             io_manager_key="parquet_io_manager",
-            kinds={"parquet"},
+            kinds={"gitlab", "parquet"},  # its lines are read from GitLab
             owners=["team:data-platform"],
             description="One document per line of every added, modified or renamed file "
             "(every file on a full load), as Elasticsearch gets it.",
