@@ -1,8 +1,8 @@
 """Where each repository stands: indexed commit, HEAD now, documents against lines, failures.
 
 Read from Dagster's storage (the only state store) and, when asked, from GitLab (HEAD) and
-Elasticsearch (document counts). The services are passed in as functions, so that an
-unreachable one costs its columns, not the whole report.
+Elasticsearch (document counts). The services are passed in as functions: the caller decides
+whether to ask one at all (`--no-heads`) and what an unanswered request means.
 """
 
 from __future__ import annotations
