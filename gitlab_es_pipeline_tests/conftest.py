@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, instance_for_test
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from gitlab_es_pipeline_tests.corpus import build_corpus
 from gitlab_es_pipeline_tests.pipeline import Pipeline
@@ -18,6 +19,16 @@ from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_definitions_state() -> Iterator[None]:
+    """Dagster keeps the current instance's definitions-state storage in a context variable.
+    An instance that an earlier test opened in-process (the command line's `status` does) can
+    leave it pointing at a disposed instance, and the next definitions load then fails with
+    "Attempted to resolve undefined DagsterInstance weakref". Each test starts without it."""
+    with set_defs_state_storage(None):
+        yield
 
 
 @pytest.fixture
