@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from dagster import DagsterInstance
-from elasticsearch import ApiError, Elasticsearch, TransportError
+from elasticsearch import ApiError, TransportError
 from requests import RequestException
 
 from gitlab_es_pipeline.clients.elasticsearch import client_mismatch
@@ -52,11 +52,6 @@ def _resource(name: str) -> Any:
         raise Trouble(_setting_problem(exc)) from None
 
 
-def _elasticsearch() -> tuple[ElasticsearchResource, Elasticsearch]:
-    resource: ElasticsearchResource = _resource("elasticsearch")
-    return resource, resource.client()
-
-
 def _unreachable(service: str, url: str, exc: Exception) -> Trouble:
     """The service, where, and why, in one line; credentials in a URL are left out."""
     parts = urlsplit(url)
@@ -84,9 +79,9 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
         body = search_body(options)
     except SearchError as exc:
         raise Trouble(str(exc)) from None
-    resource, client = _elasticsearch()
+    resource: ElasticsearchResource = _resource("elasticsearch")
     try:
-        response = client.search(index=resource.index, **body).body
+        response = resource.client().search(index=resource.index, **body).body
     except (ApiError, TransportError) as exc:
         raise _unreachable("Elasticsearch", resource.url, exc) from None
     hits = [hit["_source"] for hit in response["hits"]["hits"]]
@@ -158,7 +153,7 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
 
         documents_of = None
         if repositories:
-            resource, _ = _elasticsearch()
+            resource: ElasticsearchResource = _resource("elasticsearch")
             index = resource.line_index()
 
             def documents_of(repository: str, project_id: int | None) -> int:

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
-PARTITION_TAG = "dagster/partition"
+from gitlab_es_pipeline.partitions import PARTITION_TAG
 
 
 class JsonLogFormatter(logging.Formatter):

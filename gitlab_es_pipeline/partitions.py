@@ -3,5 +3,7 @@
 from dagster import DynamicPartitionsDefinition
 
 REPOSITORIES_PARTITION = "repositories"
+# Dagster's tag of a run's partition: the repository a run indexes.
+PARTITION_TAG = "dagster/partition"
 
 repository_partitions = DynamicPartitionsDefinition(name=REPOSITORIES_PARTITION)

@@ -19,13 +19,12 @@ from dagster import (
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor, dedupe
 from gitlab_es_pipeline.jobs import index_repository_job
-from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import ensure_pools
 from gitlab_es_pipeline.resources import GitLabResource
 from gitlab_es_pipeline.state import fleet_state, last_indexed
 
 COMMIT_TAG = "gitlab_es_pipeline/commit"
-PARTITION_TAG = "dagster/partition"
 
 
 @dataclass(frozen=True)

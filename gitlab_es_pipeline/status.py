@@ -15,10 +15,8 @@ from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.state import last_indexed
-
-PARTITION_TAG = "dagster/partition"
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import psycopg2
+
+from gitlab_es_pipeline_tests.processes import free_port
 
 
 def _bin_dir() -> str | None:
@@ -18,12 +19,6 @@ def _bin_dir() -> str | None:
         return os.path.dirname(os.path.realpath(found))
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return os.path.dirname(candidates[-1]) if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TempPostgres:
@@ -36,7 +31,7 @@ class TempPostgres:
         self.bin = bin_dir
         self.root = root
         self.data = root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "dagster"
         self.database = "dagster"
 

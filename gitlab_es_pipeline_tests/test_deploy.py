@@ -12,7 +12,6 @@ import fnmatch
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from dagster import DagsterInstance
 from dagster._core.scheduler.instigation import InstigatorType
 
 from gitlab_es_pipeline_tests.postgres import TempPostgres
+from gitlab_es_pipeline_tests.processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -133,12 +133,6 @@ def test_everything_the_image_copies_exists_and_the_compose_file_builds_it(compo
     assert (ROOT / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _instruction(name: str) -> list[str]:
     """An exec-form instruction of the Dockerfile (CMD, or HEALTHCHECK's CMD) as argv."""
     text = _dockerfile().replace("\\\n", " ")
@@ -154,7 +148,7 @@ def deploy_home(tmp_path: Path, postgres: TempPostgres) -> Iterator[dict[str, st
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    database = f"deploy{os.getpid()}{_free_port()}"
+    database = f"deploy{os.getpid()}{free_port()}"
     postgres.new_database(database)
     env = {
         "PATH": f"{DAGSTER_BIN}:{os.environ['PATH']}",
@@ -210,7 +204,7 @@ def test_the_image_serves_the_definitions_the_workspace_names(
 ) -> None:
     """The image's CMD starts the code server; its HEALTHCHECK passes; the webserver's and
     daemon's workspace file loads the code location from it."""
-    port = _free_port()
+    port = free_port()
     command = [str(port) if arg == "4000" else arg for arg in _instruction("CMD")]
     command = [a if a != "0.0.0.0" else "127.0.0.1" for a in command]
     log = tmp_path / "code-server.log"
@@ -242,12 +236,7 @@ def test_the_image_serves_the_definitions_the_workspace_names(
         assert validate.returncode == 0, validate.stdout + validate.stderr
         assert "gitlab_es_pipeline" in validate.stdout + validate.stderr
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        stop(server)
 
 
 def test_helm_values_name_only_what_the_image_and_the_project_provide() -> None:

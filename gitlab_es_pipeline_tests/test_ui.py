@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from pathlib import Path
 import pytest
 
 from gitlab_es_pipeline_tests.pipeline import Pipeline
+from gitlab_es_pipeline_tests.processes import free_port, stop
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 
 CHROMIUM = "/usr/bin/chromium"
 REPOSITORIES = ("team/app", "team/lib")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -50,7 +44,7 @@ def indexed(gitlab_server, es_server, project_instance, tmp_path: Path) -> dict[
 
 @pytest.fixture
 def webserver(indexed: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,  # DAGSTER_HOME of the project instance
         "GITLAB_URL": "http://127.0.0.1:9",
@@ -78,12 +72,7 @@ def webserver(indexed: dict[str, str], tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.5)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        stop(server)
 
 
 @pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)

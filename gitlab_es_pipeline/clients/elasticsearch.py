@@ -308,19 +308,21 @@ class LineIndex:
         """
         report = BulkReport()
         chunks = chunk_operations(operations, self.max_chunk_bytes, self.max_chunk_docs)
+        in_flight: deque[Future[BulkReport]] = deque()
+
+        def collect_oldest() -> None:
+            report.merge(in_flight.popleft().result())
+            if progress is not None:
+                progress(report.succeeded + report.failed)
+
         with ThreadPoolExecutor(self.workers, thread_name_prefix="bulk") as pool:
-            in_flight: deque[Future[BulkReport]] = deque()
             try:
                 for chunk in chunks:
                     in_flight.append(pool.submit(self._write_chunk, chunk))
                     if len(in_flight) >= self.workers:
-                        report.merge(in_flight.popleft().result())
-                        if progress is not None:
-                            progress(report.succeeded + report.failed)
+                        collect_oldest()
                 while in_flight:
-                    report.merge(in_flight.popleft().result())
-                    if progress is not None:
-                        progress(report.succeeded + report.failed)
+                    collect_oldest()
             except BaseException:
                 for future in in_flight:
                     future.cancel()
