@@ -132,3 +132,27 @@ def change_one_file(path: Path, seed: int = 11) -> str:
     return subprocess.run(
         ["git", "-C", str(path), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
     ).stdout.strip()
+
+
+def make_real_source_repo(path: Path, min_lines: int) -> tuple[int, int, float]:
+    """A repository of real source files (Python's standard library, then the C headers) of at
+    least min_lines lines; returns files, lines, and the CPU seconds that checking every file
+    against its blob id (SHA-1 of the bytes) takes."""
+    import time
+
+    from gitlab_es_pipeline.core.blobs import blob_id
+    from gitlab_es_pipeline_tests.repos import (
+        fast_import,
+        init_repo,
+        real_source_files,
+        real_source_roots,
+    )
+
+    files = list(real_source_files(real_source_roots(), max_lines=min_lines))
+    init_repo(path)
+    fast_import(path, files, "real source")
+    started = time.process_time()
+    for _, data in files:
+        blob_id(data)
+    hashing = time.process_time() - started
+    return len(files), sum(data.count(b"\n") for _, data in files), hashing

@@ -13,7 +13,13 @@ from typing import Any
 import pyarrow as pa
 
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
-from gitlab_es_pipeline.core.archive import ArchiveError, ChunkStream, iter_archive_files
+from gitlab_es_pipeline.core.archive import (
+    ArchiveError,
+    ArchiveFile,
+    ChunkStream,
+    iter_archive_files,
+)
+from gitlab_es_pipeline.core.blobs import is_blob, streams_blob
 from gitlab_es_pipeline.core.decoding import decode
 from gitlab_es_pipeline.core.documents import FileText, RepositorySnapshot, line_document_batches
 from gitlab_es_pipeline.core.filtering import (
@@ -24,6 +30,7 @@ from gitlab_es_pipeline.core.filtering import (
 )
 from gitlab_es_pipeline.core.manifest import ManifestEntry, classify
 from gitlab_es_pipeline.core.progress import Progress
+from gitlab_es_pipeline.core.trees import TreeAccount, check_folders
 
 
 class RepositoryError(Exception):
@@ -70,6 +77,10 @@ TREE_SKIP_REASONS = frozenset(
 class ScanStats:
     files_from_archive: int = 0
     files_fetched_alone: int = 0
+    # Of those fetched alone: the archive left them out (export-ignore), or its copy was not
+    # the blob (export-subst, ident, working-tree-encoding, eol, LFS content).
+    files_missing_from_archive: int = 0
+    files_rewritten_by_archive: int = 0
     archive_bytes: int = 0
     archive_restarts: int = 0
     lines: int = 0
@@ -82,11 +93,14 @@ class TreeListing:
     Both list the tree in git's order, so the entry of the file that the archive is at has
     usually arrived already; `entry()` waits for it when not. Listing 20,000 files takes
     200 requests one after the other, which would otherwise come before the archive's first
-    byte.
+    byte. The listing always runs to its last page, however early the archive ends: only a
+    reader that fails stops it.
     """
 
     def __init__(self, pages: Iterator[dict[str, Any]], make_entry: Callable[..., Any]) -> None:
         self.entries: dict[str, ManifestEntry] = {}
+        self.folders: dict[str, str] = {}  # folder path -> its tree id
+        self.entries_in_pages = 0
         self._pages = pages
         self._make_entry = make_entry
         self._changed = threading.Condition()
@@ -102,11 +116,15 @@ class TreeListing:
                 if self._stopped:
                     return
                 if item["type"] == "tree":
+                    self.folders[item["path"]] = item["id"]
                     continue
                 entry = self._make_entry(item)
                 with self._changed:
+                    self.entries_in_pages += 1
                     self.entries[entry.path] = entry
                     self._changed.notify_all()
+        except OSError as exc:  # the connection failed past python-gitlab's own retries
+            self._error = GitLabError(f"the tree listing broke off: {exc}")
         except BaseException as exc:  # handed to the reading thread
             self._error = exc
         finally:
@@ -124,12 +142,14 @@ class TreeListing:
             return self.entries.get(path)
 
     def complete(self) -> dict[str, ManifestEntry]:
+        """Every entry, once the last page is in; a listing that failed raises its error."""
         self._thread.join()
         if self._error is not None:
             raise self._error
         return self.entries
 
     def stop(self) -> None:
+        """Only for a read that failed: the pages left are of no use then."""
         self._stopped = True
 
 
@@ -137,7 +157,9 @@ class RepositoryScan:
     """Builds the manifest entries and the line documents of one snapshot.
 
     The archive is read once, front to back; files the archive leaves out (export-ignore in
-    .gitattributes) are fetched one by one so that nothing in the tree is silently missed.
+    .gitattributes) or rewrote (export-subst, ident, working-tree-encoding, eol: its copy does
+    not hash to the blob id) are fetched alone by blob id, so that what is indexed is exactly
+    what is committed. `account` says afterwards whether the manifest covers the whole tree.
     """
 
     def __init__(
@@ -156,8 +178,13 @@ class RepositoryScan:
         self.wanted: set[str] = set()
         self.use_archive = True
         self.stats = ScanStats()
+        self.account = TreeAccount(source="tree listing")
         self._listing: TreeListing | None = None
+        self._full_read = False
         self._base: dict[str, ManifestEntry] | None = None
+        self._rewritten: set[str] = set()  # archive copies that are not the blob
+        self._not_listed: set[str] = set()  # archive files the tree listing lacks
+        self._scanned: set[str] = set()
 
     def _fail(
         self, problem: object, path: str | None = None, permanent: bool = False
@@ -175,12 +202,16 @@ class RepositoryScan:
             skip_reason=reason.value if reason else None,
         )
 
+    def _start_listing(self) -> TreeListing:
+        self._listing = TreeListing(
+            self.source.iter_tree(self.snapshot.project_id, self.snapshot.commit_sha),
+            self._tree_entry,
+        )
+        return self._listing
+
     def list_tree(self) -> None:
         try:
-            for item in self.source.iter_tree(self.snapshot.project_id, self.snapshot.commit_sha):
-                if item["type"] != "tree":
-                    entry = self._tree_entry(item)
-                    self.entries[entry.path] = entry
+            self.entries = self._start_listing().complete()
         except GitLabError as exc:
             raise self._fail(exc) from exc
 
@@ -189,10 +220,8 @@ class RepositoryScan:
 
         The manifest (entries, deleted) is complete once documents() has been consumed.
         """
-        self._listing = TreeListing(
-            self.source.iter_tree(self.snapshot.project_id, self.snapshot.commit_sha),
-            self._tree_entry,
-        )
+        self._start_listing()
+        self._full_read = True
         self._base = base
         self.use_archive = True
 
@@ -211,6 +240,7 @@ class RepositoryScan:
         never for a file over the size cap. Skipped ones (submodules, symlinks, excluded) are
         not asked about, and keep an empty blob id.
         """
+        self.account = TreeAccount(source="comparison")
         entries = {path: replace(entry) for path, entry in base.items()}
         changed: list[str] = []
         for diff in diffs:
@@ -244,12 +274,13 @@ class RepositoryScan:
         self.wanted = {path for path, entry in entries.items() if entry.needs_content()}
         self.use_archive = False
 
-    def _scan_file(
-        self, entry: ManifestEntry, size: int, read: Callable[[], bytes]
-    ) -> FileText | None:
-        """One file's text; a file over the size cap is never read."""
+    def _scan_file(self, entry: ManifestEntry, size: int, data: bytes) -> FileText | None:
+        """One blob's text; `data` is the blob's bytes, checked already (empty when over the
+        size cap: such a file is never held)."""
+        if entry.path in self._scanned:
+            self.account.read_twice += 1
+        self._scanned.add(entry.path)
         entry.size = size
-        data = b"" if size > self.settings.max_file_bytes else read()
         reason = content_skip_reason(size, data, self.settings.max_file_bytes)
         if reason is not None:
             entry.skip_reason = reason.value
@@ -275,11 +306,26 @@ class RepositoryScan:
             raise
         except Exception as exc:  # a bug building documents: say which repository
             raise self._fail(f"cannot build line documents: {exc!r}", permanent=True) from exc
+        self._settle_account()
+
+    def _settle_account(self) -> None:
+        """What the run saw of the tree, once every file is read (see TreeAccount)."""
+        account = self.account
+        account.manifest_entries = len(self.entries)
+        account.to_read = len(self.wanted)
+        account.read = len(self._scanned & self.wanted)
+        if self._listing is not None and account.source == "tree listing":
+            account.entries_in_pages = self._listing.entries_in_pages
+            account.folders_in_pages = len(self._listing.folders)
+            account.folders = check_folders(
+                self._listing.folders,
+                ((e.path, e.mode, e.blob_sha) for e in self.entries.values()),
+            )
 
     def _files(self) -> Iterator[FileText]:
         """The texts of the wanted files, as they are read, with progress in the run log
         (out of the files to read when they are known: a full read lists them meanwhile)."""
-        total = None if self._listing is not None else len(self.wanted)
+        total = None if self._full_read else len(self.wanted)
         for count, text in enumerate(self._texts(), start=1):
             if self.progress is not None:
                 self.progress.update(count, total, self.stats.lines)
@@ -288,16 +334,16 @@ class RepositoryScan:
     def _texts(self) -> Iterator[FileText]:
         started = time.monotonic()
         try:
-            if self._listing is not None:
+            if self._full_read:
                 yield from self._read_everything()
                 return
             done: set[str] = set()
             if self.wanted and self.use_archive:
                 wanted = self.wanted
                 yield from self._from_archive_resuming(
-                    lambda path: path in wanted and path not in done, done
+                    self.entries.get, lambda entry: entry.path in wanted, done
                 )
-            yield from self._one_by_one(sorted(self.wanted - done))
+            yield from self._fetched_alone(done)
         except (ArchiveError, GitLabError) as exc:
             raise self._fail(exc) from exc
         except OSError as exc:  # the HTTP body broke off (requests' ChunkedEncodingError etc.)
@@ -306,26 +352,37 @@ class RepositoryScan:
             self.stats.seconds = time.monotonic() - started
 
     def _read_everything(self) -> Iterator[FileText]:
-        """The archive beside the tree listing; then what the archive left out, one by one."""
+        """The archive beside the tree listing, which runs to its last page; then what the
+        archive left out or rewrote, one by one."""
         listing = self._listing
         assert listing is not None
         done: set[str] = set()
-
-        def wanted(path: str) -> bool:
-            entry = listing.entry(path)
-            return entry is not None and entry.skip_reason is None and path not in done
-
         try:
-            yield from self._from_archive_resuming(wanted, done)
-        finally:
+            yield from self._from_archive_resuming(
+                listing.entry, lambda entry: entry.skip_reason is None, done
+            )
+        except BaseException:
             listing.stop()
+            raise
         self.entries = listing.complete()
         self.wanted = {p for p, e in self.entries.items() if e.skip_reason is None or p in done}
-        yield from self._one_by_one(sorted(self.wanted - done))
+        yield from self._fetched_alone(done)
         self.deleted = classify(self.entries, self._base, learn=False)
 
+    def _fetched_alone(self, done: set[str]) -> Iterator[FileText]:
+        """The wanted files the archive did not give as committed (or all, without one)."""
+        left = sorted(self.wanted - done)
+        rewritten = len(self._rewritten.intersection(left))
+        self.stats.files_rewritten_by_archive = rewritten
+        if self.use_archive:
+            self.stats.files_missing_from_archive = len(left) - rewritten
+        yield from self._one_by_one(left)
+
     def _from_archive_resuming(
-        self, wanted: Callable[[str], bool], done: set[str]
+        self,
+        lookup: Callable[[str], ManifestEntry | None],
+        wanted: Callable[[ManifestEntry], bool],
+        done: set[str],
     ) -> Iterator[FileText]:
         """The archive, asked for again when its download breaks off or arrives cut short.
 
@@ -337,7 +394,7 @@ class RepositoryScan:
         # yielded, and a retry decorator's context must not swallow the consumer's close().
         for attempt in range(1, self.settings.archive_attempts + 1):
             try:
-                yield from self._from_archive(wanted, done)
+                yield from self._from_archive(lookup, wanted, done)
                 return
             except (ArchiveError, OSError):
                 if attempt == self.settings.archive_attempts:
@@ -345,27 +402,56 @@ class RepositoryScan:
                 self.stats.archive_restarts += 1
                 time.sleep(self.settings.archive_retry_seconds * 2 ** (attempt - 1))
 
-    def _from_archive(self, wanted: Callable[[str], bool], done: set[str]) -> Iterator[FileText]:
-        """One streamed archive; each wanted file is read, then added to `done`."""
+    def _from_archive(
+        self,
+        lookup: Callable[[str], ManifestEntry | None],
+        wanted: Callable[[ManifestEntry], bool],
+        done: set[str],
+    ) -> Iterator[FileText]:
+        """One streamed archive; each wanted file that is its blob is read and added to
+        `done`. A file the tree does not list is noted (the listing ended early)."""
         chunks = self.source.archive_chunks(
             self.snapshot.project_id, self.snapshot.commit_sha, self.settings.archive_format
         )
         stream = ChunkStream(chunks)
         try:
             for member in iter_archive_files(stream):
-                if not wanted(member.path):
+                path = member.path
+                if path in done or path in self._rewritten or path in self._not_listed:
                     continue
-                listed = self._listing.entries if self._listing else self.entries
-                text = self._scan_file(listed[member.path], member.size, member.read)
-                done.add(member.path)
+                entry = lookup(path)
+                if entry is None:
+                    self._not_listed.add(path)
+                    self.account.archive_file_not_listed(path)
+                    continue
+                if not wanted(entry):
+                    continue
+                text = self._archive_file(entry, member)
+                if path in self._rewritten:
+                    continue
+                done.add(path)
                 self.stats.files_from_archive += 1
                 if text is not None:
                     yield text
         finally:
             self.stats.archive_bytes += stream.bytes_read
 
+    def _archive_file(self, entry: ManifestEntry, member: ArchiveFile) -> FileText | None:
+        """The member's text if its bytes are the blob's; otherwise the path is noted as
+        rewritten, to be fetched alone. A member over the cap is hashed as it streams by."""
+        if member.size > self.settings.max_file_bytes:
+            if streams_blob(entry.blob_sha, member.size, member.chunks()):
+                return self._scan_file(entry, member.size, b"")
+            self._rewritten.add(entry.path)
+            return None
+        data = member.read()
+        if not is_blob(data, entry.blob_sha):
+            self._rewritten.add(entry.path)
+            return None
+        return self._scan_file(entry, len(data), data)
+
     def _one_by_one(self, paths: list[str]) -> Iterator[FileText]:
-        """Raw blobs by id, a few at a time; also what the archive left out (export-ignore)."""
+        """Raw blobs by id, a few at a time; also what the archive left out or rewrote."""
         if not paths:
             return
         window = self.settings.fetch_workers * 4
@@ -375,16 +461,36 @@ class RepositoryScan:
                 blobs = pool.map(self._content, group)
                 for path, (size, data) in zip(group, blobs, strict=True):
                     self.stats.files_fetched_alone += 1
-                    text = self._scan_file(self.entries[path], size, lambda d=data: d)
+                    text = self._scan_file(self.entries[path], size, data)
                     if text is not None:
                         yield text
 
     def _content(self, path: str) -> tuple[int, bytes]:
-        """Size and content; a file known to be over the size cap is not downloaded."""
+        """Size and the blob's bytes, checked against its id. Never more than the cap is
+        downloaded: a file of unknown size is streamed and given up past the cap, and its
+        size asked of the files API (no content)."""
         entry = self.entries[path]
-        if entry.size is not None and entry.size > self.settings.max_file_bytes:
+        cap = self.settings.max_file_bytes
+        if entry.size is not None and entry.size > cap:
             return entry.size, b""
-        data = self.source.raw_blob(self.snapshot.project_id, entry.blob_sha)
+        data = self.source.raw_blob(self.snapshot.project_id, entry.blob_sha, limit=cap)
+        if len(data) > cap:
+            if entry.size is not None:  # smaller than GitLab said before: not the blob either
+                raise self._fail(f"blob {entry.blob_sha} is over its listed size", path)
+            blob, size = self.source.file_metadata(
+                self.snapshot.project_id, path, self.snapshot.commit_sha
+            )
+            if blob != entry.blob_sha:
+                raise self._fail(
+                    f"the files API names blob {blob}, the tree {entry.blob_sha}", path
+                )
+            return size, b""
+        if not is_blob(data, entry.blob_sha):
+            raise self._fail(
+                f"GitLab served {len(data)} bytes for blob {entry.blob_sha} that do not hash to "
+                "its id (a proxy or cache in between?)",
+                path,
+            )
         return len(data), data
 
     def skipped(self) -> dict[str, int]:

@@ -24,6 +24,10 @@ from gitlab_es_pipeline_tests.repos import (
 )
 
 MAX_FILE_BYTES = 1024 * 1024
+# A Git LFS pointer as `git lfs` writes it (its spec's example form).
+LFS_POINTER = re.compile(
+    rb"version https://git-lfs\.github\.com/spec/v1\noid sha256:[0-9a-f]{64}\nsize [0-9]+\n"
+)
 MAX_LINE_CHARS = 4096
 EXCLUDED = re.compile(
     r"(?:.*/)?node_modules/.*|(?:.*/)?[^/]*\.min\.js|(?:.*/)?[^/]*\.min\.css|(?:.*/)?[^/]*\.map"
@@ -204,6 +208,9 @@ def expected_documents(
         if len(data) > MAX_FILE_BYTES:
             expected.skipped[path] = "too_large"
             continue
+        if LFS_POINTER.fullmatch(data):
+            expected.skipped[path] = "lfs_pointer"
+            continue
         utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))  # a BOM: text full of NULs
         if b"\x00" in data[:8000] and not utf16:
             expected.skipped[path] = "binary"
@@ -283,3 +290,66 @@ def expected_after_runs(
             f"{web_url}/-/blob/{commit}/{quote(doc['file_path'])}#L{doc['line_number']}"
         )
     return expected
+
+
+# -- a repository whose .gitattributes make `git archive` differ from the tree ----------------
+
+#: Left out of archives by export-ignore: a folder, and files that sort last in the tree.
+EXPORT_IGNORED_PREFIXES = ("tests/", "zz-ignored/", "zzz-")
+#: Files whose archive copy is not their blob (export-subst, ident, working-tree-encoding, eol).
+REWRITTEN_BY_ARCHIVE = ("version.txt", "src/ident.c", "utf16.txt", "windows.bat")
+LFS_TRACKED = "assets/model.bin"
+ATTRIBUTES = (
+    "/tests export-ignore\n"
+    "/zz-ignored export-ignore\n"
+    "/zzz-* export-ignore\n"
+    "version.txt export-subst\n"
+    "src/ident.c ident\n"
+    "utf16.txt text working-tree-encoding=UTF-16LE-BOM\n"
+    "windows.bat text eol=crlf\n"
+    "*.bin filter=lfs diff=lfs merge=lfs -text\n"
+)
+
+
+def _use_git_lfs(repo: Path) -> None:
+    """git-lfs's filters in this repository only (what `git lfs install --local` writes):
+    `git add` stores a pointer and the object, `git archive` puts the object back."""
+    run_git(repo, "config", "filter.lfs.clean", "git-lfs clean -- %f")
+    run_git(repo, "config", "filter.lfs.smudge", "git-lfs smudge -- %f")
+    run_git(repo, "config", "filter.lfs.process", "git-lfs filter-process")
+    run_git(repo, "config", "filter.lfs.required", "true")
+
+
+def attributes_files(modules: int = 240) -> dict[str, FileSpec]:
+    """Enough files for three tree pages of 100, each kind of .gitattributes rewrite, an LFS
+    object, and export-ignored files, some of which sort last in the tree."""
+    files: dict[str, FileSpec] = {".gitattributes": ATTRIBUTES}
+    for i in range(modules):
+        files[f"src/pkg{i // 20:02d}/mod{i:03d}.py"] = (
+            f"VALUE_{i} = {i}\n\ndef f{i}():\n    return {i}\n"
+        )
+    files.update(
+        {
+            "version.txt": "commit: $Format:%H$\ndate: $Format:%cI$\nplain line\n",
+            "src/ident.c": "/* $Id$ */\nint main(void) { return 0; }\n",
+            # Written in UTF-16LE with a BOM; git stores it as UTF-8.
+            "utf16.txt": "\ufeffgrüße\nçà et là\n".encode("utf-16-le"),
+            "windows.bat": "@echo off\necho hello\n",
+            LFS_TRACKED: bytes(range(256)) * 40,  # stored as a pointer, the object beside
+            "tests/test_app.py": "def test_app():\n    assert True\n",
+            "tests/data/fixture.json": '{"a": 1}\n',
+            "zz-ignored/notes.md": "# ignored by archives\nstill in the tree\n",
+            # Enough of them that the tree's last pages hold only files the archive lacks.
+            **{f"zz-ignored/data/row{i:03d}.csv": f"{i},{i * i}\n" for i in range(150)},
+            "zzz-last.txt": "the last entry of the tree\n",
+            "zzz-really-last.txt": "after it\n",
+        }
+    )
+    return files
+
+
+def build_attributes_repo(path: Path) -> Path:
+    repo = init_repo(path)
+    _use_git_lfs(repo)
+    commit_files(repo, attributes_files(), "gitattributes at work")
+    return repo

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +68,56 @@ def commit_files(
         run_git(repo, "add", "--", rel)
     run_git(repo, "commit", "-q", "--allow-empty", "-m", message)
     return run_git(repo, "rev-parse", "HEAD").strip()
+
+
+def real_source_roots() -> list[tuple[str, Path]]:
+    """Real source trees every machine has: Python's standard library and the C headers."""
+    import sysconfig
+
+    return [
+        (
+            f"python{sys.version_info[0]}.{sys.version_info[1]}",
+            Path(sysconfig.get_paths()["stdlib"]),
+        ),
+        ("include", Path("/usr/include")),
+    ]
+
+
+def real_source_files(
+    roots: list[tuple[str, Path]], subfolders: tuple[str, ...] = (), max_lines: int | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """(path in the repository, bytes) of the regular files under the roots, in path order,
+    until about max_lines lines; compiled files and installed packages left out."""
+    lines = 0
+    for prefix, root in roots:
+        tops = [root / sub for sub in subfolders] if subfolders else [root]
+        for top in tops:
+            candidates = [top] if top.is_file() else sorted(top.rglob("*"))
+            for file in candidates:
+                if file.is_symlink() or not file.is_file():
+                    continue
+                relative = file.relative_to(root)
+                if {"__pycache__", "site-packages"} & set(relative.parts):
+                    continue
+                data = file.read_bytes()
+                yield f"{prefix}/{relative.as_posix()}", data
+                lines += data.count(b"\n")
+                if max_lines is not None and lines >= max_lines:
+                    return
+
+
+def fast_import(repo: Path, files: Iterable[tuple[str, bytes]], message: str = "import") -> str:
+    """One commit of many files on the main branch, by `git fast-import` (no work tree)."""
+    proc = subprocess.Popen(
+        ["git", "-C", str(repo), "fast-import", "--quiet"], stdin=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    head = f"commit refs/heads/main\ncommitter T <t@example.com> 1700000000 +0000\ndata {len(message)}\n{message}\n"
+    proc.stdin.write(head.encode())
+    for path, data in files:
+        quoted = '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        proc.stdin.write(f"M 100644 inline {quoted}\ndata {len(data)}\n".encode() + data + b"\n")
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError("git fast-import failed")
+    return run_git(repo, "rev-parse", "refs/heads/main").strip()

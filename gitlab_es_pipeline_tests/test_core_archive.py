@@ -99,3 +99,43 @@ def test_member_names_are_only_keys(tmp_path: Path) -> None:
     assert paths[0] == "../../escape.txt"
     assert paths[2] == "ok.txt"
     assert set(tmp_path.rglob("*")) == before
+
+
+def test_memory_does_not_grow_with_the_number_of_members(tmp_path: Path) -> None:
+    """tarfile keeps every header it reads; the reader must not, or a 100,000-file archive
+    holds 100,000 TarInfo objects until its end."""
+    import tarfile
+    import tracemalloc
+
+    def archive(members: int) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for i in range(members):
+                data = f"{i}\n".encode()
+                info = tarfile.TarInfo(f"proj-abc/dir/f{i:06d}.txt")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return out.getvalue()
+
+    def peak(data: bytes) -> int:
+        tracemalloc.start()
+        try:
+            count = sum(1 for member in iter_archive_files(io.BytesIO(data)) if member.read())
+            return tracemalloc.get_traced_memory()[1] if count else -1
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(archive(1_000)), peak(archive(20_000))
+    assert small > 0 and large < small + 256 * 1024  # not 20 x a TarInfo's kilobyte or so
+
+
+def test_chunks_give_the_whole_content_in_pieces(corpus_repos: dict[str, Path]) -> None:
+    repo = corpus_repos["acme/backend"]
+    for member in iter_archive_files(io.BytesIO(_git_archive(repo, "tar"))):
+        if member.path == "big.txt":
+            pieces = list(member.chunks(1 << 16))
+            assert len(pieces) > 10 and max(map(len, pieces)) == 1 << 16
+            assert b"".join(pieces) == _regular_files(repo)["big.txt"]
+            break
+    else:
+        raise AssertionError("big.txt not in the archive")

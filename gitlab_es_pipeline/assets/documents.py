@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetOut,
@@ -41,6 +44,8 @@ from gitlab_es_pipeline.resources import GitLabResource, IndexingResource
 from gitlab_es_pipeline.retries import step_failure, step_retry_policy
 from gitlab_es_pipeline.scanning import RepositoryError, RepositoryScan, ScanSettings
 from gitlab_es_pipeline.state import ES_INDEX, last_indexed
+
+MANIFEST_CHECK = "manifest_accounts_for_tree"
 
 
 class IndexRunConfig(Config):
@@ -163,6 +168,17 @@ def _compared_changes(
     partitions_def=repository_partitions,
     group_name="gitlab",
     can_subset=False,
+    check_specs=[
+        AssetCheckSpec(
+            MANIFEST_CHECK,
+            asset="file_manifest",
+            blocking=True,  # an incomplete manifest must not decide what the index deletes
+            description="The manifest holds every entry of the tree at the commit: as many "
+            "as the tree pages listed, every listed folder complete (its entries hash to its "
+            "tree id), no file of the archive missing from the listing, and every file that "
+            "needed reading read once and checked against its blob id.",
+        )
+    ],
     pool=GITLAB_POOL,
     retry_policy=step_retry_policy(),
 )
@@ -281,6 +297,8 @@ def manifest_and_line_documents(
                 "files_read": len(scan.wanted),
                 "files_from_archive": stats.files_from_archive,
                 "files_fetched_alone": stats.files_fetched_alone,
+                "files_missing_from_archive": stats.files_missing_from_archive,
+                "files_rewritten_by_archive": stats.files_rewritten_by_archive,
                 "archive_bytes": stats.archive_bytes,
                 "archive_restarts": stats.archive_restarts,
                 "arrow_memory_pool": memory_pool,
@@ -289,6 +307,19 @@ def manifest_and_line_documents(
                 "lines_per_second": round(stats.lines / stats.seconds) if stats.seconds else 0,
             },
         )
+    problems = scan.account.problems()
+    if problems:
+        context.log.error(f"{snapshot.repository_name}: " + "; ".join(problems))
+    yield AssetCheckResult(
+        check_name=MANIFEST_CHECK,
+        asset_key=AssetKey("file_manifest"),
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            **scan.account.metadata(),
+            "problems": MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        },
+    )
 
 
 _CHANGES = ("added", "modified", "deleted", "renamed", "unchanged")

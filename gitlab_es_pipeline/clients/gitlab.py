@@ -234,9 +234,25 @@ class GitLabSource:
             raise _explain(exc, f"file {path!r} of project {project_id} at {commit_sha}") from exc
         return headers["X-Gitlab-Blob-Id"], int(headers["X-Gitlab-Size"])
 
-    def raw_blob(self, project_id: int, blob_sha: str) -> bytes:
+    def raw_blob(self, project_id: int, blob_sha: str, limit: int | None = None) -> bytes:
+        """A blob's bytes by id. With a limit, streamed and given up after limit + 1 bytes:
+        more than `limit` means over the cap, and the rest is never downloaded."""
         project = self.gl.projects.get(project_id, lazy=True)
         try:
-            return project.repository_raw_blob(blob_sha, max_retries=self.max_retries)
+            chunks = project.repository_raw_blob(
+                blob_sha,
+                streamed=True,
+                iterator=True,
+                chunk_size=1 << 16,
+                max_retries=self.max_retries,
+            )
         except GitlabError as exc:
             raise _explain(exc, f"blob {blob_sha} of project {project_id}") from exc
+        received: list[bytes] = []
+        size = 0
+        for chunk in chunks:
+            received.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                break
+        return b"".join(received)

@@ -56,6 +56,14 @@ class ArchiveFile:
             raise ArchiveError(f"archive stream is cut off inside {self.path!r}")
         return data
 
+    def chunks(self, chunk_bytes: int = 1 << 16) -> Iterator[bytes]:
+        """The whole content a piece at a time: a file too large to hold can still be hashed."""
+        left = self.size
+        while left:
+            chunk = self.read(min(chunk_bytes, left))
+            left -= len(chunk)
+            yield chunk
+
 
 def _strip_prefix(name: str) -> str:
     # GitLab archives put everything under "<project>-<ref>-<sha>/".
@@ -87,7 +95,10 @@ def iter_archive_files(stream: IO[bytes]) -> Iterator[ArchiveFile]:
         with tarfile.open(
             fileobj=buffered, mode="r|*", encoding="utf-8", tarinfo=CheckedTarInfo
         ) as tar:
-            for member in tar:
+            while (member := tar.next()) is not None:
+                # tarfile keeps every header it read in `members` (for random access, which a
+                # stream has not): dropped, so memory does not grow with the archive.
+                tar.members.clear()
                 if not member.isfile():
                     continue
                 path = _strip_prefix(member.name)

@@ -8,6 +8,7 @@ from enum import Enum
 from functools import lru_cache
 
 from gitlab_es_pipeline.core.decoding import is_binary
+from gitlab_es_pipeline.core.lfs import is_lfs_pointer
 
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
 DEFAULT_EXCLUDED_PATHS: tuple[str, ...] = (
@@ -28,6 +29,7 @@ class SkipReason(str, Enum):
     SYMLINK = "symlink"
     EXCLUDED = "excluded"
     TOO_LARGE = "too_large"
+    LFS_POINTER = "lfs_pointer"  # the content lives outside the repository
     BINARY = "binary"
 
 
@@ -100,10 +102,13 @@ def tree_skip_reason(
     return None
 
 
-def content_skip_reason(size: int, head: bytes, max_file_bytes: int) -> SkipReason | None:
-    """What the content tells: the size first (no need to read a large file), then binary."""
+def content_skip_reason(size: int, data: bytes, max_file_bytes: int) -> SkipReason | None:
+    """What the blob tells: the size first (no need to read a large file), then whether it is
+    a Git LFS pointer, then binary."""
     if size > max_file_bytes:
         return SkipReason.TOO_LARGE
-    if is_binary(head):
+    if is_lfs_pointer(data):
+        return SkipReason.LFS_POINTER
+    if is_binary(data):
         return SkipReason.BINARY
     return None

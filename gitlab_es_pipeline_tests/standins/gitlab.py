@@ -129,6 +129,10 @@ class GitLabStandIn(StandInServer):
         self.requests: list[RecordedRequest] = []
         self.rate_limit = 2000
         self.compare_max_files = 1000  # GitLab's default diff limit
+        # Faults: a tree listing that ends after this many entries, without an error; archives
+        # with LFS objects in place of their pointers whatever include_lfs_blobs says.
+        self.tree_entries_served: int | None = None
+        self.archive_always_includes_lfs_blobs = False
         self.rate_window_seconds = 60
         self._window_start = time.time()
         self._window_count = 0
@@ -440,6 +444,8 @@ class GitLabStandIn(StandInServer):
         if listed is None:
             return Response(404, {"message": "404 Tree Not Found"})
         items, position = listed
+        if self.tree_entries_served is not None:
+            items = items[: self.tree_entries_served]
         path = f"/projects/{project.id}/repository/tree"
         if request.query.get("pagination") == "keyset":
             per_page = _per_page(request)
@@ -478,11 +484,18 @@ class GitLabStandIn(StandInServer):
         name = project.path_with_namespace.rpartition("/")[2]
         prefix = f"{name}-{sha}-{sha}/"
         git_format = "tar" if fmt == "tar" else "tar.gz"
+        # Gitaly runs `git archive`, so .gitattributes act as in GitLab; LFS objects replace
+        # their pointers unless include_lfs_blobs=false (GitLab's default is true).
+        lfs = self.archive_always_includes_lfs_blobs or _truthy(
+            request.query.get("include_lfs_blobs", "true")
+        )
+        no_lfs = ("-c", "filter.lfs.smudge=", "-c", "filter.lfs.process=")
         proc = subprocess.Popen(
             [
                 "git",
                 "-C",
                 project.repo,
+                *(() if lfs else (*no_lfs, "-c", "filter.lfs.required=false")),
                 "archive",
                 f"--format={git_format}",
                 f"--prefix={prefix}",
