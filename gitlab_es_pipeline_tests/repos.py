@@ -86,8 +86,9 @@ def real_source_roots() -> list[tuple[str, Path]]:
 def real_source_files(
     roots: list[tuple[str, Path]], subfolders: tuple[str, ...] = (), max_lines: int | None = None
 ) -> Iterator[tuple[str, bytes]]:
-    """(path in the repository, bytes) of the regular files under the roots, in path order,
-    until about max_lines lines; compiled files and installed packages left out."""
+    """(path in the repository, bytes) of the source files under the roots, in path order,
+    until about max_lines lines: text files of at most 1 MiB (no NUL in the first 8,000 bytes,
+    git's test); compiled files, libraries and installed packages left out."""
     lines = 0
     for prefix, root in roots:
         tops = [root / sub for sub in subfolders] if subfolders else [root]
@@ -99,7 +100,11 @@ def real_source_files(
                 relative = file.relative_to(root)
                 if {"__pycache__", "site-packages"} & set(relative.parts):
                     continue
+                if file.stat().st_size > 1 << 20:
+                    continue
                 data = file.read_bytes()
+                if b"\x00" in data[:8000]:
+                    continue
                 yield f"{prefix}/{relative.as_posix()}", data
                 lines += data.count(b"\n")
                 if max_lines is not None and lines >= max_lines:
