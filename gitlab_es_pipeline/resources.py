@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from dagster import ConfigurableResource, EnvVar, get_dagster_logger
 from elasticsearch import Elasticsearch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gitlab_es_pipeline.clients.elasticsearch import SERIALIZERS, LineIndex
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
@@ -56,6 +56,23 @@ class GitLabResource(ConfigurableResource):
     archive_retry_seconds: float = Field(
         default=15.0, ge=0, description="Wait before the first new archive request (doubles)"
     )
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="Send the token over plain http:// to a host other than this one (a "
+        "network you trust); refused otherwise, and warned about when allowed",
+    )
+    removal_guard_share: float = Field(
+        default=0.10,
+        ge=0,
+        le=1,
+        description="Discovery removes at most this share of the partitions at once; more "
+        "needs a person's confirmation (run config allow_mass_removal)",
+    )
+    removal_guard_count: int = Field(
+        default=2,
+        ge=0,
+        description="...or this many, when that is more (a small fleet, where 10 % is 1)",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
@@ -66,6 +83,13 @@ class GitLabResource(ConfigurableResource):
     @classmethod
     def _token_given(cls, value: str) -> str:
         return _checked_secret(value, "GITLAB_TOKEN")
+
+    @model_validator(mode="after")
+    def _token_not_in_clear(self) -> GitLabResource:
+        _refuse_credentials_in_clear(
+            self.url, isinstance(self.token, str), self.allow_insecure_http, "GITLAB", "token"
+        )
+        return self
 
     def group_paths(self) -> list[str]:
         return [g.strip().strip("/") for g in self.groups.split(",") if g.strip().strip("/")]
@@ -146,11 +170,24 @@ class ElasticsearchResource(ConfigurableResource):
     ca_certs: str = Field(
         default="", description="CA bundle (PEM file) to check the cluster's certificate against"
     )
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="Send the API key or password over plain http:// to a host other than "
+        "this one (a network you trust); refused otherwise, and warned about when allowed",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
     def _url_with_scheme(cls, value: str) -> str:
         return _checked_url(value, "ELASTICSEARCH_URL", "https://es.example.com:9200")
+
+    @model_validator(mode="after")
+    def _credentials_not_in_clear(self) -> ElasticsearchResource:
+        given = any(isinstance(v, str) and v for v in (self.api_key, self.password))
+        _refuse_credentials_in_clear(
+            self.url, given, self.allow_insecure_http, "ELASTICSEARCH", "API key or password"
+        )
+        return self
 
     def client(self) -> Elasticsearch:
         auth: dict[str, object] = {}
@@ -194,11 +231,46 @@ def _checked_url(value: str, variable: str, example: str, api_suffix: bool = Fal
     if isinstance(value, EnvVar):
         return value
     parts = urlsplit(value.strip())
+    shown = _without_userinfo(value.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{variable} must be a URL with a scheme, e.g. {example} (got {value!r})")
+        raise ValueError(f"{variable} must be a URL with a scheme, e.g. {example} (got {shown!r})")
     if api_suffix and parts.path.rstrip("/").endswith("/api/v4"):
-        raise ValueError(f"{variable} is the base URL, without /api/v4 (got {value!r})")
+        raise ValueError(f"{variable} is the base URL, without /api/v4 (got {shown!r})")
     return value.strip().rstrip("/")
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL as it may be shown: `user:password@` in it becomes `***@`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _refuse_credentials_in_clear(
+    url: object, credentials: bool, allowed: bool, prefix: str, what: str
+) -> None:
+    """Credentials over plain http:// cross the network readable by anyone on the path:
+    refused unless the operator says the network is trusted (then warned about). Loopback
+    traffic never leaves the machine."""
+    if not isinstance(url, str) or not credentials:
+        return
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or host in _LOOPBACK or host.startswith("127."):
+        return
+    if not allowed:
+        raise ValueError(
+            f"{prefix}_URL is plain http:// to {host}: the {what} would cross the network "
+            f"unencrypted. Use https://, or set {prefix}_ALLOW_INSECURE_HTTP=true if the "
+            "network is yours alone"
+        )
+    get_dagster_logger().warning(
+        f"{prefix}_ALLOW_INSECURE_HTTP: the {what} goes to {host} over plain http://"
+    )
 
 
 def _checked_secret(value: str, variable: str) -> str:
@@ -239,7 +311,10 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             token=EnvVar("GITLAB_TOKEN"),
             groups=_optional_env("GITLAB_GROUPS", ""),
             verify_tls=_flag("GITLAB_VERIFY_TLS", True),
+            allow_insecure_http=_flag("GITLAB_ALLOW_INSECURE_HTTP", False),
             ca_bundle=os.environ.get("GITLAB_CA_BUNDLE", ""),
+            removal_guard_share=float(os.environ.get("DISCOVERY_REMOVAL_GUARD_SHARE") or 0.10),
+            removal_guard_count=int(os.environ.get("DISCOVERY_REMOVAL_GUARD_COUNT") or 2),
         ),
         "elasticsearch": ElasticsearchResource(
             url=EnvVar("ELASTICSEARCH_URL"),
@@ -248,6 +323,7 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             password=_optional_env("ELASTICSEARCH_PASSWORD"),
             index=_optional_env("ELASTICSEARCH_INDEX", DEFAULT_INDEX),
             verify_certs=_flag("ELASTICSEARCH_VERIFY_CERTS", True),
+            allow_insecure_http=_flag("ELASTICSEARCH_ALLOW_INSECURE_HTTP", False),
             ca_certs=os.environ.get("ELASTICSEARCH_CA_CERTS", ""),
         ),
         "indexing": IndexingResource(),

@@ -156,6 +156,12 @@ def build_corpus(root: Path) -> dict[str, Path]:
     return repos
 
 
+def expected_id(project_id: int, path: str, line_number: int) -> str:
+    """A line document's id as the README documents it, computed here, not by the pipeline."""
+    digest = hashlib.blake2b(path.encode(), digest_size=16).hexdigest()
+    return f"{project_id}-{digest}-{line_number}"
+
+
 @dataclass
 class Expected:
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -218,9 +224,8 @@ def expected_documents(
         text = known_text.get(path) or data.decode("utf-8")
         if text.startswith("\ufeff"):
             text = text[1:]
-        digest = hashlib.blake2b(path.encode(), digest_size=16).hexdigest()
         for number, line in enumerate(_lines(text), start=1):
-            expected.documents[f"{project_id}-{digest}-{number}"] = {
+            expected.documents[expected_id(project_id, path, number)] = {
                 "project_id": project_id,
                 "visibility": visibility,
                 "repository_name": repository_name,

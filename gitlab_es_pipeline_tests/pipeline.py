@@ -59,12 +59,17 @@ class Pipeline:
             "parquet_io_manager": ParquetIOManager(base_path=str(self.storage)),
         }
 
-    def discover(self, raise_on_error: bool = True) -> ExecuteInProcessResult:
+    def discover(
+        self, raise_on_error: bool = True, allow_mass_removal: bool = False
+    ) -> ExecuteInProcessResult:
         return materialize(
             [repositories],
             instance=self.instance,
             resources=self.resources(),
             raise_on_error=raise_on_error,
+            run_config={
+                "ops": {"repositories": {"config": {"allow_mass_removal": allow_mass_removal}}}
+            },
         )
 
     def latest_metadata(self, asset: str, partition: str | None = None) -> dict[str, Any]:

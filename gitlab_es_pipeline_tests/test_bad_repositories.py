@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 from gitlab_es_pipeline.clients.gitlab import request_kind
-from gitlab_es_pipeline.core.documents import document_id
 from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline_tests.corpus import expected_id
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import Submodule, commit_files, init_repo, run_git
 
@@ -88,9 +88,9 @@ def test_a_100000_file_tree_is_indexed_with_requests_per_tree_page_only(
     documents = pipeline.es.documents(INDEX)
     listing = run_git(repo, "ls-tree", "-r", "--name-only", "main").splitlines()
     assert len(listing) == files
-    assert set(documents) == {document_id(project.id, path, 1) for path in listing}
+    assert set(documents) == {expected_id(project.id, path, 1) for path in listing}
     for path in listing[:: files // 50]:
-        assert documents[document_id(project.id, path, 1)]["line_content"] == run_git(
+        assert documents[expected_id(project.id, path, 1)]["line_content"] == run_git(
             repo, "show", f"main:{path}"
         ).rstrip("\n")
     assert pipeline.latest_metadata("file_manifest", "team/wide")["files"] == files

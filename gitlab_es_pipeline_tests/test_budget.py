@@ -1,11 +1,13 @@
 """GitLab request budgets, counted on the stand-in: full loads and incremental runs."""
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from gitlab_es_pipeline.clients.gitlab import request_kind
 from gitlab_es_pipeline_tests.corpus import MAX_FILE_BYTES, expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
@@ -32,9 +34,8 @@ def _indexed(pipeline: Pipeline, repo: Path, key: str) -> tuple[Any, str]:
 
 
 def _kinds(pipeline: Pipeline) -> dict[str, int]:
-    kinds = ("project", "branch", "tree", "archive", "compare", "file", "raw_blob", "commits")
-    counts = {kind: len(pipeline.gitlab.requests_of_kind(kind)) for kind in kinds}
-    return {k: v for k, v in counts.items() if v}
+    """Every request GitLab saw, by kind; one of no known kind counts as "other"."""
+    return dict(Counter(request_kind(r.raw_path) for r in pipeline.gitlab.requests))
 
 
 def _exact(pipeline: Pipeline, repo: Path, project, commits: list[str]) -> bool:
@@ -93,6 +94,24 @@ def test_a_cut_off_comparison_falls_back_to_the_tree(pipeline: Pipeline, tmp_pat
     pipeline.index("g/r")
     kinds = _kinds(pipeline)
     assert kinds["compare"] == 1 and kinds["tree"] == 1 and "file" not in kinds
+    assert _exact(pipeline, repo, project, [first, second])
+
+
+def test_a_comparison_flagged_compare_timeout_falls_back_to_the_tree(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """GitLab's limit below the pipeline's compare_max_files: the diff count looks fine, only
+    compare_timeout says the list was cut (a run trusting it would miss changed files)."""
+    repo = _repo_with_files(tmp_path / "r", 20)
+    project, first = _indexed(pipeline, repo, "g/r")
+    second = commit_files(repo, {f"src/f{i:05d}.py": f"new {i}\n" for i in range(5)})
+    pipeline.gitlab.compare_max_files = 3
+    pipeline.gitlab.requests.clear()
+    pipeline.index("g/r")
+    (compare,) = pipeline.gitlab.requests_of_kind("compare")
+    assert compare.status == 200
+    kinds = _kinds(pipeline)
+    assert kinds["tree"] == 1 and "file" not in kinds
     assert _exact(pipeline, repo, project, [first, second])
 
 

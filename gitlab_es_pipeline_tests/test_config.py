@@ -102,3 +102,50 @@ def test_an_alias_over_several_indices_is_refused_at_once(pipeline, tmp_path) ->
         "point the alias at one of them"
     )
     assert pipeline.es.bulk_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            lambda **o: ElasticsearchResource(url="http://es.internal:9200", api_key=SECRET, **o),
+            "ELASTICSEARCH_URL is plain http:// to es.internal: the API key or password",
+        ),
+        (
+            lambda **o: ElasticsearchResource(
+                url="http://es.internal:9200", username="u", password=SECRET, **o
+            ),
+            "ELASTICSEARCH_URL is plain http:// to es.internal: the API key or password",
+        ),
+        (
+            lambda **o: GitLabResource(url="http://gitlab.internal", token=SECRET, **o),
+            "GITLAB_URL is plain http:// to gitlab.internal: the token would cross",
+        ),
+    ],
+)
+def test_credentials_over_plain_http_are_refused_unless_allowed(
+    make, expected: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ValidationError, match=expected) as raised:
+        make()
+    assert SECRET not in str(raised.value)
+    with caplog.at_level("WARNING"):
+        make(allow_insecure_http=True)
+    assert "ALLOW_INSECURE_HTTP" in caplog.text and SECRET not in caplog.text
+
+
+def test_plain_http_is_fine_without_credentials_over_https_or_on_loopback() -> None:
+    ElasticsearchResource(url="http://es.internal:9200")  # no credentials: nothing to expose
+    ElasticsearchResource(url="https://es.internal:9200", api_key=SECRET)
+    ElasticsearchResource(url="http://127.0.0.1:9200", api_key=SECRET)
+    ElasticsearchResource(url="http://localhost:9200", api_key=SECRET)
+    GitLabResource(url="http://[::1]:8080", token=SECRET)
+
+
+def test_a_url_with_credentials_in_it_is_never_echoed() -> None:
+    with pytest.raises(ValidationError) as raised:
+        ElasticsearchResource(url=f"ftp://elastic:{SECRET}@es.internal:9200")
+    assert SECRET not in str(raised.value) and "***@es.internal:9200" in str(raised.value)
+    with pytest.raises(ValidationError) as raised:
+        GitLabResource(url=f"https://oauth2:{SECRET}@gitlab.example.com/api/v4", token="t")
+    assert SECRET not in str(raised.value) and "***@gitlab.example.com" in str(raised.value)

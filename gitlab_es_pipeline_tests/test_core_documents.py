@@ -1,7 +1,11 @@
 """Line documents, ids, links, manifests and bulk serialization."""
 
+import hashlib
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -29,7 +33,22 @@ SNAPSHOT = RepositorySnapshot(
 
 def test_document_ids_are_deterministic_short_and_distinct() -> None:
     long_path = "deep/" * 2000 + "file.txt"
-    assert document_id(7, "a.py", 1) == document_id(7, "a.py", 1)
+    # The documented form, computed here, and the same in another interpreter (no per-process
+    # salt, as Python's own hash() has).
+    digest = hashlib.blake2b(b"a.py", digest_size=16).hexdigest()
+    assert document_id(7, "a.py", 1) == f"7-{digest}-1"
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from gitlab_es_pipeline.core.documents import document_id as d; print(d(7, 'a.py', 1))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    ).stdout.strip()
+    assert other == f"7-{digest}-1"
     assert len(document_id(7, long_path, 123456).encode()) < 512
     ids = {
         document_id(p, path, n)

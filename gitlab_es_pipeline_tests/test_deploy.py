@@ -119,15 +119,22 @@ def test_everything_the_image_copies_exists_and_the_compose_file_builds_it(compo
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for line in _dockerfile().splitlines():
-        if line.startswith("COPY "):
-            *sources, _ = line.split()[1:]
-            for source in sources:
-                assert (ROOT / source).exists(), source
-                # ... and is sent to the builder (the build context leaves out .venv, tests).
-                parts = Path(source).parts
-                sent = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-                assert not any(fnmatch.fnmatch(p, pattern) for p in sent for pattern in ignored)
+    copies = [line for line in _dockerfile().splitlines() if line.startswith("COPY ")]
+    copied = [source for line in copies for source in line.split()[1:-1]]
+    # The image needs the project's metadata, its package and the instance and workspace files.
+    needed = {
+        "pyproject.toml",
+        "gitlab_es_pipeline",
+        "deploy/dagster.yaml",
+        "deploy/workspace.yaml",
+    }
+    assert needed <= set(copied), copied
+    for source in copied:
+        assert (ROOT / source).exists(), source
+        # ... and is sent to the builder (the build context leaves out .venv, tests).
+        parts = Path(source).parts
+        sent = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        assert not any(fnmatch.fnmatch(p, pattern) for p in sent for pattern in ignored)
     build = compose["services"]["code"]["build"]
     assert Path(build["context"]).resolve() == ROOT
     assert (ROOT / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"

@@ -12,10 +12,9 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterRunStatus, RunsFilter
 from dagster._daemon.monitoring.run_monitoring import check_run_timeout
 
-from gitlab_es_pipeline.core.documents import document_id
 from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits
 from gitlab_es_pipeline.state import last_indexed
-from gitlab_es_pipeline_tests.corpus import expected_after_runs
+from gitlab_es_pipeline_tests.corpus import expected_after_runs, expected_id
 from gitlab_es_pipeline_tests.pipeline import INDEX, RUN_KEY_TAG, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.run_partition import spec_of
@@ -131,7 +130,7 @@ def test_every_kind_of_change_is_applied_exactly_and_only_changed_files_are_sent
     assert es.bulk_actions["index"] == 2 + 5 + 6 + 4 + 3
     assert es.bulk_actions["delete"] == 4 + 3 + 4 + 4  # b 7-10, c.md, x.txt, toggle.dat
     app_id = fleet.app.id
-    assert document_id(app_id, "same/unchanged.py", 1) in es.documents(INDEX)
+    assert expected_id(app_id, "same/unchanged.py", 1) in es.documents(INDEX)
     meta = fleet.pipeline.instance.get_latest_materialization_event(AssetKey("file_manifest"))
     values = {k: v.value for k, v in meta.asset_materialization.metadata.items()}
     assert (

@@ -502,7 +502,9 @@ def test_the_tree_is_listed_while_the_archive_streams(pipeline: Pipeline, tmp_pa
         return None
 
     pipeline.gitlab.faults.append(slow_tree_pages)
+    peak_before = _peak_rss_mb_from_proc()
     pipeline.index("g/wide")
+    peak_after = _peak_rss_mb_from_proc()
     kinds = [kind for _, kind in sorted(seen)]
     assert kinds.count("tree") == 4 and kinds.count("archive") == 1
     assert kinds.index("archive") < 3  # asked for before the last tree pages came
@@ -515,8 +517,12 @@ def test_the_tree_is_listed_while_the_archive_streams(pipeline: Pipeline, tmp_pa
     # What a run needs, for sizing workers: the pool that returns memory, and the peak.
     documents = pipeline.latest_metadata("line_documents", "g/wide")
     assert documents["arrow_memory_pool"] in ("jemalloc", "system")
-    assert 50 < documents["peak_rss_mb"] < 4096
-    assert 50 < pipeline.latest_metadata("es_index", "g/wide")["peak_rss_mb"] < 4096
+    # Both steps ran in this process: their figure is its peak as the kernel counts it.
+    for peak in (
+        documents["peak_rss_mb"],
+        pipeline.latest_metadata("es_index", "g/wide")["peak_rss_mb"],
+    ):
+        assert peak_before - 1 <= peak <= peak_after + 1, (peak_before, peak, peak_after)
 
 
 @pytest.mark.faults
@@ -587,3 +593,11 @@ def test_long_steps_report_progress_in_the_run_log(pipeline: Pipeline, tmp_path:
     assert len(writes) == -(-lines // 10) + 1
     assert writes[-1].startswith(f"g/many: write: done, {lines:,} of {lines:,} documents in ")
     assert all(m.endswith("lines/s)") or m.endswith("documents/s)") for m in reads + writes)
+
+
+def _peak_rss_mb_from_proc() -> float:
+    """The process's peak resident memory from the kernel's own account (VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/self/status")

@@ -22,6 +22,7 @@ from gitlab_es_pipeline_tests.standins.http import Request, Response
 ROOT = Path(__file__).resolve().parents[1]
 GITLAB_SECRET = "glpat-CANARY-gitlab-7f3a9c"
 ES_SECRET = "CANARY-elastic-key-52be1d"
+ES_PASSWORD = "CANARY-elastic-password-90c4e7"
 
 
 def _files_containing(folder: Path, needle: bytes) -> list[str]:
@@ -32,7 +33,7 @@ def _files_containing(folder: Path, needle: bytes) -> list[str]:
 
 def test_secrets_appear_nowhere_the_pipeline_writes(tmp_path: Path) -> None:
     gitlab = GitLabStandIn(token=GITLAB_SECRET).start()
-    es = ElasticsearchStandIn(api_key=ES_SECRET).start()
+    es = ElasticsearchStandIn(api_key=ES_SECRET, basic_auth=("pipeline", ES_PASSWORD)).start()
     try:
         for key in ("team/app", "team/denied"):
             repo = init_repo(tmp_path / key.replace("/", "_"))
@@ -80,11 +81,29 @@ def test_secrets_appear_nowhere_the_pipeline_writes(tmp_path: Path) -> None:
             )
             assert (done.returncode == 0) is succeeds, done.stderr.decode()[-3000:]
             printed += done.stdout + done.stderr
+        # The command line, with a user and password instead of the API key: a search that
+        # finds, the status, and both with a wrong password (refused, said in one line).
+        script = str(Path(sys.executable).parent / "gitlab-es-pipeline")
+        cli_env = {k: v for k, v in env.items() if k != "ELASTICSEARCH_API_KEY"}
+        cli_env.update(ELASTICSEARCH_USERNAME="pipeline", ELASTICSEARCH_PASSWORD=ES_PASSWORD)
+        wrong = {**cli_env, "ELASTICSEARCH_PASSWORD": ES_PASSWORD + "-wrong"}
+        for args, environment, status in (
+            (["search", "-F", "print('hello')"], cli_env, 0),
+            (["status", "--no-heads"], cli_env, None),
+            (["search", "hello"], wrong, 2),
+            (["status", "--no-heads"], wrong, 2),
+        ):
+            done = subprocess.run(
+                [script, *args], env=environment, cwd=ROOT, capture_output=True, timeout=120
+            )
+            assert status is None or done.returncode == status, done.stderr.decode()
+            printed += done.stdout + done.stderr
+        assert b"team/app" in printed and b"main.py" in printed
         # It ran for real: documents indexed, the failure recorded in Dagster's storage.
         assert len(es.documents(INDEX)) == 6
         assert b"team/denied" in printed and b"HTTP 403" in printed
         assert _files_containing(home, b"HTTP 403")  # the scan reads the storage
-        for secret in (GITLAB_SECRET, ES_SECRET):
+        for secret in (GITLAB_SECRET, ES_SECRET, ES_PASSWORD):
             needle = secret.encode()
             assert needle not in printed
             assert _files_containing(home, needle) == []  # event log, runs, compute logs

@@ -19,7 +19,7 @@ from dagster import (
     asset,
 )
 
-from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError
+from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, SweepError
 from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
 from gitlab_es_pipeline.core.dead_letters import dead_letter_table
 from gitlab_es_pipeline.core.manifest import (
@@ -90,6 +90,11 @@ def es_index(
         new_index = index.ensure() == "created"
     except IndexSetupError as exc:
         raise step_failure(f"{snapshot.repository_name}: {exc}", permanent=True) from exc
+    for name, settings in index.restored_after_interrupted_load.items():
+        context.log.warning(
+            f"index {name}: its first load was cut short (the run killed?); settings restored: "
+            + ", ".join(f"{k}={v}" for k, v in settings.items())
+        )
     total = line_documents.num_rows
     progress = Progress(
         f"{snapshot.repository_name}: write",
@@ -109,7 +114,12 @@ def es_index(
     failed = written.failed + deleted.failed
     swept = 0
     if header.mode is BuildMode.FULL_REFRESH and not failed:
-        swept = index.delete_other_commits(snapshot.project_id, snapshot.commit_sha)
+        try:
+            swept = index.delete_other_commits(snapshot.project_id, snapshot.commit_sha)
+        except SweepError as exc:
+            raise step_failure(
+                f"{snapshot.repository_name}: removing documents of other commits: {exc}"
+            ) from exc
     outcome = {
         "documents_written": written.succeeded,
         "documents_deleted": deleted.results.get("deleted", 0) + swept,

@@ -34,6 +34,9 @@ from gitlab_es_pipeline.core.mapping import (
     missing_or_conflicting_fields,
 )
 
+# The mapping's _meta key under which a first load notes the settings to restore.
+LOAD_NOTE = "gitlab_es_pipeline_first_load"
+
 # Item statuses worth another try: the cluster is busy, not the document wrong.
 RETRYABLE_ITEM_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -105,6 +108,10 @@ SERIALIZERS = {
 
 class IndexSetupError(Exception):
     """The target index exists but cannot hold line documents."""
+
+
+class SweepError(Exception):
+    """A delete by query left documents behind or failed; nothing may be recorded as gone."""
 
 
 @dataclass
@@ -182,6 +189,7 @@ class LineIndex:
         self.keep_failures = keep_failures
         self.workers = max(1, workers)
         self._sleep = sleep
+        self.restored_after_interrupted_load: dict[str, dict[str, Any]] = {}
 
     def _exists(self) -> bool:
         try:
@@ -200,10 +208,13 @@ class LineIndex:
         """Create `<name>-v<N>` with our mapping and `<name>` as its alias, unless it exists.
 
         An existing index or alias is checked: it must carry every field of our mapping (those
-        added by later versions are put in), and an alias must point at one index.
+        added by later versions are put in), and an alias must point at one index. One whose
+        first load was cut short (the process killed inside bulk_load) gets back the settings
+        it had before: "restored" says so.
         """
         if self._exists():
             mappings = self.client.indices.get_mapping(index=self.name)
+            restored = self._finish_interrupted_load(mappings.body)
             if len(mappings.body) > 1:
                 raise IndexSetupError(
                     f"{self.name!r} is an alias of several indices "
@@ -221,7 +232,7 @@ class LineIndex:
                 added = fields_to_add(properties)
                 if added:  # an index made by an earlier version: new fields go in place
                     self.client.indices.put_mapping(index=index, properties=added)
-            return "existing"
+            return "restored" if restored else "existing"
         concrete = concrete_index_name(self.name)
         try:
             self.client.indices.create(
@@ -344,6 +355,10 @@ class LineIndex:
             }
             for index, body in current.items()
         }
+        # Written down in the index itself first: a process killed before the end cannot
+        # restore them, so the next run that finds this note does (ensure()).
+        for index, settings in previous.items():
+            self._note_load(index, settings)
         self.client.indices.put_settings(
             index=self.name, settings={"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
         )
@@ -353,6 +368,25 @@ class LineIndex:
             for index, settings in previous.items():
                 # None resets a setting to the cluster's default.
                 self.client.indices.put_settings(index=index, settings={"index": settings})
+                self._note_load(index, None)
+
+    def _note_load(self, index: str, settings: dict[str, Any] | None) -> None:
+        note = {LOAD_NOTE: {"restore": settings}} if settings is not None else {}
+        self.client.indices.put_mapping(index=index, meta=note)
+
+    def _finish_interrupted_load(self, mappings: dict[str, Any]) -> dict[str, Any]:
+        """Settings put back on indices whose first load never ended, by index."""
+        restored = {}
+        for index, body in mappings.items():
+            note = (body.get("mappings", {}).get("_meta") or {}).get(LOAD_NOTE)
+            if note is None:
+                continue
+            settings = note.get("restore") or {}
+            self.client.indices.put_settings(index=index, settings={"index": settings})
+            self._note_load(index, None)
+            restored[index] = settings
+        self.restored_after_interrupted_load = restored
+        return restored
 
     def refresh(self) -> None:
         self.client.indices.refresh(index=self.name)
@@ -365,12 +399,38 @@ class LineIndex:
         )
 
     def _delete_by_query(self, query: dict[str, Any]) -> int:
-        """For whole-repository sweeps only (removal, full refresh); never for ordinary updates."""
-        self.refresh()  # the sweep must see what this run just wrote
-        response = self.client.delete_by_query(
-            index=self.name, query=query, conflicts="proceed", refresh=True, slices="auto"
-        )
-        return int(response.get("deleted", 0))
+        """For whole-repository sweeps only (removal, full refresh); never for ordinary updates.
+
+        Done only when a count finds nothing left: documents changed under it (version
+        conflicts) are swept again after a refresh; shard failures fail it.
+        """
+        deleted = 0
+        for attempt in range(self.max_retries + 1):
+            self.refresh()  # the sweep must see what this run just wrote
+            response = self.client.delete_by_query(
+                index=self.name, query=query, conflicts="proceed", refresh=True, slices="auto"
+            )
+            deleted += int(response.get("deleted", 0))
+            failures = response.get("failures") or []
+            if failures:
+                raise SweepError(
+                    f"delete by query failed on {len(failures)} shards or documents "
+                    f"({_error_text(failures[0].get('cause', failures[0]))}); "
+                    f"{deleted} documents deleted so far"
+                )
+            if not response.get("version_conflicts"):
+                break
+            if attempt < self.max_retries:
+                delay = min(self.max_backoff, self.initial_backoff * 2**attempt)
+                self._sleep(delay * random.uniform(0.5, 1.0))
+        self.refresh()
+        left = int(self.client.count(index=self.name, query=query)["count"])
+        if left:
+            raise SweepError(
+                f"{left} documents still match after deleting {deleted} (written meanwhile, or "
+                "conflicting past every retry)"
+            )
+        return deleted
 
     def delete_other_commits(self, project_id: int, commit_sha: str) -> int:
         """After a full refresh: everything of the project not written at this commit is stale."""

@@ -255,6 +255,8 @@ class ElasticsearchStandIn(StandInServer):
                                 )
                     for index in targets:
                         index.mappings["properties"].update(copy.deepcopy(new))
+                        if "_meta" in (request.json() or {}):  # replaced whole, as in ES
+                            index.mappings["_meta"] = copy.deepcopy(request.json()["_meta"])
                     return Response(200, {"acknowledged": True})
                 return Response(200, {i.name: {"mappings": i.mappings} for i in targets})
             if op == "_settings":

@@ -591,7 +591,8 @@ class GitLabStandIn(StandInServer):
         )
 
     def _compare(self, request: Request, project: StandInProject) -> Response:
-        """Like GitLab: at most compare_max_files diffs; the rest is cut off."""
+        """Like GitLab: at most compare_max_files diffs; the rest is cut off, and
+        compare_timeout says so."""
         base = self._resolve(project, request.query.get("from"))
         head = self._resolve(project, request.query.get("to"))
         if base is None or head is None:
@@ -632,7 +633,8 @@ class GitLabStandIn(StandInServer):
                     {"id": c.split("\x00")[0], "title": c.split("\x00")[1]} for c in commits
                 ],
                 "diffs": diffs[: self.compare_max_files],
-                "compare_timeout": False,
+                # A comparison over the diff limits comes back cut, flagged as GitLab flags it.
+                "compare_timeout": len(diffs) > self.compare_max_files,
                 "compare_same_ref": base == head,
                 "web_url": f"{self.url}/{project.path_with_namespace}/-/compare/{base}...{head}",
             },

@@ -1,0 +1,186 @@
+"""Never delete, degrade or expose by accident (see the README's *Faults* and *Security*)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gitlab_es_pipeline.core.removals import CONFIRM_CONFIG, RemovalGuard
+from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline_tests.corpus import expected_documents
+from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo
+from gitlab_es_pipeline_tests.run_partition import spec_of
+from gitlab_es_pipeline_tests.standins.http import Request, Response
+
+
+@pytest.mark.parametrize(
+    ("partitions", "removing", "allowed"),
+    [(30, 3, True), (30, 4, False), (15, 2, True), (15, 3, False), (1000, 100, True)],
+)
+def test_the_guard_allows_a_share_or_a_small_count(
+    partitions: int, removing: int, allowed: bool
+) -> None:
+    guard = RemovalGuard(max_share=0.10, small_fleet_count=2)
+    keys = [f"g/p{i}" for i in range(removing)]
+    refusal = guard.refusal(partitions, keys)
+    assert (refusal is None) == allowed
+    if refusal is not None:
+        assert f"remove {removing} of {partitions} repositories" in refusal
+        assert CONFIRM_CONFIG in refusal and "g/p0" in refusal
+
+
+def _documents_of(pipeline: Pipeline, key: str) -> int:
+    return sum(1 for d in pipeline.es.documents(INDEX).values() if d["repository_name"] == key)
+
+
+def test_discovery_refuses_a_mass_removal_until_a_person_confirms_it(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    repo = init_repo(tmp_path / "shared")
+    commit_files(repo, {"a.py": "x = 1\ny = 2\n"})
+    for i in range(30):
+        pipeline.gitlab.add_project(f"team/r{i:02d}", str(repo))
+    pipeline.discover()
+    assert len(pipeline.partitions()) == 30
+    for key in ("team/r00", "team/r29"):
+        pipeline.index(key)
+    ids = {p.path_with_namespace: pid for pid, p in pipeline.gitlab.projects.items()}
+
+    # A few gone at once: removed, and listed in the metadata.
+    for key in ("team/r01", "team/r02", "team/r03"):
+        del pipeline.gitlab.projects[ids[key]]
+    pipeline.discover()
+    meta = pipeline.latest_metadata("repositories")
+    assert meta["partitions_removed"] == 3
+    assert meta["removed"] == "- team/r01\n- team/r02\n- team/r03"
+
+    # A token that lost access to a group: ten at once is refused, nothing changes.
+    for i in range(20, 30):
+        del pipeline.gitlab.projects[ids[f"team/r{i:02d}"]]
+    result = pipeline.discover(raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert failure is not None
+    assert failure.description.startswith("discovery would remove 10 of 27 repositories (37%)")
+    assert "team/r29" in failure.description and CONFIRM_CONFIG in failure.description
+    assert len(pipeline.partitions()) == 27
+    assert _documents_of(pipeline, "team/r29") == 2
+    assert last_indexed(pipeline.instance, "team/r29") is not None
+
+    # Confirmed from the launchpad: removed with their documents, listed.
+    pipeline.discover(allow_mass_removal=True)
+    assert len(pipeline.partitions()) == 17
+    assert _documents_of(pipeline, "team/r29") == 0 and _documents_of(pipeline, "team/r00") == 2
+    meta = pipeline.latest_metadata("repositories")
+    assert meta["partitions_removed"] == 10 and "- team/r29" in meta["removed"]
+
+
+def _delete_by_query_answers(kind: str, times: int):  # type: ignore[no-untyped-def]
+    """The next `times` deletes by query answer without deleting anything: with version
+    conflicts (documents changed under it), with a shard failure, or claiming success."""
+    answered = [0]
+
+    def fault(request: Request) -> Response | None:
+        if not request.raw_path.endswith("/_delete_by_query") or answered[0] >= times:
+            return None
+        answered[0] += 1
+        body: dict = {"took": 1, "timed_out": False, "total": 2, "deleted": 0, "failures": []}
+        body["version_conflicts"] = 2 if kind == "conflicts" else 0
+        if kind == "failure":
+            body["failures"] = [
+                {"shard": 0, "status": 500, "cause": {"type": "node_disconnected_exception"}}
+            ]
+        if kind == "claims_success":
+            body["deleted"] = 2
+        return Response(200, body, headers={"X-Elastic-Product": "Elasticsearch"})
+
+    return fault
+
+
+@pytest.mark.parametrize("kind", ["conflicts", "failure", "claims_success"])
+def test_a_removal_is_recorded_only_when_no_document_is_left(
+    pipeline: Pipeline, tmp_path: Path, kind: str
+) -> None:
+    repo = init_repo(tmp_path / "shared")
+    commit_files(repo, {"a.py": "x = 1\ny = 2\n"})
+    for key in ("team/keep", "team/gone"):
+        pipeline.gitlab.add_project(key, str(repo))
+    pipeline.discover()
+    pipeline.index("team/keep")
+    pipeline.index("team/gone")
+    gone = next(
+        p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == "team/gone"
+    )
+    del pipeline.gitlab.projects[gone.id]
+    pipeline.es_options["bulk_initial_backoff_seconds"] = 0.05  # the wait between sweeps
+    pipeline.es.faults.append(_delete_by_query_answers(kind, times=1))
+    result = pipeline.discover(raise_on_error=False)
+    sweeps = [p for _, p in pipeline.es.requests if p.endswith("/_delete_by_query")]
+    if kind == "conflicts":  # swept again after a refresh, then counted: done
+        assert result.success and len(sweeps) == 2
+        assert pipeline.partitions() == ["team/keep"]
+        assert _documents_of(pipeline, "team/gone") == 0
+        assert last_indexed(pipeline.instance, "team/gone") is None
+        return
+    assert not result.success and len(sweeps) == 1
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert failure is not None and failure.description.startswith(
+        "team/gone: removing its documents"
+    )
+    expected = "failed on 1 shards" if kind == "failure" else "2 documents still match"
+    assert expected in failure.description
+    # Not recorded as removed: the partition and its state stay, to be removed next time.
+    assert pipeline.partitions() == ["team/gone", "team/keep"]
+    assert last_indexed(pipeline.instance, "team/gone") is not None
+    pipeline.discover()
+    assert pipeline.partitions() == ["team/keep"] and _documents_of(pipeline, "team/gone") == 0
+    assert _documents_of(pipeline, "team/keep") == 2
+
+
+@pytest.fixture
+def project_pipeline(gitlab_server, es_server, project_instance, tmp_path: Path) -> Pipeline:  # type: ignore[no-untyped-def]
+    """A pipeline whose instance a run in another process can open (DAGSTER_HOME)."""
+    return Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
+def test_a_first_load_killed_mid_write_has_its_index_settings_restored_by_the_next_run(
+    project_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    pipeline = project_pipeline
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, {f"f{i}.py": f"line {i}\n" * 30 for i in range(20)})
+    project = pipeline.gitlab.add_project("team/app", str(repo))
+    pipeline.discover()
+    runner = [sys.executable, "-m", "gitlab_es_pipeline_tests.run_partition"]
+    child = subprocess.Popen([*runner, spec_of(pipeline, "team/app")])
+
+    def kill_at_the_first_document(kind: str, meta: dict, source: object) -> None:
+        if kind == "index" and child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+
+    pipeline.es.item_faults.append(kill_at_the_first_document)
+    try:
+        assert child.wait(timeout=180) == -signal.SIGKILL
+    finally:
+        pipeline.es.item_faults.clear()
+    index = pipeline.es.indices[f"{INDEX}-v1"]
+    assert index.settings["index"]["refresh_interval"] == "-1"  # degraded, as the kill left it
+    assert str(index.settings["index"]["number_of_replicas"]) == "0"
+
+    result = pipeline.index("team/app")
+    after = index.settings["index"]
+    assert "refresh_interval" not in after and "number_of_replicas" not in after  # defaults
+    assert "_meta" not in index.mappings or not index.mappings["_meta"]
+    logs = pipeline.instance.all_logs(result.run_id)
+    assert any("first load was cut short" in (r.user_message or "") for r in logs)
+    url = f"{pipeline.gitlab.url}/team/app"
+    expected = expected_documents(repo, project.id, "team/app", "main", url)
+    assert pipeline.es.documents(INDEX) == expected.documents
