@@ -90,6 +90,15 @@ def fleet_state(instance: DagsterInstance) -> FleetState:
     return FleetState(indexed, removed_at)
 
 
+def attempted_elsewhere(instance: DagsterInstance, partition: str, run_id: str) -> bool:
+    """Whether another run set out to write the partition's documents: one that failed or was
+    killed may have written some that no manifest describes."""
+    planned = instance.fetch_planned_materializations(
+        AssetRecordsFilter(asset_key=ES_INDEX, asset_partitions=[partition]), limit=2
+    ).records
+    return any(record.event_log_entry.run_id != run_id for record in planned)
+
+
 def forget(instance: DagsterInstance, partition: str, documents_deleted: int) -> None:
     """Record that the repository's documents are gone, so its old state no longer counts."""
     instance.report_runless_asset_event(

@@ -184,3 +184,33 @@ def test_a_first_load_killed_mid_write_has_its_index_settings_restored_by_the_ne
     url = f"{pipeline.gitlab.url}/team/app"
     expected = expected_documents(repo, project.id, "team/app", "main", url)
     assert pipeline.es.documents(INDEX) == expected.documents
+
+
+def test_the_first_success_after_a_failed_first_load_removes_what_it_left(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The failed first load wrote gone.py's lines; gone.py is deleted before the next run,
+    which is a first load too (nothing was ever indexed) and must not keep them."""
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, {"a.py": "x = 1\ny = 2\n", "gone.py": "old = 1\nold = 2\nold = 3\n"})
+    project = pipeline.gitlab.add_project("team/app", str(repo))
+    pipeline.discover()
+
+    def refuse_one(kind: str, meta: dict, source: dict | None) -> dict | None:
+        if source and source["file_path"] == "a.py" and source["line_number"] == 2:
+            return {"_id": meta["_id"], "status": 400, "error": {"type": "x", "reason": "no"}}
+        return None
+
+    pipeline.es.item_faults.append(refuse_one)
+    assert not pipeline.index("team/app", raise_on_error=False).success
+    assert any(d["file_path"] == "gone.py" for d in pipeline.es.documents(INDEX).values())
+    assert last_indexed(pipeline.instance, "team/app") is None
+    pipeline.es.item_faults.clear()
+    commit_files(repo, {}, "remove gone.py", delete=("gone.py",))
+
+    assert pipeline.index("team/app").success
+    assert pipeline.latest_metadata("file_manifest", "team/app")["mode"] == "full_refresh"
+    url = f"{pipeline.gitlab.url}/team/app"
+    expected = expected_documents(repo, project.id, "team/app", "main", url)
+    assert pipeline.es.documents(INDEX) == expected.documents
+    assert pipeline.latest_metadata("es_index", "team/app")["documents_deleted"] == 3

@@ -43,7 +43,7 @@ from gitlab_es_pipeline.pools import GITLAB_POOL
 from gitlab_es_pipeline.resources import GitLabResource, IndexingResource
 from gitlab_es_pipeline.retries import step_failure, step_retry_policy
 from gitlab_es_pipeline.scanning import RepositoryError, RepositoryScan, ScanSettings
-from gitlab_es_pipeline.state import ES_INDEX, last_indexed
+from gitlab_es_pipeline.state import ES_INDEX, attempted_elsewhere, last_indexed
 
 MANIFEST_CHECK = "manifest_accounts_for_tree"
 
@@ -97,8 +97,16 @@ def _choose_mode(
     """Incremental against the indexed manifest when there is a trustworthy one."""
     state = last_indexed(context.instance, context.partition_key)
     if state is None:
-        # Never indexed, but a crashed first run may have left documents: sweep on request.
-        return (BuildMode.FULL_REFRESH if config.full_refresh else BuildMode.FULL), None, None
+        # Never indexed. A first load that failed or was killed may have left documents that
+        # no manifest describes (of files gone since): a full refresh sweeps them.
+        leftovers = attempted_elsewhere(context.instance, context.partition_key, context.run_id)
+        if leftovers and not config.full_refresh:
+            context.log.info(
+                f"{snapshot.repository_name}: never indexed, but an earlier run set out to; "
+                "rebuilding as a full refresh to sweep what it may have left"
+            )
+        mode = BuildMode.FULL_REFRESH if config.full_refresh or leftovers else BuildMode.FULL
+        return mode, None, None
     stored = store.read_partition(ES_INDEX, context.partition_key)
     header = ManifestHeader.of(stored) if stored is not None else None
     if header is None or header.snapshot.commit_sha != state.commit_sha:
