@@ -73,6 +73,7 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
         path=args.path,
         extensions=tuple(args.ext or ()),
         language=args.language,
+        visibilities=tuple(v.strip() for v in (args.visibility or "").split(",") if v.strip()),
         limit=args.max_count,
     )
     try:
@@ -201,6 +202,11 @@ def parser() -> argparse.ArgumentParser:
     find.add_argument("-p", "--path", help="file path wildcard, e.g. 'src/*.go' (* crosses /)")
     find.add_argument("-e", "--ext", action="append", help="file extension; repeat for several")
     find.add_argument("-l", "--language", help="a language's extensions, e.g. python, go")
+    find.add_argument(
+        "--visibility",
+        help="only projects of these visibilities, e.g. 'public,internal' (what a reader "
+        "without access to private projects may see)",
+    )
     find.add_argument("-n", "--max-count", type=int, default=20, help="matches shown (20)")
     find.add_argument("--json", action="store_true", help="the matches as JSON documents")
     find.set_defaults(run=search)

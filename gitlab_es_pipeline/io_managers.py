@@ -127,6 +127,22 @@ class ParquetStore(UPathIOManager):
         if path.exists():
             path.unlink()
 
+    def forget_partition(self, asset_keys: list[AssetKey], partition: str) -> None:
+        """Every file kept for a partition of these assets, and the folders left empty by it
+        (a key "group/project" is a folder per group): nothing of it stays."""
+        for asset_key in asset_keys:
+            self.withdraw_partition(asset_key, partition)
+            path = self.partition_path(asset_key, partition)
+            top = self._base_path.joinpath(*asset_key.path)
+            folder = path.parent
+            while folder != top and str(folder).startswith(str(top)):
+                try:
+                    if folder.exists() and not any(folder.iterdir()):
+                        folder.rmdir()
+                except OSError:  # not empty after all, or an object store without folders
+                    break
+                folder = folder.parent
+
 
 def default_storage_url() -> str:
     home = os.environ.get("DAGSTER_HOME")

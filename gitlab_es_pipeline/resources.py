@@ -126,6 +126,13 @@ class IndexingResource(ConfigurableResource):
         description="An incremental run fetches up to this many changed files one by one; "
         "more, and it streams the archive instead",
     )
+    keep_line_documents: bool = Field(
+        default=True,
+        description="Keep each repository's line_documents Parquet (a full copy of its "
+        "changed source) after es_index wrote it; false drops it once the write succeeded: "
+        "less source on disk, but es_index can no longer be re-executed alone from the UI and "
+        "the documents are not there to inspect",
+    )
     compare_max_files: int = Field(
         default=1000,
         description="GitLab's diff limit (max_diff_files): a comparison with this many files "
@@ -326,5 +333,5 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             allow_insecure_http=_flag("ELASTICSEARCH_ALLOW_INSECURE_HTTP", False),
             ca_certs=os.environ.get("ELASTICSEARCH_CA_CERTS", ""),
         ),
-        "indexing": IndexingResource(),
+        "indexing": IndexingResource(keep_line_documents=_flag("KEEP_LINE_DOCUMENTS", True)),
     }

@@ -22,6 +22,11 @@ from gitlab_es_pipeline.partitions import repository_partitions
 
 ES_INDEX = AssetKey("es_index")
 FILE_MANIFEST = AssetKey("file_manifest")
+LINE_DOCUMENTS = AssetKey("line_documents")
+# Where each partition's dead letters are kept, beside the assets (not an asset itself).
+DEAD_LETTERS = AssetKey("es_index_dead_letters")
+# Everything kept on disk for a partition: all of it goes when its repository leaves.
+STAGED = [FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX, DEAD_LETTERS]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ comes from DAGSTER_HOME (and DAGSTER_PG_URL), as for the test that starts it.
 """
 
 import json
+import os
+import signal
+import subprocess
 import sys
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +28,32 @@ def spec_of(pipeline: Pipeline, partition: str, tags: dict[str, str] | None = No
             "tags": tags or {},
         }
     )
+
+
+def run_killed(
+    pipeline: Pipeline, partition: str, at_item: str, tags: dict[str, str] | None = None
+) -> None:
+    """A run of the partition in a process of its own, killed (SIGKILL) when Elasticsearch
+    gets its first bulk item of kind `at_item` ("index": the first document; "delete": once
+    its documents are written, as a run's index operations are all answered first)."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gitlab_es_pipeline_tests.run_partition",
+            spec_of(pipeline, partition, tags),
+        ]
+    )
+
+    def kill(kind: str, meta: dict, source: object) -> None:
+        if kind == at_item and child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+
+    pipeline.es.item_faults.append(kill)
+    try:
+        assert child.wait(timeout=180) == -signal.SIGKILL
+    finally:
+        pipeline.es.item_faults.remove(kill)
 
 
 def main(spec: dict[str, Any]) -> None:

@@ -312,3 +312,27 @@ def test_files_of_unknown_size_are_never_downloaded_past_the_cap(
     source = pipeline.resources()["gitlab"].source()
     data = source.raw_blob(project.id, rows["tests/big_fixture.txt"]["blob_sha"], limit=cap)
     assert cap < len(data) <= cap + (1 << 16)
+
+
+def test_a_raw_blob_that_is_not_its_id_fails_the_run_naming_the_file(
+    pipeline: Pipeline, attributes_repo: Path
+) -> None:
+    """A proxy or cache serving something else for a blob: never indexed as that blob."""
+    pipeline.gitlab.add_project(KEY, str(attributes_repo))
+    pipeline.discover()
+    blob = run_git(attributes_repo, "rev-parse", "HEAD:src/ident.c").strip()
+
+    def other_bytes(request: Request, path: str) -> Response | None:
+        if path.endswith(f"/repository/blobs/{blob}/raw"):
+            return Response(200, b"/* not this blob */\n", content_type="text/plain")
+        return None
+
+    pipeline.gitlab.faults.append(other_bytes)
+    pipeline.gitlab_options["max_retries"] = 0
+    result = pipeline.index(KEY, raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[-1].step_failure_data.user_failure_data
+    assert failure is not None
+    assert failure.description.startswith(f"{KEY}: src/ident.c: GitLab served 20 bytes for blob")
+    assert "do not hash to its id" in failure.description
+    assert pipeline.es.documents(INDEX) == {}

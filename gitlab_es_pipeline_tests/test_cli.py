@@ -173,3 +173,22 @@ def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "gitlab-es-pipeline"
     result = subprocess.run([str(script), "search", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--fixed-strings" in result.stdout
+
+
+@ON_SQLITE
+def test_search_can_keep_to_projects_of_some_visibilities(
+    pipeline: Pipeline, fleet: dict[str, Path]
+) -> None:
+    """team/app made public and indexed again (a change of visibility rewrites its
+    documents); team/lib stays private."""
+    app = pipeline.gitlab._find_project("team/app")
+    assert app is not None
+    app.visibility = "public"
+    pipeline.index("team/app")
+    everyone = found("search", "parse_config")
+    assert "team/lib:" in everyone and "team/app:" in everyone
+    public = found("search", "parse_config", "--visibility", "public,internal")
+    assert "team/app:" in public and "team/lib:" not in public
+    code, _ = run("search", "parse_config", "--visibility", "private")
+    assert code == 0
+    assert run("search", "parse_config", "--visibility", "secret")[0] == 2

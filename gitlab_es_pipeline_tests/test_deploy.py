@@ -90,13 +90,51 @@ def test_compose_takes_secrets_from_the_env_file_and_gives_them_only_where_neede
     assert es["ELASTIC_PASSWORD"] == example["ELASTIC_PASSWORD"]
     code = services["code"]["environment"]
     assert code["GITLAB_TOKEN"] == example["GITLAB_TOKEN"]
-    assert code["ELASTICSEARCH_PASSWORD"] == example["ELASTIC_PASSWORD"]
+    # The pipeline's own user, never the superuser, whose password only es-setup gets.
+    assert code["ELASTICSEARCH_USERNAME"] == "gitlab_es_pipeline"
+    assert code["ELASTICSEARCH_PASSWORD"] == example["ES_PIPELINE_PASSWORD"]
+    assert example["ELASTIC_PASSWORD"] not in code.values()
+    holders = {n for n, s in services.items() if "ELASTIC_PASSWORD" in s.get("environment", {})}
+    assert holders == {"elasticsearch", "es-setup", "kibana-setup"}
+    assert services["code"]["depends_on"]["es-setup"]["condition"] == (
+        "service_completed_successfully"
+    )
     assert code["DAGSTER_PG_PASSWORD"] == example["POSTGRES_PASSWORD"]
     for name in ("webserver", "daemon"):
         assert "GITLAB_TOKEN" not in services[name]["environment"], name
         assert "ELASTICSEARCH_PASSWORD" not in services[name]["environment"], name
     # Kibana only on request.
     assert services["kibana"]["profiles"] == ["kibana"]
+
+
+def test_compose_makes_least_privilege_users_for_the_pipeline_and_for_search(
+    compose: dict,
+) -> None:
+    """The roles es-setup puts, read back from the command the container runs."""
+    import json
+    import re
+
+    command = compose["services"]["es-setup"]["command"][-1]
+    bodies = {
+        name: json.loads(body.replace("$$INDEX", "gitlab-lines").replace('\\"', '"'))
+        for name, body in re.findall(r'put (\S+) "(\{.*?\})";', command)
+    }
+    writer = bodies["role/gitlab_es_pipeline_writer"]
+    reader = bodies["role/gitlab_es_pipeline_reader"]
+    for role in (writer, reader):
+        assert role["cluster"] == []  # no cluster privilege at all
+        (grant,) = role["indices"]
+        assert grant["names"] == ["gitlab-lines", "gitlab-lines-*"]  # its index and versions
+    assert set(writer["indices"][0]["privileges"]) == {
+        "create_index",
+        "manage",  # settings during a first load, mapping fields added in place, refresh
+        "read",  # counts and the sweep's delete by query
+        "write",  # documents indexed and deleted
+        "view_index_metadata",
+    }
+    assert set(reader["indices"][0]["privileges"]) == {"read", "view_index_metadata"}
+    assert bodies["user/gitlab_es_pipeline"]["roles"] == ["gitlab_es_pipeline_writer"]
+    assert bodies["user/gitlab_es_search"]["roles"] == ["gitlab_es_pipeline_reader"]
 
 
 def test_compose_refuses_to_run_without_the_passwords(tmp_path: Path) -> None:

@@ -1,10 +1,7 @@
 """Keeping the index in step: the sensor, incremental runs, exact deletes, discovery changes."""
 
 import logging
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +14,7 @@ from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs, expected_id
 from gitlab_es_pipeline_tests.pipeline import INDEX, RUN_KEY_TAG, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
-from gitlab_es_pipeline_tests.run_partition import spec_of
+from gitlab_es_pipeline_tests.run_partition import run_killed
 
 BINARY = b"\x00\x01binary\x00" * 20
 
@@ -212,20 +209,8 @@ def test_a_full_refresh_rebuilds_and_removes_everything_stale(fleet: Fleet) -> N
 def _run_killed_inside_es_index(
     pipeline: Pipeline, partition: str, tags: dict[str, str] | None = None
 ) -> None:
-    """A run of the partition in a process of its own, killed (SIGKILL) once its documents are
-    written: the index operations of a run are all answered before its first delete."""
-    runner = [sys.executable, "-m", "gitlab_es_pipeline_tests.run_partition"]
-    child = subprocess.Popen([*runner, spec_of(pipeline, partition, tags)])
-
-    def kill_once_documents_are_written(kind: str, meta: dict, source: object) -> None:
-        if kind == "delete" and child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-
-    pipeline.es.item_faults.append(kill_once_documents_are_written)
-    try:
-        assert child.wait(timeout=180) == -signal.SIGKILL
-    finally:
-        pipeline.es.item_faults.clear()
+    """Killed once its documents are written: at its first delete."""
+    run_killed(pipeline, partition, "delete", tags)
 
 
 @pytest.mark.faults

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from gitlab_es_pipeline.core.removals import CONFIRM_CONFIG, RemovalGuard
-from gitlab_es_pipeline.state import last_indexed
-from gitlab_es_pipeline_tests.corpus import expected_documents
+from gitlab_es_pipeline.state import DEAD_LETTERS, last_indexed
+from gitlab_es_pipeline_tests.corpus import expected_after_runs, expected_documents
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
-from gitlab_es_pipeline_tests.run_partition import spec_of
+from gitlab_es_pipeline_tests.run_partition import run_killed
 from gitlab_es_pipeline_tests.standins.http import Request, Response
 
 
@@ -159,18 +156,7 @@ def test_a_first_load_killed_mid_write_has_its_index_settings_restored_by_the_ne
     commit_files(repo, {f"f{i}.py": f"line {i}\n" * 30 for i in range(20)})
     project = pipeline.gitlab.add_project("team/app", str(repo))
     pipeline.discover()
-    runner = [sys.executable, "-m", "gitlab_es_pipeline_tests.run_partition"]
-    child = subprocess.Popen([*runner, spec_of(pipeline, "team/app")])
-
-    def kill_at_the_first_document(kind: str, meta: dict, source: object) -> None:
-        if kind == "index" and child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-
-    pipeline.es.item_faults.append(kill_at_the_first_document)
-    try:
-        assert child.wait(timeout=180) == -signal.SIGKILL
-    finally:
-        pipeline.es.item_faults.clear()
+    run_killed(pipeline, "team/app", at_item="index")
     index = pipeline.es.indices[f"{INDEX}-v1"]
     assert index.settings["index"]["refresh_interval"] == "-1"  # degraded, as the kill left it
     assert str(index.settings["index"]["number_of_replicas"]) == "0"
@@ -214,3 +200,76 @@ def test_the_first_success_after_a_failed_first_load_removes_what_it_left(
     expected = expected_documents(repo, project.id, "team/app", "main", url)
     assert pipeline.es.documents(INDEX) == expected.documents
     assert pipeline.latest_metadata("es_index", "team/app")["documents_deleted"] == 3
+
+
+def _files_under(storage: Path) -> list[str]:
+    return sorted(str(p.relative_to(storage)) for p in storage.rglob("*"))
+
+
+def test_a_removed_repository_leaves_nothing_on_disk(pipeline: Pipeline, tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, {"a.py": "x = 1\n"})
+    gone = pipeline.gitlab.add_project("solo/app", str(repo))
+    pipeline.gitlab.add_project("team/stays", str(repo))
+    pipeline.discover()
+    pipeline.index("solo/app")
+    pipeline.index("team/stays")
+    # A dead-letter table, as a run with documents refused for good leaves one.
+    store = pipeline.resources()["parquet_io_manager"].create_io_manager(None)
+    store.store_partition(DEAD_LETTERS, "solo/app", pa.table({"x": [1]}))
+    before = _files_under(pipeline.storage)
+    assert sum("solo" in f for f in before) >= 8  # 4 folders and 4 files
+    del pipeline.gitlab.projects[gone.id]
+    pipeline.discover()
+    after = _files_under(pipeline.storage)
+    assert [f for f in after if "solo" in f] == []
+    assert {f for f in before if "solo" not in f} <= set(after)  # the other one's are kept
+
+
+def test_line_documents_can_be_dropped_once_written(pipeline: Pipeline, tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "app")
+    first = commit_files(repo, {"a.py": "x = 1\n", "b.py": "y = 2\n"})
+    project = pipeline.gitlab.add_project("team/app", str(repo))
+    pipeline.indexing["keep_line_documents"] = False
+    pipeline.discover()
+    pipeline.index("team/app")
+    stored = _files_under(pipeline.storage)
+    assert "line_documents/team/app.parquet" not in stored
+    assert {"file_manifest/team/app.parquet", "es_index/team/app.parquet"} <= set(stored)
+    second = commit_files(repo, {"a.py": "x = 3\n"})
+    assert pipeline.index("team/app").success  # incremental from the kept manifest
+    assert pipeline.latest_metadata("file_manifest", "team/app")["mode"] == "incremental"
+    url = f"{pipeline.gitlab.url}/team/app"
+    expected = expected_after_runs(repo, [first, second], project.id, "team/app", "main", url)
+    assert pipeline.es.documents(INDEX) == expected.documents
+    assert "line_documents/team/app.parquet" not in _files_under(pipeline.storage)
+
+
+def test_a_repository_removed_while_its_run_writes_leaves_no_documents(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Discovery sweeps the repository and deletes its partition while an index run is
+    writing: the run's later writes would outlive the sweep. The run notices, sweeps again and
+    records nothing."""
+    from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, {f"f{i}.py": f"line {i}\n" * 5 for i in range(10)})
+    pipeline.gitlab.add_project("team/app", str(repo))
+    pipeline.discover()
+    pipeline.es_options["bulk_max_docs"] = 10  # several bulk requests
+
+    def discovery_finishes_meanwhile(kind: str, meta: dict, source: object) -> None:
+        if pipeline.partitions():  # what discovery's removal ends with
+            pipeline.instance.delete_dynamic_partition(REPOSITORIES_PARTITION, "team/app")
+
+    pipeline.es.item_faults.append(discovery_finishes_meanwhile)
+    result = pipeline.index("team/app", raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert failure is not None and "discovery removed this repository while the run wrote" in (
+        failure.description or ""
+    )
+    assert pipeline.es.documents(INDEX) == {}
+    assert last_indexed(pipeline.instance, "team/app") is None
+    assert [f for f in _files_under(pipeline.storage) if "team" in f] == []

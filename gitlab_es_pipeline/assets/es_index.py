@@ -11,7 +11,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     DataVersion,
     MetadataValue,
     Output,
@@ -33,15 +32,13 @@ from gitlab_es_pipeline.core.manifest import (
 from gitlab_es_pipeline.core.progress import Progress
 from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore
 from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
-from gitlab_es_pipeline.partitions import repository_partitions
+from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION, repository_partitions
 from gitlab_es_pipeline.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource, IndexingResource
 from gitlab_es_pipeline.retries import step_failure, step_retry_policy
-from gitlab_es_pipeline.state import ES_INDEX
+from gitlab_es_pipeline.state import DEAD_LETTERS, ES_INDEX, LINE_DOCUMENTS, STAGED
 
 DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
-# Where each partition's dead letters are kept, beside the assets (not an asset itself).
-DEAD_LETTERS = AssetKey("es_index_dead_letters")
 _FAILURES_SHOWN = 20
 
 
@@ -154,7 +151,19 @@ def es_index(
                 "dead_letters": MetadataValue.path(kept),
             },
         )
+    if not context.instance.has_dynamic_partition(REPOSITORIES_PARTITION, partition):
+        # Discovery removed the repository while this run wrote: what the run wrote after
+        # discovery's sweep would stay forever. Swept again, and nothing recorded.
+        removed = index.delete_repository(snapshot.project_id, snapshot.repository_name)
+        parquet_io_manager.forget_partition(STAGED, partition)
+        raise step_failure(
+            f"{snapshot.repository_name}: discovery removed this repository while the run "
+            f"wrote; its {removed} documents were deleted again and nothing is recorded",
+            permanent=True,
+        )
     parquet_io_manager.withdraw_partition(DEAD_LETTERS, partition)
+    if not indexing.keep_line_documents:  # a copy of the source, no longer needed
+        parquet_io_manager.withdraw_partition(LINE_DOCUMENTS, partition)
     yield Output(
         present_rows(manifest),
         data_version=DataVersion(snapshot.commit_sha),

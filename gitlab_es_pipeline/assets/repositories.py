@@ -6,6 +6,7 @@ from dagster import (
     Config,
     Failure,
     MetadataValue,
+    ResourceParam,
     TableColumn,
     TableRecord,
     TableSchema,
@@ -16,10 +17,11 @@ from pydantic import Field
 from gitlab_es_pipeline.clients.elasticsearch import SweepError
 from gitlab_es_pipeline.core.projects import Project, is_indexable, projects_table
 from gitlab_es_pipeline.core.removals import RemovalGuard
+from gitlab_es_pipeline.io_managers import ParquetStore
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import GITLAB_POOL, ensure_pools
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
-from gitlab_es_pipeline.state import failing_partitions, forget, last_indexed
+from gitlab_es_pipeline.state import STAGED, failing_partitions, forget, last_indexed
 
 _PREVIEW_ROWS = 200  # the full list is the asset's Parquet file
 
@@ -45,6 +47,7 @@ def repositories(
     config: DiscoveryConfig,
     gitlab: GitLabResource,
     elasticsearch: ElasticsearchResource,
+    parquet_io_manager: ResourceParam[ParquetStore],
 ) -> pa.Table:
     """Every non-archived, non-empty project (in GITLAB_GROUPS if set), one partition each.
 
@@ -93,9 +96,10 @@ def repositories(
             except SweepError as exc:  # the partition stays, to be removed again next time
                 raise Failure(f"{key}: removing its documents: {exc}") from exc
             forget(context.instance, key, deleted)
+            parquet_io_manager.forget_partition(STAGED, key)  # its copies of the source too
             documents_deleted += deleted
             context.instance.delete_dynamic_partition(REPOSITORIES_PARTITION, key)
-            context.log.info(f"{key}: gone from GitLab; partition and documents removed")
+            context.log.info(f"{key}: gone from GitLab; partition, documents and files removed")
     table = projects_table(list(found.values()))
     failing = failing_partitions(context.instance, sorted(keys))
     context.log.info(f"{len(keys)} repositories: {len(added)} added, {len(removed)} removed")

@@ -52,7 +52,11 @@ class SearchOptions:
     path: str | None = None  # wildcard pattern on the file path (`*` also crosses `/`)
     extensions: tuple[str, ...] = ()
     language: str | None = None
+    visibilities: tuple[str, ...] = ()  # of the projects: private, internal, public
     limit: int = 20
+
+
+VISIBILITIES = frozenset({"private", "internal", "public"})
 
 
 class SearchError(ValueError):
@@ -108,6 +112,14 @@ def search_body(options: SearchOptions) -> dict[str, Any]:
                 }
             }
         )
+    if options.visibilities:
+        unknown = sorted(set(options.visibilities) - VISIBILITIES)
+        if unknown:
+            raise SearchError(
+                f"unknown visibility {', '.join(map(repr, unknown))}; known: "
+                + ", ".join(sorted(VISIBILITIES))
+            )
+        filters.append({"terms": {"visibility": sorted(set(options.visibilities))}})
     if options.path:
         filters.append(_patterned("file_path", options.path))
     extensions = _extensions(options)
