@@ -154,7 +154,13 @@ def es_index(
     if not context.instance.has_dynamic_partition(REPOSITORIES_PARTITION, partition):
         # Discovery removed the repository while this run wrote: what the run wrote after
         # discovery's sweep would stay forever. Swept again, and nothing recorded.
-        removed = index.delete_repository(snapshot.project_id, snapshot.repository_name)
+        try:
+            removed = index.delete_repository(snapshot.project_id, snapshot.repository_name)
+        except SweepError as exc:
+            raise step_failure(
+                f"{snapshot.repository_name}: removed by discovery while the run wrote, and "
+                f"removing its documents again failed: {exc}"
+            ) from exc
         parquet_io_manager.forget_partition(STAGED, partition)
         raise step_failure(
             f"{snapshot.repository_name}: discovery removed this repository while the run "
