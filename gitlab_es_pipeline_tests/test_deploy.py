@@ -324,3 +324,57 @@ def test_run_executor_from_the_environment() -> None:
     assert executor("in_process").stdout.strip() == "in_process"
     wrong = executor("celery")
     assert wrong.returncode != 0 and "RUN_EXECUTOR" in wrong.stderr
+
+
+# Keys the official chart's schema (helm/dagster/schema, pydantic models with extra="forbid")
+# allows in the blocks this project sets; a misspelt key is refused by `helm install`.
+_CHART_KEYS = {
+    "concurrency": {"enabled", "pools", "runs"},
+    "concurrency.pools": {"defaultLimit", "granularity", "opGranularityRunBuffer"},
+    "concurrency.runs": {"maxConcurrentRuns", "tagConcurrencyLimits"},
+    "pythonLogs": {"pythonLogLevel", "managedPythonLoggers", "dagsterHandlerConfig"},
+    "computeLogManager": {"type", "config"},
+    "serviceAccount": {"create", "name", "annotations"},
+}
+
+
+def _at(values: dict, dotted: str) -> dict:
+    for part in dotted.split("."):
+        values = values[part]
+    return values
+
+
+def test_helm_values_give_the_chart_what_each_readme_promise_needs() -> None:
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    for block, allowed in _CHART_KEYS.items():
+        assert set(_at(values, block)) <= allowed, block
+    # The run cap and one run per repository: the chart renders `concurrency` into the
+    # instance only when enabled (it is off by default).
+    assert values["concurrency"]["enabled"] is True
+    assert values["concurrency"]["runs"]["maxConcurrentRuns"] > 0
+    # Storage: the image's driver is psycopg2 (dagster-postgres requires it); the chart's
+    # default scheme would ask SQLAlchemy 2 for psycopg 3, which is not installed.
+    assert values["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+    from importlib.metadata import requires
+
+    assert any(r.startswith("psycopg2") for r in requires("dagster-postgres") or [])
+    dockerfile = _dockerfile()
+    # The run launcher's run worker lives in the user-code image, of dagster's own release.
+    assert re.search(r'"dagster-k8s>=0\.29,<0\.30"', dockerfile)
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    env = {e["name"]: e.get("value") for e in deployment["env"]}
+    # An s3:// Parquet store needs s3fs in the image and AWS credentials in every run pod.
+    if env["PARQUET_STORAGE_URL"].startswith("s3://"):
+        assert '"s3fs' in dockerfile
+        role = values["serviceAccount"]["annotations"].get("eks.amazonaws.com/role-arn")
+        assert values["serviceAccount"]["create"] is True and role
+    # The JSON-line run logs of the README: the same handler as deploy/dagster.yaml's, and
+    # compute logs kept where the webserver reads them after a run pod is gone.
+    instance = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    assert (
+        values["pythonLogs"]["dagsterHandlerConfig"]
+        == (instance["python_logs"]["dagster_handler_config"])
+    )
+    assert values["computeLogManager"]["type"] == "S3ComputeLogManager"
+    assert values["computeLogManager"]["config"]["s3ComputeLogManager"]["bucket"]
+    assert '"dagster-aws>=0.29,<0.30"' in dockerfile
