@@ -311,6 +311,11 @@ def _optional_env(name: str, default: str | None = None) -> EnvVar | str | None:
     return EnvVar(name) if os.environ.get(name) else default
 
 
+def _set_in_env(**fields: str) -> dict[str, str]:
+    """Resource fields whose variables are set; the others keep the field's own default."""
+    return {field: os.environ[name] for field, name in fields.items() if os.environ.get(name)}
+
+
 def resources_from_env() -> dict[str, ConfigurableResource]:
     return {
         "gitlab": GitLabResource(
@@ -320,8 +325,10 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             verify_tls=_flag("GITLAB_VERIFY_TLS", True),
             allow_insecure_http=_flag("GITLAB_ALLOW_INSECURE_HTTP", False),
             ca_bundle=os.environ.get("GITLAB_CA_BUNDLE", ""),
-            removal_guard_share=float(os.environ.get("DISCOVERY_REMOVAL_GUARD_SHARE") or 0.10),
-            removal_guard_count=int(os.environ.get("DISCOVERY_REMOVAL_GUARD_COUNT") or 2),
+            **_set_in_env(
+                removal_guard_share="DISCOVERY_REMOVAL_GUARD_SHARE",
+                removal_guard_count="DISCOVERY_REMOVAL_GUARD_COUNT",
+            ),
         ),
         "elasticsearch": ElasticsearchResource(
             url=EnvVar("ELASTICSEARCH_URL"),

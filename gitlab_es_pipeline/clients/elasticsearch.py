@@ -210,11 +210,11 @@ class LineIndex:
         An existing index or alias is checked: it must carry every field of our mapping (those
         added by later versions are put in), and an alias must point at one index. One whose
         first load was cut short (the process killed inside bulk_load) gets back the settings
-        it had before: "restored" says so.
+        it had before (`restored_after_interrupted_load` says which).
         """
         if self._exists():
             mappings = self.client.indices.get_mapping(index=self.name)
-            restored = self._finish_interrupted_load(mappings.body)
+            self._finish_interrupted_load(mappings.body)
             if len(mappings.body) > 1:
                 raise IndexSetupError(
                     f"{self.name!r} is an alias of several indices "
@@ -232,7 +232,7 @@ class LineIndex:
                 added = fields_to_add(properties)
                 if added:  # an index made by an earlier version: new fields go in place
                     self.client.indices.put_mapping(index=index, properties=added)
-            return "restored" if restored else "existing"
+            return "existing"
         concrete = concrete_index_name(self.name)
         try:
             self.client.indices.create(
@@ -374,8 +374,8 @@ class LineIndex:
         note = {LOAD_NOTE: {"restore": settings}} if settings is not None else {}
         self.client.indices.put_mapping(index=index, meta=note)
 
-    def _finish_interrupted_load(self, mappings: dict[str, Any]) -> dict[str, Any]:
-        """Settings put back on indices whose first load never ended, by index."""
+    def _finish_interrupted_load(self, mappings: dict[str, Any]) -> None:
+        """Puts back the settings of indices whose first load never ended; notes them."""
         restored = {}
         for index, body in mappings.items():
             note = (body.get("mappings", {}).get("_meta") or {}).get(LOAD_NOTE)
@@ -386,7 +386,6 @@ class LineIndex:
             self._note_load(index, None)
             restored[index] = settings
         self.restored_after_interrupted_load = restored
-        return restored
 
     def refresh(self) -> None:
         self.client.indices.refresh(index=self.name)
