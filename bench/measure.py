@@ -34,7 +34,7 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
     instance = args.instance
     resources = {
         "gitlab": GitLabResource(url=args.gitlab, token=TOKEN),
-        "elasticsearch": ElasticsearchResource(url=args.es, api_key=API_KEY),
+        "elasticsearch": ElasticsearchResource(url=args.es, api_key=args.es_api_key or None),
         "indexing": IndexingResource(),
         "parquet_io_manager": ParquetIOManager(base_path=os.path.join(args.home, "parquet")),
     }
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--es", required=True)
     parser.add_argument("--project", action="append", required=True)
     parser.add_argument("--home")
+    parser.add_argument("--es-api-key", default=API_KEY, help="'' for a cluster without one")
     args = parser.parse_args()
     # Imports are not what is measured. The package first, as Dagster's step processes load
     # it: it chooses allocators before pyarrow loads (see gitlab_es_pipeline/memory.py).

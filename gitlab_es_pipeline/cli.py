@@ -11,17 +11,22 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from dagster import DagsterInstance
-from elasticsearch import ApiError, TransportError
 from requests import RequestException
 
-from gitlab_es_pipeline.clients.elasticsearch import client_mismatch
+from gitlab_es_pipeline.clients.engines import EngineError, EngineUnreachable, SearchEngine
 from gitlab_es_pipeline.clients.gitlab import GitLabError
-from gitlab_es_pipeline.core.search import SearchError, SearchOptions, grep_line, search_body
+from gitlab_es_pipeline.core.search import (
+    SearchError,
+    SearchOptions,
+    grep_line,
+    search_body,
+    verify,
+)
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, resources_from_env
 from gitlab_es_pipeline.status import RepositoryStatus, repository_status, selected_repositories
 
@@ -56,9 +61,10 @@ def _unreachable(service: str, url: str, exc: Exception) -> Trouble:
     """The service, where, and why, in one line; credentials in a URL are left out."""
     parts = urlsplit(url)
     where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    if isinstance(exc, ApiError):
-        reason = client_mismatch(exc) or f"HTTP {exc.meta.status} {exc.error}"
-        return Trouble(f"{service} at {where} refused the request: {reason}")
+    if isinstance(exc, EngineError):
+        return Trouble(f"{service} at {where} refused the request: {exc.reason or exc.error}")
+    if isinstance(exc, EngineUnreachable):
+        return Trouble(f"cannot reach {service} at {where}: {exc}")
     found = re.search(r"\[Errno -?\d+\][^')\]]*|timed out|certificate verify failed", str(exc))
     reason = found.group(0).strip() if found else type(exc).__name__
     return Trouble(f"cannot reach {service} at {where}: {reason}")
@@ -82,11 +88,16 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
         raise Trouble(str(exc)) from None
     resource: ElasticsearchResource = _resource("elasticsearch")
     try:
-        response = resource.client().search(index=resource.index, **body).body
-    except (ApiError, TransportError) as exc:
+        engine = resource.search_engine()
+        check = verify(options)
+        if check is None:
+            response = engine.search(resource.index, body)
+            hits = [hit["_source"] for hit in response["hits"]["hits"]]
+            total = response["hits"]["total"]["value"]
+        else:
+            hits, total = _checked_hits(engine, resource.index, body, check, options.limit)
+    except (EngineError, EngineUnreachable) as exc:
         raise _unreachable("Elasticsearch", resource.url, exc) from None
-    hits = [hit["_source"] for hit in response["hits"]["hits"]]
-    total = response["hits"]["total"]["value"]
     if args.json:
         json.dump({"total": total, "matches": hits}, out, indent=2)
         out.write("\n")
@@ -98,6 +109,30 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
         if total > len(hits):
             print(f"({total - len(hits)} more; raise -n to see them)", file=sys.stderr)
     return FOUND if hits else NOT_FOUND
+
+
+def _checked_hits(
+    engine: SearchEngine,
+    index: str,
+    body: dict[str, Any],
+    check: Callable[[str], bool],
+    limit: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """Every line the engine returns, page by page in grep order, kept when `check` holds:
+    the first `limit` of them, and how many there are."""
+    hits: list[dict[str, Any]] = []
+    total = 0
+    page_body = {**body, "size": 1000, "track_total_hits": False}
+    while True:
+        page = engine.search(index, page_body)["hits"]["hits"]
+        for hit in page:
+            if check(hit["_source"]["line_content"]):
+                total += 1
+                if len(hits) < limit:
+                    hits.append(hit["_source"])
+        if len(page) < page_body["size"]:
+            return hits, total
+        page_body["search_after"] = page[-1]["sort"]
 
 
 def _short(sha: str | None) -> str:
@@ -155,12 +190,15 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
         documents_of = None
         if repositories:
             resource: ElasticsearchResource = _resource("elasticsearch")
-            index = resource.line_index()
+            try:
+                index = resource.line_index()
+            except (EngineError, EngineUnreachable) as exc:
+                raise _unreachable("Elasticsearch", resource.url, exc) from None
 
             def documents_of(repository: str, project_id: int | None) -> int:
                 try:
                     return index.count(project_id, repository)
-                except (ApiError, TransportError) as exc:
+                except (EngineError, EngineUnreachable) as exc:
                     raise _unreachable("Elasticsearch", resource.url, exc) from None
 
         statuses = [

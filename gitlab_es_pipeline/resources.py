@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from dagster import ConfigurableResource, EnvVar, get_dagster_logger
-from elasticsearch import Elasticsearch
 from pydantic import Field, field_validator, model_validator
 
-from gitlab_es_pipeline.clients.elasticsearch import SERIALIZERS, LineIndex
+from gitlab_es_pipeline.clients.elasticsearch import LineIndex
+from gitlab_es_pipeline.clients.engines import ENGINE_SETTINGS, Connection, SearchEngine, connect
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
 from gitlab_es_pipeline.core.filtering import (
     DEFAULT_EXCLUDED_PATHS,
@@ -149,6 +150,10 @@ class ElasticsearchResource(ConfigurableResource):
     model_config = _HIDE_INPUT  # type: ignore[assignment]
 
     url: str = Field(description="Elasticsearch URL, e.g. https://es.example.com:9200")
+    engine: str = Field(
+        default="auto",
+        description="elasticsearch, opensearch, or auto: as the cluster's root answer says",
+    )
     api_key: str | None = Field(default=None, description="ELASTICSEARCH_API_KEY (preferred)")
     username: str | None = Field(default=None)
     password: str | None = Field(default=None)
@@ -188,6 +193,13 @@ class ElasticsearchResource(ConfigurableResource):
     def _url_with_scheme(cls, value: str) -> str:
         return _checked_url(value, "ELASTICSEARCH_URL", "https://es.example.com:9200")
 
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if isinstance(value, str) and value not in ENGINE_SETTINGS:
+            raise ValueError(f"ELASTICSEARCH_ENGINE must be one of {', '.join(ENGINE_SETTINGS)}")
+        return value
+
     @model_validator(mode="after")
     def _credentials_not_in_clear(self) -> ElasticsearchResource:
         given = any(isinstance(v, str) and v for v in (self.api_key, self.password))
@@ -196,33 +208,27 @@ class ElasticsearchResource(ConfigurableResource):
         )
         return self
 
-    def client(self) -> Elasticsearch:
-        auth: dict[str, object] = {}
-        if self.api_key:
-            auth["api_key"] = self.api_key
-        elif self.username:
-            auth["basic_auth"] = (self.username, self.password or "")
-        verify = _tls_verification("Elasticsearch", self.verify_certs, self.ca_certs)
-        tls: dict[str, object] = {}
-        if self.url.startswith("https:"):  # the client refuses TLS options for plain HTTP
-            tls = {"verify_certs": verify is not False}
-            if isinstance(verify, str):
-                tls["ca_certs"] = verify
-            if verify is False:
-                tls["ssl_show_warn"] = False  # warned once, by us
-        return Elasticsearch(
-            self.url,
-            request_timeout=self.request_timeout_seconds,
-            retry_on_timeout=True,
-            max_retries=3,
-            serializers=SERIALIZERS,
-            **auth,
-            **tls,
+    def connection(self) -> Connection:
+        return Connection(
+            url=self.url,
+            api_key=self.api_key or None,
+            username=self.username or None,
+            password=self.password,
+            verify=_tls_verification("Elasticsearch", self.verify_certs, self.ca_certs),
+            timeout=self.request_timeout_seconds,
         )
+
+    def search_engine(self) -> SearchEngine:
+        """Elasticsearch or OpenSearch, as the cluster says (or ELASTICSEARCH_ENGINE)."""
+        return connect(self.connection(), self.engine)
+
+    def client(self) -> Any:
+        """The engine's own Python client (elasticsearch-py or opensearch-py)."""
+        return self.search_engine().client
 
     def line_index(self) -> LineIndex:
         return LineIndex(
-            self.client(),
+            self.search_engine(),
             self.index,
             max_chunk_bytes=self.bulk_max_bytes,
             max_chunk_docs=self.bulk_max_docs,
@@ -332,6 +338,7 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
         ),
         "elasticsearch": ElasticsearchResource(
             url=EnvVar("ELASTICSEARCH_URL"),
+            engine=os.environ.get("ELASTICSEARCH_ENGINE", "auto").strip().lower() or "auto",
             api_key=_optional_env("ELASTICSEARCH_API_KEY"),
             username=_optional_env("ELASTICSEARCH_USERNAME"),
             password=_optional_env("ELASTICSEARCH_PASSWORD"),

@@ -13,6 +13,7 @@ from dagster import DagsterInstance, instance_for_test
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from gitlab_es_pipeline_tests.corpus import build_corpus
+from gitlab_es_pipeline_tests.opensearch_node import OpenSearchNode
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 from gitlab_es_pipeline_tests.postgres import TempPostgres
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
@@ -104,3 +105,20 @@ def pipeline(
     tmp_path: Path,
 ) -> Pipeline:
     return Pipeline(gitlab_server, es_server, instance, tmp_path / "parquet")
+
+
+@pytest.fixture(scope="session")
+def opensearch_node() -> Iterator[OpenSearchNode]:
+    """One real OpenSearch node for the session (started in about 10 s once built)."""
+    root = Path(tempfile.mkdtemp(prefix="gitlab-es-pipeline-opensearch-"))
+    node = OpenSearchNode(root / "node").start()
+    yield node
+    node.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def opensearch(opensearch_node: OpenSearchNode) -> OpenSearchNode:
+    """The session's node, without the indices an earlier test made."""
+    opensearch_node.delete_all_indices()
+    return opensearch_node

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckKey,
     AssetKey,
     AssetRecordsFilter,
     DagsterInstance,
@@ -81,6 +82,13 @@ class Pipeline:
         materialization = records[0].asset_materialization
         assert materialization is not None
         return {k: v.value for k, v in materialization.metadata.items()}
+
+    def latest_count_check(self) -> Any:
+        """The newest evaluation of es_index's document-count check (passed, metadata)."""
+        check = AssetCheckKey(AssetKey("es_index"), "document_count_matches_manifest")
+        storage = self.instance.event_log_storage
+        execution = storage.get_latest_asset_check_execution_by_key([check])[check]
+        return execution.event.dagster_event.event_specific_data
 
     def partitions(self) -> list[str]:
         return sorted(self.instance.get_dynamic_partitions(REPOSITORIES_PARTITION))

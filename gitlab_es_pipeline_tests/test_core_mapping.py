@@ -7,6 +7,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, LineIndex
+from gitlab_es_pipeline.clients.engines import Connection, ElasticsearchEngine
 from gitlab_es_pipeline.core.documents import LINE_DOCUMENT_SCHEMA, NON_SOURCE_COLUMNS
 from gitlab_es_pipeline.core.mapping import (
     INDEX_SETTINGS,
@@ -76,6 +77,10 @@ def test_incompatible_mappings_are_named() -> None:
     assert concrete_index_name("gitlab-lines") == "gitlab-lines-v1"
 
 
+def _engine(server: ElasticsearchStandIn) -> ElasticsearchEngine:
+    return ElasticsearchEngine(Connection(server.url, api_key=server.api_key))
+
+
 def test_an_index_from_an_earlier_version_gains_the_later_fields_in_place(
     es_server: ElasticsearchStandIn,
 ) -> None:
@@ -84,7 +89,7 @@ def test_an_index_from_an_earlier_version_gains_the_later_fields_in_place(
     del body["mappings"]["properties"]["visibility"]  # as version 1 made it
     client.indices.create(index="gitlab-lines-v1", **body, aliases={"gitlab-lines": {}})
     assert fields_to_add(body["mappings"]["properties"]) == {"visibility": {"type": "keyword"}}
-    assert LineIndex(client, "gitlab-lines").ensure() == "existing"
+    assert LineIndex(_engine(es_server), "gitlab-lines").ensure() == "existing"
     mapping = client.indices.get_mapping(index="gitlab-lines")["gitlab-lines-v1"]["mappings"]
     assert mapping["properties"]["visibility"] == {"type": "keyword"}
     assert fields_to_add(mapping["properties"]) == {}
@@ -94,8 +99,8 @@ def test_an_existing_index_with_another_mapping_is_refused(es_server: Elasticsea
     client = Elasticsearch(es_server.url, api_key=es_server.api_key)
     client.indices.create(index="other", mappings={"properties": {"title": {"type": "text"}}})
     with pytest.raises(IndexSetupError, match=r"incompatible mapping.*project_id: missing"):
-        LineIndex(client, "other").ensure()
-    index = LineIndex(client, "fresh")
+        LineIndex(_engine(es_server), "other").ensure()
+    index = LineIndex(_engine(es_server), "fresh")
     assert index.ensure() == "created"
     assert index.ensure() == "existing"
     assert list(client.indices.get_alias(name="fresh").body) == ["fresh-v1"]

@@ -7,6 +7,7 @@ from gitlab_es_pipeline.core.search import (
     SearchOptions,
     grep_line,
     search_body,
+    verify,
     wildcard_literal,
 )
 
@@ -71,3 +72,32 @@ def test_grep_line() -> None:
         "line_content": "\tx = 1",
     }
     assert grep_line(source) == "acme/api:a b/c.py:7: \tx = 1"
+
+
+@pytest.mark.parametrize(
+    ("text", "asked", "checked"),
+    [
+        ("\\n", "*\\\\n*", False),  # a backslash before other characters is asked as it is
+        ("a\\b", "*a\\\\b*", False),
+        ("x = '\\", "*x = '*", True),  # ... a trailing one is left out, and lines checked
+        ("\\*y", "*\\*y*", True),
+    ],
+)
+def test_backslashes_the_engine_mishandles_are_left_out_and_checked(
+    text: str, asked: str, checked: bool
+) -> None:
+    options = SearchOptions(text, exact=True)
+    query = search_body(options)["query"]["bool"]["must"][0]
+    assert query["wildcard"]["line_content.wildcard"]["value"] == asked
+    check = verify(options)
+    assert (check is not None) == checked
+    if check is not None:
+        assert check(f"before {text} after") and not check(text.replace("\\", ""))
+
+
+def test_a_text_of_backslashes_only_asks_for_any_backslash_and_checks() -> None:
+    options = SearchOptions("\\\\", exact=True, ignore_case=True)
+    query = search_body(options)["query"]["bool"]["must"][0]
+    assert query == {"regexp": {"line_content.wildcard": {"value": ".*[\\\\].*"}}}
+    check = verify(options)
+    assert check is not None and check("a \\\\ b") and not check("a \\ b")

@@ -290,10 +290,7 @@ def test_the_asset_check_fails_when_the_index_disagrees_with_the_manifest(fleet:
     client.index(index=INDEX, id="extra", document=extra)
     fleet.push({"a.py": lines(6, "a3")})
     fleet.sensor_round()
-    execution = pipeline.instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [check]
-    )[check]
-    evaluation = execution.event.dagster_event.event_specific_data
+    evaluation = pipeline.latest_count_check()
     assert evaluation.passed is False
     assert (
         evaluation.metadata["documents_in_index"].value

@@ -1,24 +1,18 @@
-"""The Elasticsearch side: index setup and bulk writes that retry exactly what failed."""
+"""The search cluster side: index setup and bulk writes that retry exactly what failed.
+
+Engine-neutral: the calls go through clients.engines (Elasticsearch or OpenSearch)."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from elastic_transport import JsonSerializer, NdjsonSerializer
-from elasticsearch import (
-    ApiError,
-    ConnectionError,
-    ConnectionTimeout,
-    Elasticsearch,
-    __versionstr__,
-)
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -26,6 +20,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from gitlab_es_pipeline.clients.engines import (
+    AcceptedBulk,
+    EngineError,
+    EngineUnreachable,
+    SearchEngine,
+)
 from gitlab_es_pipeline.core.bulk import BulkOperations, ItemFailure, chunk_operations
 from gitlab_es_pipeline.core.mapping import (
     concrete_index_name,
@@ -47,63 +47,6 @@ BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
 
 _RESULTS = {("index", 201): "created", ("index", 200): "updated", ("delete", 200): "deleted"}
 _RESULTS[("delete", 404)] = "not_found"
-
-
-class AcceptedBulk(dict[str, Any]):
-    """A bulk response whose items all succeeded, read by counting instead of decoding.
-
-    Decoding the 10,000 items of a bulk response costs a microsecond each, as much as a
-    tenth of all the CPU the pipeline spends per line; with no errors, all the writer needs
-    is how many items got which status. `items` is still there, decoded on first access.
-    """
-
-    _ACTIONS = (b"index", b"create", b"update", b"delete")
-    _STATUSES = (200, 201, 404)
-
-    def __init__(self, raw: bytes) -> None:
-        super().__init__(errors=False)
-        self.raw = raw
-
-    def __missing__(self, key: str) -> Any:
-        decoded = JsonSerializer().loads(self.raw)
-        self.update(decoded)
-        return decoded[key]
-
-    def status_counts(self) -> Counter[tuple[str, int]] | None:
-        """(action, status) -> items, or None when the compact form is not recognised."""
-        counts: Counter[tuple[str, int]] = Counter()
-        for action in self._ACTIONS:
-            for status in self._STATUSES:
-                n = self.raw.count(b'{"%s":{"status":%d' % (action, status))
-                if n:
-                    counts[(action.decode(), status)] = n
-        return counts if counts.total() == self.raw.count(b'"status":') else None
-
-
-class BulkResponseSerializer(JsonSerializer):
-    """JSON, except that a bulk response without errors is handed over undecoded."""
-
-    def loads(self, data: bytes) -> Any:
-        items_at = data.find(b'"items":[')
-        if items_at != -1 and b'"errors":false' in data[:items_at]:
-            return AcceptedBulk(data)
-        return super().loads(data)
-
-
-class BulkBodySerializer(NdjsonSerializer):
-    """NDJSON, except that a body already built as bytes goes out as it is, not copied."""
-
-    def dumps(self, data: Any) -> bytes:
-        if isinstance(data, bytes) and data.endswith(b"\n"):
-            return data
-        return super().dumps(data)
-
-
-# The client's serializers for the bulk writer: bodies not copied, accepted responses counted.
-SERIALIZERS = {
-    JsonSerializer.mimetype: BulkResponseSerializer(),
-    NdjsonSerializer.mimetype: BulkBodySerializer(),
-}
 
 
 class IndexSetupError(Exception):
@@ -135,25 +78,9 @@ class BulkReport:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, ConnectionTimeout)):
+    if isinstance(exc, EngineUnreachable):
         return True
-    return isinstance(exc, ApiError) and exc.meta.status in RETRYABLE_ITEM_STATUSES
-
-
-def client_mismatch(exc: ApiError) -> str | None:
-    """What to do when the cluster refuses this client's major version, else None.
-
-    Each client sends `compatible-with=<its major>`; a cluster accepts its own major and the
-    one before, so a 9.x client is refused by 8.x clusters (400 media_type_header_exception).
-    """
-    if exc.meta.status != 400 or exc.error != "media_type_header_exception":
-        return None
-    major = int(__versionstr__.split(".")[0])
-    return (
-        f"the cluster refuses Elasticsearch client {__versionstr__} (an older cluster): the "
-        f"client's major version must match the cluster's; for {major - 1}.x clusters install "
-        f"'elasticsearch>={major - 1}.13,<{major}' (see the README's Deployment)"
-    )
+    return isinstance(exc, EngineError) and exc.status in RETRYABLE_ITEM_STATUSES
 
 
 def _error_text(error: Any) -> str:
@@ -167,7 +94,7 @@ class LineIndex:
 
     def __init__(
         self,
-        client: Elasticsearch,
+        engine: SearchEngine,
         name: str,
         *,
         max_chunk_bytes: int = 8 * 1024 * 1024,
@@ -179,7 +106,7 @@ class LineIndex:
         keep_failures: int = 100,
         workers: int = 2,
     ) -> None:
-        self.client = client
+        self.engine = engine
         self.name = name
         self.max_chunk_bytes = max_chunk_bytes
         self.max_chunk_docs = max_chunk_docs
@@ -193,16 +120,11 @@ class LineIndex:
 
     def _exists(self) -> bool:
         try:
-            return bool(self.client.indices.exists(index=self.name))
-        except ApiError as exc:
-            if exc.meta.status != 400:
+            return self.engine.index_exists(self.name)
+        except EngineError as exc:
+            if exc.status != 400:
                 raise
-            try:  # a HEAD answer has no body: ask again with GET to learn why
-                self.client.indices.get(index=self.name)
-            except ApiError as detailed:
-                reason = client_mismatch(detailed) or f"{detailed.error}: {detailed.message}"
-                raise IndexSetupError(reason) from detailed
-            raise
+            raise IndexSetupError(exc.reason) from None
 
     def ensure(self) -> str:
         """Create `<name>-v<N>` with our mapping and `<name>` as its alias, unless it exists.
@@ -213,15 +135,15 @@ class LineIndex:
         it had before (`restored_after_interrupted_load` says which).
         """
         if self._exists():
-            mappings = self.client.indices.get_mapping(index=self.name)
-            self._finish_interrupted_load(mappings.body)
-            if len(mappings.body) > 1:
+            mappings = self.engine.get_mapping(self.name)
+            self._finish_interrupted_load(mappings)
+            if len(mappings) > 1:
                 raise IndexSetupError(
                     f"{self.name!r} is an alias of several indices "
-                    f"({', '.join(sorted(mappings.body))}): stale documents are deleted by id, "
+                    f"({', '.join(sorted(mappings))}): stale documents are deleted by id, "
                     "which needs one index behind it; point the alias at one of them"
                 )
-            for index, body in mappings.body.items():
+            for index, body in mappings.items():
                 properties = body.get("mappings", {}).get("properties", {})
                 problems = missing_or_conflicting_fields(properties)
                 if problems:
@@ -231,17 +153,15 @@ class LineIndex:
                     )
                 added = fields_to_add(properties)
                 if added:  # an index made by an earlier version: new fields go in place
-                    self.client.indices.put_mapping(index=index, properties=added)
+                    self.engine.put_mapping(index, properties=added)
             return "existing"
         concrete = concrete_index_name(self.name)
         try:
-            self.client.indices.create(
-                index=concrete,
-                **index_body(),
-                aliases={self.name: {"is_write_index": True}},
+            self.engine.create_index(
+                concrete, {**index_body(), "aliases": {self.name: {"is_write_index": True}}}
             )
-        except ApiError as exc:
-            if exc.meta.status == 400 and "already_exists" in str(exc.error):
+        except EngineError as exc:
+            if exc.status == 400 and "already_exists" in exc.error:
                 return "existing"  # a concurrent run created it first
             raise
         return "created"
@@ -255,9 +175,7 @@ class LineIndex:
             reraise=True,
         ):
             with attempt:
-                return self.client.bulk(
-                    index=self.name, operations=body, filter_path=BULK_FILTER_PATH
-                ).body
+                return self.engine.bulk(self.name, body, BULK_FILTER_PATH)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _write_chunk(self, chunk: BulkOperations) -> BulkReport:
@@ -311,29 +229,33 @@ class LineIndex:
     ) -> BulkReport:
         """Send operations in byte-bounded chunks by `workers` concurrent senders.
 
-        While they wait for Elasticsearch, this thread builds the next chunk; at most `workers`
-        chunks are in flight plus the one being built, so memory is bounded by chunk size x
+        While they wait for the cluster, this thread builds the next chunk; at most `workers`
+        chunks are in flight plus the one built, so memory is bounded by chunk size x
         (workers + 1).
         Items rejected for a while are re-sent alone, by the worker that sent them.
         `progress` is told the operations done so far after each chunk.
         """
         report = BulkReport()
         chunks = chunk_operations(operations, self.max_chunk_bytes, self.max_chunk_docs)
-        in_flight: deque[Future[BulkReport]] = deque()
+        in_flight: set[Future[BulkReport]] = set()
 
-        def collect_oldest() -> None:
-            report.merge(in_flight.popleft().result())
-            if progress is not None:
-                progress(report.succeeded + report.failed)
+        def collect(done: set[Future[BulkReport]]) -> None:
+            for future in done:  # a report per chunk, as each is answered
+                in_flight.discard(future)
+                report.merge(future.result())
+                if progress is not None:
+                    progress(report.succeeded + report.failed)
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="bulk") as pool:
             try:
+                # The next chunk is built while `workers` chunks are at the cluster, and sent
+                # the moment one of them is answered: the cluster never waits for this thread.
                 for chunk in chunks:
-                    in_flight.append(pool.submit(self._write_chunk, chunk))
-                    if len(in_flight) >= self.workers:
-                        collect_oldest()
+                    while len(in_flight) >= self.workers:
+                        collect(wait(in_flight, return_when=FIRST_COMPLETED).done)
+                    in_flight.add(pool.submit(self._write_chunk, chunk))
                 while in_flight:
-                    collect_oldest()
+                    collect(wait(in_flight, return_when=FIRST_COMPLETED).done)
             except BaseException:
                 for future in in_flight:
                     future.cancel()
@@ -347,7 +269,7 @@ class LineIndex:
         Elasticsearch's advice for initial loads: each refresh makes a segment, each replica
         indexes everything again.
         """
-        current = self.client.indices.get_settings(index=self.name).body
+        current = self.engine.get_settings(self.name)
         previous = {
             index: {
                 "refresh_interval": body["settings"]["index"].get("refresh_interval"),
@@ -359,20 +281,20 @@ class LineIndex:
         # restore them, so the next run that finds this note does (ensure()).
         for index, settings in previous.items():
             self._note_load(index, settings)
-        self.client.indices.put_settings(
-            index=self.name, settings={"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
+        self.engine.put_settings(
+            self.name, {"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
         )
         try:
             yield
         finally:
             for index, settings in previous.items():
                 # None resets a setting to the cluster's default.
-                self.client.indices.put_settings(index=index, settings={"index": settings})
+                self.engine.put_settings(index, {"index": settings})
                 self._note_load(index, None)
 
     def _note_load(self, index: str, settings: dict[str, Any] | None) -> None:
         note = {LOAD_NOTE: {"restore": settings}} if settings is not None else {}
-        self.client.indices.put_mapping(index=index, meta=note)
+        self.engine.put_mapping(index, meta=note)
 
     def _finish_interrupted_load(self, mappings: dict[str, Any]) -> None:
         """Puts back the settings of indices whose first load never ended; notes them."""
@@ -382,20 +304,16 @@ class LineIndex:
             if note is None:
                 continue
             settings = note.get("restore") or {}
-            self.client.indices.put_settings(index=index, settings={"index": settings})
+            self.engine.put_settings(index, {"index": settings})
             self._note_load(index, None)
             restored[index] = settings
         self.restored_after_interrupted_load = restored
 
     def refresh(self) -> None:
-        self.client.indices.refresh(index=self.name)
+        self.engine.refresh(self.name)
 
     def count(self, project_id: int | None, repository_name: str | None = None) -> int:
-        return int(
-            self.client.count(
-                index=self.name, query=_repository_query(project_id, repository_name)
-            )["count"]
-        )
+        return self.engine.count(self.name, _repository_query(project_id, repository_name))
 
     def _delete_by_query(self, query: dict[str, Any]) -> int:
         """For whole-repository sweeps only (removal, full refresh); never for ordinary updates.
@@ -406,8 +324,8 @@ class LineIndex:
         deleted = 0
         for attempt in range(self.max_retries + 1):
             self.refresh()  # the sweep must see what this run just wrote
-            response = self.client.delete_by_query(
-                index=self.name, query=query, conflicts="proceed", refresh=True, slices="auto"
+            response = self.engine.delete_by_query(
+                self.name, query, conflicts="proceed", refresh=True, slices="auto"
             )
             deleted += int(response.get("deleted", 0))
             failures = response.get("failures") or []
@@ -423,7 +341,7 @@ class LineIndex:
                 delay = min(self.max_backoff, self.initial_backoff * 2**attempt)
                 self._sleep(delay * random.uniform(0.5, 1.0))
         self.refresh()
-        left = int(self.client.count(index=self.name, query=query)["count"])
+        left = self.engine.count(self.name, query)
         if left:
             raise SweepError(
                 f"{left} documents still match after deleting {deleted} (written meanwhile, or "

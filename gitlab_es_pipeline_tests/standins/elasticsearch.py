@@ -22,6 +22,8 @@ from urllib.parse import unquote
 from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
 
 VERSION = "9.1.0"
+# Index settings every index shows, whether set or not; a setting reset with null shows these.
+DEFAULT_INDEX_SETTINGS = {"number_of_shards": "1", "number_of_replicas": "1"}
 MAX_ID_BYTES = 512
 MAX_CONTENT_LENGTH = 100 * 1024 * 1024
 _MEDIA = re.compile(r"application/vnd\.elasticsearch\+(json|x-ndjson)\s*;\s*compatible-with=(\d+)")
@@ -35,6 +37,7 @@ class Index:
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     visible: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: Counter[str] = field(default_factory=Counter)
+    visible_versions: dict[str, int] = field(default_factory=dict)
     last_refresh: float = field(default_factory=time.monotonic)
     seq_no: int = 0
 
@@ -49,7 +52,12 @@ class Index:
 
     def refresh(self) -> None:
         self.visible = dict(self.docs)
+        self.visible_versions = {doc_id: self.versions[doc_id] for doc_id in self.docs}
         self.last_refresh = time.monotonic()
+
+    def shown_settings(self) -> dict[str, Any]:
+        """As GET _settings shows them: the defaults every index has, values as strings."""
+        return {"index": {**DEFAULT_INDEX_SETTINGS, **self.settings.get("index", {})}}
 
     def searchable(self) -> dict[str, dict[str, Any]]:
         interval = self.refresh_interval
@@ -61,6 +69,15 @@ class Index:
 def _error(status: int, type_: str, reason: str, **extra: Any) -> Response:
     cause = {"type": type_, "reason": reason, **extra}
     return Response(status, {"error": {"root_cause": [cause], **cause}, "status": status})
+
+
+def _alias_is_an_index(alias: str) -> Response:
+    return _error(
+        400,
+        "invalid_alias_name_exception",
+        f"Invalid alias name [{alias}]: an index or data stream exists with the same name as "
+        "the alias",
+    )
 
 
 class ElasticsearchStandIn(StandInServer):
@@ -264,7 +281,9 @@ class ElasticsearchStandIn(StandInServer):
                     for index in targets:
                         _merge(index.settings, _nest_settings(request.json() or {}))
                     return Response(200, {"acknowledged": True})
-                return Response(200, {i.name: {"settings": i.settings} for i in targets})
+                return Response(200, {i.name: {"settings": i.shown_settings()} for i in targets})
+            if op == "_alias" and len(rest) == 2 and len(targets) == 1:
+                return self._one_alias(method, targets[0], rest[1], request.json() or {})
             if op == "_alias":
                 return self._get_alias("*", "GET", targets)
             if op == "_count":
@@ -276,7 +295,8 @@ class ElasticsearchStandIn(StandInServer):
             if op == "_search":
                 return self._search(targets, request.json() or {})
             if op == "_delete_by_query":
-                return self._delete_by_query(targets, request.json() or {})
+                refresh = request.query.get("refresh") in ("", "true")
+                return self._delete_by_query(targets, request.json() or {}, refresh)
             if op == "_doc" and len(rest) == 2 and method in ("PUT", "POST", "DELETE"):
                 kind = "delete" if method == "DELETE" else "index"
                 item = self._bulk_item(kind, {"_id": rest[1]}, request.json(), name)
@@ -350,6 +370,17 @@ class ElasticsearchStandIn(StandInServer):
             return _error(
                 400, "invalid_index_name_exception", f"Invalid index name [{name}]", index=name
             )
+        unknown = _unknown_type(body.get("mappings") or {})
+        if unknown:
+            return _error(
+                400,
+                "mapper_parsing_exception",
+                f"Failed to parse mapping: {unknown}",
+                caused_by={"type": "mapper_parsing_exception", "reason": unknown},
+            )
+        for alias in body.get("aliases") or {}:
+            if alias in self.indices:
+                return _alias_is_an_index(alias)
         settings = _nest_settings(body.get("settings") or {})
         self.indices[name] = Index(name, body.get("mappings") or {"properties": {}}, settings)
         for alias, opts in (body.get("aliases") or {}).items():
@@ -377,7 +408,7 @@ class ElasticsearchStandIn(StandInServer):
             out[index.name] = {
                 "aliases": aliases,
                 "mappings": index.mappings,
-                "settings": index.settings,
+                "settings": index.shown_settings(),
             }
         return Response(200, out)
 
@@ -397,22 +428,43 @@ class ElasticsearchStandIn(StandInServer):
         return Response(200, out)
 
     def _update_aliases(self, body: dict[str, Any]) -> Response:
+        """All actions or none: every one is checked before any is applied."""
+        actions = []
         for action in body.get("actions", []):
             ((kind, spec),) = action.items()
             index, alias = spec.get("index"), spec.get("alias")
+            if index not in self.indices:
+                return _error(
+                    404, "index_not_found_exception", f"no such index [{index}]", index=index
+                )
+            if kind == "remove" and index not in self.aliases.get(alias, {}):
+                return _error(404, "aliases_not_found_exception", f"aliases [{alias}] missing")
+            actions.append((kind, index, alias, spec))
+        for kind, index, alias, spec in actions:
             if kind == "add":
-                if index not in self.indices:
-                    return _error(
-                        404, "index_not_found_exception", f"no such index [{index}]", index=index
-                    )
                 opts = {k: v for k, v in spec.items() if k not in ("index", "alias")}
                 self.aliases.setdefault(alias, {})[index] = opts
             elif kind == "remove":
-                self.aliases.get(alias, {}).pop(index, None)
+                self.aliases[alias].pop(index, None)
             elif kind == "remove_index":
                 self._delete_index(index)
         self.aliases = {a: m for a, m in self.aliases.items() if m}
         return Response(200, {"acknowledged": True, "errors": False})
+
+    def _one_alias(self, method: str, index: Index, alias: str, body: dict[str, Any]) -> Response:
+        """PUT and DELETE /<index>/_alias/<alias>, GET of one index's aliases."""
+        if method == "PUT":
+            if alias in self.indices:
+                return _alias_is_an_index(alias)
+            self.aliases.setdefault(alias, {})[index.name] = dict(body)
+            return Response(200, {"acknowledged": True})
+        if method == "DELETE":
+            if index.name not in self.aliases.get(alias, {}):
+                return _error(404, "aliases_not_found_exception", f"aliases [{alias}] missing")
+            del self.aliases[alias][index.name]
+            self.aliases = {a: m for a, m in self.aliases.items() if m}
+            return Response(200, {"acknowledged": True})
+        return self._get_alias(alias, method, [index])
 
     # -- documents ----------------------------------------------------------------------------
     def _bulk(self, request: Request, default_index: str | None) -> Response:
@@ -421,10 +473,15 @@ class ElasticsearchStandIn(StandInServer):
         if self.count_only:
             return self._count_only_bulk(request.body, request.query.get("filter_path"))
         content_type = request.headers.get("Content-Type") or ""
-        if "ndjson" not in content_type:
+        if "ndjson" not in content_type and "json" not in content_type:
+            # Plain application/json is read as NDJSON too; anything else is refused.
             return _error(
-                406, "media_type_header_exception", "bulk requests need an NDJSON content type"
+                406,
+                "media_type_header_exception",
+                f"Content-Type header [{content_type}] is not supported",
             )
+        if not request.body:
+            return _error(400, "parse_exception", "request body is required")
         started = time.monotonic()
         lines = request.body.split(b"\n")
         if lines and lines[-1] == b"":
@@ -434,6 +491,20 @@ class ElasticsearchStandIn(StandInServer):
                 400,
                 "illegal_argument_exception",
                 "The bulk request must be terminated by a newline [\\n]",
+            )
+        too_long = [
+            doc_id
+            for line in lines
+            if line.startswith(b'{"') and b'"_id"' in line
+            for doc_id in [str(next(iter(json.loads(line).values()), {}).get("_id", ""))]
+            if len(doc_id.encode()) > MAX_ID_BYTES
+        ]
+        if too_long:  # refused whole, before any item is applied
+            return _error(
+                400,
+                "action_request_validation_exception",
+                f"Validation Failed: 1: id [{too_long[0]}] is too long, must be no longer than "
+                f"512 bytes but was: {len(too_long[0].encode())};",
             )
         items, errors, i = [], False, 0
         refresh = request.query.get("refresh") in ("", "true", "wait_for")
@@ -520,6 +591,14 @@ class ElasticsearchStandIn(StandInServer):
                 },
             }
         index = self._write_index(target)
+        if isinstance(index, str) and index.startswith("no such index") and kind != "delete":
+            # A write to a name that is neither index nor alias creates an index by that name,
+            # its mapping guessed from the document (action.auto_create_index defaults to true).
+            created = self._create_index(
+                target, {"mappings": _dynamic_mapping(source if isinstance(source, dict) else {})}
+            )
+            if created.status == 200:
+                index = self.indices[target]
         if isinstance(index, str):
             status = 404 if index.startswith("no such index") else 400
             type_ = "index_not_found_exception" if status == 404 else "illegal_argument_exception"
@@ -608,12 +687,20 @@ class ElasticsearchStandIn(StandInServer):
 
     def _search(self, targets: list[Index], body: dict[str, Any]) -> Response:
         hits = self._matching(targets, body.get("query"))
-        for spec in reversed(body.get("sort") or []):
-            ((name, order),) = spec.items() if isinstance(spec, dict) else [(spec, "asc")]
-            order = order.get("order", "asc") if isinstance(order, dict) else order
+        sort = [
+            (name, order.get("order", "asc") if isinstance(order, dict) else order)
+            for spec in body.get("sort") or []
+            for name, order in (spec.items() if isinstance(spec, dict) else [(spec, "asc")])
+        ]
+        for name, order in reversed(sort):
             hits.sort(
                 key=lambda h: (h[2].get(name) is None, h[2].get(name)), reverse=order == "desc"
             )
+        after = body.get("search_after")
+        if after is not None:  # the hits after the one whose sort values these are
+            if any(order == "desc" for _, order in sort):
+                raise ValueError("search_after with a descending sort")
+            hits = [h for h in hits if [h[2].get(name) for name, _ in sort] > list(after)]
         start, size = int(body.get("from", 0)), int(body.get("size", 10))
         page = hits[start : start + size]
         return Response(
@@ -626,41 +713,135 @@ class ElasticsearchStandIn(StandInServer):
                     "total": {"value": len(hits), "relation": "eq"},
                     "max_score": 1.0 if page else None,
                     "hits": [
-                        {"_index": i, "_id": d, "_score": 1.0, "_source": s} for i, d, s in page
+                        {
+                            "_index": i,
+                            "_id": d,
+                            "_score": 1.0,
+                            "_source": s,
+                            **({"sort": [s.get(name) for name, _ in sort]} if sort else {}),
+                        }
+                        for i, d, s in page
                     ],
                 },
             },
         )
 
-    def _delete_by_query(self, targets: list[Index], body: dict[str, Any]) -> Response:
-        deleted = 0
+    def _delete_by_query(
+        self, targets: list[Index], body: dict[str, Any], refresh: bool
+    ) -> Response:
+        """As Elasticsearch does it: the documents a search sees now (the last refresh), each
+        deleted unless it changed since (a version conflict, counted: conflicts=proceed)."""
+        deleted = conflicts = 0
         for index in targets:
-            for doc_id, doc in list(index.docs.items()):
-                if _matches(index.mappings, body.get("query") or {"match_all": {}}, doc_id, doc):
-                    del index.docs[doc_id]
-                    deleted += 1
+            for doc_id, doc in list(index.searchable().items()):
+                if not _matches(
+                    index.mappings, body.get("query") or {"match_all": {}}, doc_id, doc
+                ):
+                    continue
+                if index.versions[doc_id] != index.visible_versions.get(doc_id):
+                    conflicts += 1
+                    continue
+                del index.docs[doc_id]
+                index.versions[doc_id] += 1
+                deleted += 1
+            if refresh:
+                index.refresh()
         return Response(
             200,
             {
                 "took": 1,
                 "timed_out": False,
-                "total": deleted,
+                "total": deleted + conflicts,
                 "deleted": deleted,
                 "failures": [],
-                "version_conflicts": 0,
+                "version_conflicts": conflicts,
             },
         )
 
 
 # -- mapping ---------------------------------------------------------------------------------
+def _is_integer(v: Any) -> bool:
+    """Numbers, and strings holding one: Elasticsearch coerces them by default."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            return False
+    return isinstance(v, (int, float)) and float(v).is_integer()
+
+
 _TYPE_CHECKS = {
-    "long": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**31) <= v < 2**31,
-    "boolean": lambda v: isinstance(v, bool),
+    "long": _is_integer,
+    "integer": lambda v: _is_integer(v) and -(2**31) <= float(v) < 2**31,
+    "boolean": lambda v: isinstance(v, bool) or v in ("true", "false", ""),
     "keyword": lambda v: isinstance(v, (str, int, float, bool)),
-    "text": lambda v: isinstance(v, str),
-    "wildcard": lambda v: isinstance(v, str),
+    "text": lambda v: isinstance(v, (str, int, float, bool)),
+    "wildcard": lambda v: isinstance(v, (str, int, float, bool)),
 }
+
+# Field types Elasticsearch knows (the ones a mapping here may use); others are refused.
+KNOWN_TYPES = frozenset(
+    {
+        *_TYPE_CHECKS,
+        "object",
+        "nested",
+        "date",
+        "float",
+        "double",
+        "short",
+        "byte",
+        "binary",
+        "ip",
+        "match_only_text",
+        "constant_keyword",
+        "flattened",
+        "dense_vector",
+        "half_float",
+        "scaled_float",
+        "unsigned_long",
+        "version",
+        "geo_point",
+        "alias",
+        "search_as_you_type",
+    }
+)
+
+
+def _unknown_type(mappings: dict[str, Any]) -> str | None:
+    def walk(properties: dict[str, Any]) -> str | None:
+        for name, spec in properties.items():
+            kind = spec.get("type", "object")
+            if kind not in KNOWN_TYPES:
+                return f"No handler for type [{kind}] declared on field [{name}]"
+            found = walk(spec.get("properties", {})) or walk(spec.get("fields", {}))
+            if found:
+                return found
+        return None
+
+    return walk(mappings.get("properties", {}))
+
+
+def _dynamic_mapping(source: dict[str, Any]) -> dict[str, Any]:
+    """The mapping Elasticsearch makes for an index created by a write (dynamic mapping)."""
+    properties: dict[str, Any] = {}
+    for name, value in source.items():
+        sample = value[0] if isinstance(value, list) and value else value
+        if isinstance(sample, bool):
+            properties[name] = {"type": "boolean"}
+        elif isinstance(sample, int):
+            properties[name] = {"type": "long"}
+        elif isinstance(sample, float):
+            properties[name] = {"type": "float"}
+        elif isinstance(sample, str):
+            properties[name] = {
+                "type": "text",
+                "fields": {"keyword": {"type": "keyword", "ignore_above": 256}},
+            }
+        elif isinstance(sample, dict):
+            properties[name] = _dynamic_mapping(sample)
+    return {"properties": properties}
 
 
 def _mapping_problem(mappings: dict[str, Any], source: Any) -> dict[str, str] | None:
@@ -682,11 +863,13 @@ def _mapping_problem(mappings: dict[str, Any], source: Any) -> dict[str, str] | 
                 }
             continue
         check = _TYPE_CHECKS.get(spec.get("type", "object"))
-        if value is not None and check is not None and not check(value):
-            return {
-                "type": "document_parsing_exception",
-                "reason": f"[1:2] failed to parse field [{name}] of type [{spec.get('type')}]",
-            }
+        values = value if isinstance(value, list) else [value]  # any field may hold an array
+        for one in values:
+            if one is not None and check is not None and not check(one):
+                return {
+                    "type": "document_parsing_exception",
+                    "reason": f"[1:2] failed to parse field [{name}] of type [{spec.get('type')}]",
+                }
     return None
 
 
@@ -701,6 +884,12 @@ def _nest_settings(settings: dict[str, Any]) -> dict[str, Any]:
         else:
             key = key.removeprefix("index.")
             out.setdefault("index", {})[key] = value
+    index = out.get("index", {})
+    for key, value in index.items():  # Elasticsearch keeps settings as strings
+        if isinstance(value, bool):
+            index[key] = str(value).lower()
+        elif isinstance(value, (int, float)):
+            index[key] = str(value)
     return out
 
 
@@ -727,7 +916,9 @@ def _fold(token: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", token) if not unicodedata.combining(c))
 
 
-_WORD_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_]+", re.UNICODE)
+# As word_delimiter_graph splits: at lower-to-upper changes and letter/digit changes, not at
+# upper-to-lower ones (`HTTPResponse` is one part, `parseHTTPResponse` two), and at the rest.
+_WORD_PART = re.compile(r"[A-Z]+[a-z]*|[a-z]+|\d+|[^\W\d_]+", re.UNICODE)
 
 
 def analyze(text: str, analyzer: str) -> list[str]:
@@ -747,6 +938,36 @@ def analyze(text: str, analyzer: str) -> list[str]:
         parts = text.split("/")
         return ["/".join(parts[: i + 1]) for i in range(len(parts))]
     return [t.lower() for t in re.findall(r"\w+", text)]
+
+
+def code_positions(text: str) -> dict[str, set[int]]:
+    """The code analyzer's tokens with their positions, as flatten_graph leaves them: a
+    whitespace-separated token at its first part's position, its parts one after another."""
+    out: dict[str, set[int]] = {}
+    position = 0
+    for token in text.split():
+        parts = _WORD_PART.findall(token)
+        out.setdefault(_fold(token.lower()), set()).add(position)
+        for offset, part in enumerate(parts):
+            out.setdefault(_fold(part.lower()), set()).add(position + offset)
+        position += max(1, len(parts))
+    return out
+
+
+def _word_matches(word: str, positions: dict[str, set[int]]) -> bool:
+    """One word of a `match` query with operator and, as Lucene reads its token graph: the
+    whole word, or its parts as a phrase (auto_generate_synonyms_phrase_query); a word of
+    one part matches that part too."""
+    parts = [_fold(p.lower()) for p in _WORD_PART.findall(word)]
+    if _fold(word.lower()) in positions:
+        return True
+    if len(parts) == 1:
+        return parts[0] in positions
+    return any(
+        all(start + k in positions.get(part, ()) for k, part in enumerate(parts))
+        for start in positions.get(parts[0], ())
+        if parts
+    )
 
 
 def _analyzer_of(mappings: dict[str, Any], field_name: str) -> str | None:
@@ -800,6 +1021,9 @@ def _matches(
     value, _ = _field_value(doc, field_name)
     if value is None:
         return False
+    if isinstance(value, list):  # a field holding an array matches when one value does
+        base = field_name if field_name in doc else field_name.partition(".")[0]
+        return any(_matches(mappings, query, doc_id, {**doc, base: one}) for one in value)
     analyzer = _analyzer_of(mappings, field_name)
     if kind in ("term", "terms"):
         wanted = arg if kind == "terms" else [arg.get("value") if isinstance(arg, dict) else arg]
@@ -820,6 +1044,10 @@ def _matches(
         if kind == "prefix":
             pattern = pattern.replace("*", "\\*") + "*"
         return bool(_wildcard_regex(pattern, insensitive).match(str(value)))
+    if kind == "regexp":  # the syntax Lucene and Python share: . * [] and escaped symbols
+        pattern = arg.get("value") if isinstance(arg, dict) else arg
+        flags = re.DOTALL | (re.IGNORECASE if arg.get("case_insensitive") else 0)
+        return re.fullmatch(pattern, str(value), flags) is not None
     if kind in ("match", "match_phrase"):
         text = arg.get("query") if isinstance(arg, dict) else arg
         tokens = analyze(str(value), analyzer or "keyword_like") if analyzer else [str(value)]
@@ -828,15 +1056,9 @@ def _matches(
             n = len(wanted)
             return any(tokens[i : i + n] == wanted for i in range(len(tokens) - n + 1))
         operator = arg.get("operator", "or").lower() if isinstance(arg, dict) else "or"
-        if operator == "and" and analyzer:
-            # A word split into parts is a token graph, and Lucene's query for it accepts the
-            # whole word or all of its parts (parse_config finds "parse_config(path):").
-            words = [analyze(word, analyzer) for word in str(text).split()]
-            return all(
-                w[0] in tokens or (len(w) > 1 and all(part in tokens for part in w[1:]))
-                for w in words
-                if w
-            )
+        if operator == "and" and analyzer == "code":
+            positions = code_positions(str(value))
+            return all(_word_matches(word, positions) for word in str(text).split())
         hits = [w in tokens for w in wanted]
         return all(hits) if operator == "and" else any(hits)
     raise ValueError(f"query [{kind}] is not supported by the stand-in")
