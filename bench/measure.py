@@ -78,6 +78,7 @@ def job(args: argparse.Namespace) -> dict[str, Any]:
     from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 
     os.environ.update(
+        RUN_EXECUTOR="multiprocess",  # these rows measure a process per step
         GITLAB_URL=args.gitlab,
         GITLAB_TOKEN=TOKEN,
         ELASTICSEARCH_URL=args.es,

@@ -320,8 +320,8 @@ def test_run_executor_from_the_environment() -> None:
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
         )
 
-    assert executor(None).stdout.strip() == "multiprocess"
-    assert executor("in_process").stdout.strip() == "in_process"
+    assert executor(None).stdout.strip() == "in_process"
+    assert executor("multiprocess").stdout.strip() == "multiprocess"
     wrong = executor("celery")
     assert wrong.returncode != 0 and "RUN_EXECUTOR" in wrong.stderr
 

@@ -1,0 +1,145 @@
+"""A fleet of small repositories through the production path: what a run costs.
+
+    .venv/bin/python bench/fleet.py                     # 40 repositories, both executors
+    .venv/bin/python bench/fleet.py --repositories 100 --executor in_process
+
+For each executor: a DAGSTER_HOME with the project's dagster.yaml (SQLite), the GitLab and
+Elasticsearch stand-ins in processes of their own, discovery of the fleet (the `repositories`
+asset, in this process), then `dagster-daemon run` on the project's workspace: the HEAD-commit
+sensor asks for a run per never-indexed repository and the daemon's run queue launches them,
+as many at once as dagster.yaml allows. The clock runs from the daemon's start until every
+partition has an `es_index` materialization; the machine's CPU (all processes: daemon, code
+server, run workers, step processes, stand-ins) over the same span comes from /proc/stat.
+Prints wall and CPU seconds per repository, side by side for the executors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from generate import make_repo  # noqa: E402
+from servers import API_KEY, TOKEN, gitlab_server, running  # noqa: E402
+
+DAEMON = str(Path(sys.executable).parent / "dagster-daemon")
+
+
+def _storing_elasticsearch(conn: Any) -> None:
+    """The stand-in that keeps documents (the runs' asset check counts them)."""
+    from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
+
+    server = ElasticsearchStandIn(api_key=API_KEY).start()
+    conn.send(server.url)
+    conn.recv()
+    server.stop()
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent outside idle and iowait, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def index_fleet(executor: str, gitlab: str, es: str, keys: list[str], work: Path) -> dict[str, Any]:
+    home = work / f"home-{executor}"
+    home.mkdir(parents=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "GITLAB_URL": gitlab,
+        "GITLAB_TOKEN": TOKEN,
+        "ELASTICSEARCH_URL": es,
+        "ELASTICSEARCH_API_KEY": API_KEY,
+        "ELASTICSEARCH_INDEX": f"fleet-{executor.replace('_', '-')}",
+        "PARQUET_STORAGE_URL": str(work / f"parquet-{executor}"),
+        "RUN_EXECUTOR": executor,
+        "HEAD_SENSOR_INTERVAL_SECONDS": "5",
+        "HEAD_SENSOR_MAX_RUNS_PER_TICK": str(len(keys)),
+        "DAGSTER_DISABLE_TELEMETRY": "yes",
+    }
+    os.environ.update(env)
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from gitlab_es_pipeline.assets import repositories
+    from gitlab_es_pipeline.io_managers import ParquetIOManager
+    from gitlab_es_pipeline.resources import resources_from_env
+
+    instance = DagsterInstance.from_config(str(home))
+    parquet = ParquetIOManager(base_path=env["PARQUET_STORAGE_URL"])
+    resources = {**resources_from_env(), "parquet_io_manager": parquet}
+    materialize([repositories], instance=instance, resources=resources)
+    log = work / f"daemon-{executor}.log"
+    cpu_before, started = busy_cpu_seconds(), time.monotonic()
+    with log.open("ab") as out:
+        daemon = subprocess.Popen(
+            [DAEMON, "run", "-w", str(ROOT / "workspace.yaml")],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        while True:
+            done = instance.get_materialized_partitions(AssetKey("es_index"))
+            if len(done) >= len(keys):
+                break
+            if time.monotonic() - started > 60 + 30 * len(keys):
+                raise RuntimeError(f"{len(done)} of {len(keys)} indexed; see {log}")
+            time.sleep(1)
+        wall, cpu = time.monotonic() - started, busy_cpu_seconds() - cpu_before
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(60)
+        instance.dispose()
+    return {"wall": wall, "cpu": cpu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repositories", type=int, default=40)
+    parser.add_argument(
+        "--executor", action="append", choices=["multiprocess", "in_process"], default=None
+    )
+    args = parser.parse_args()
+    executors = args.executor or ["multiprocess", "in_process"]
+    work = Path(tempfile.mkdtemp(prefix="gitlab-es-bench-fleet-"))
+    try:
+        projects = {}
+        for i in range(args.repositories):
+            make_repo(work / "repos" / f"r{i}", 3, 5, seed=1000 + i)
+            projects[f"fleet/r{i:04d}"] = str(work / "repos" / f"r{i}")
+        results = {}
+        with gitlab_server(projects) as gitlab, running(_storing_elasticsearch) as es:
+            for executor in executors:
+                print(f"{executor}: indexing {len(projects)} repositories ...", flush=True)
+                results[executor] = index_fleet(executor, gitlab, es, sorted(projects), work)
+        print(f"\n{'executor':<14} {'repositories':>12} {'wall s/repo':>12} {'CPU s/repo':>11}")
+        for executor, figures in results.items():
+            n = len(projects)
+            print(
+                f"{executor:<14} {n:>12} {figures['wall'] / n:>12.2f} {figures['cpu'] / n:>11.2f}"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
