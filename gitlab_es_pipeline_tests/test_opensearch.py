@@ -330,3 +330,28 @@ def test_without_the_opensearch_client_the_cli_says_what_to_install(
     assert len(error.splitlines()) == 1
     assert "is OpenSearch and the opensearch-py client is not installed" in error
     assert "pip install 'gitlab_es_pipeline[opensearch]'" in error
+
+
+@ON_SQLITE
+def test_without_the_opensearch_client_a_run_fails_at_once_naming_the_repository(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster import DagsterEventType
+
+    repo = init_repo(tmp_path / "one")
+    commit_files(repo, {"a.py": "a = 1\n"})
+    pipeline.gitlab.add_project("team/one", str(repo))
+    pipeline.discover()
+    monkeypatch.setitem(sys.modules, "opensearchpy", None)  # as if not installed
+    result = pipeline.index("team/one", raise_on_error=False)
+    assert not result.success
+    starts = [
+        e
+        for e in result.all_events
+        if e.step_key == "es_index"
+        and e.event_type in (DagsterEventType.STEP_START, DagsterEventType.STEP_RESTARTED)
+    ]
+    assert len(starts) == 1  # permanent: not retried
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "team/one" in message and "pip install 'gitlab_es_pipeline[opensearch]'" in message
+    assert pipeline.partitions() == ["team/one"] and not pipeline.es.documents(INDEX)

@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, SweepError
+from gitlab_es_pipeline.clients.engines import EngineSetupError
 from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
 from gitlab_es_pipeline.core.dead_letters import dead_letter_table
 from gitlab_es_pipeline.core.manifest import (
@@ -80,13 +81,14 @@ def es_index(
     header = ManifestHeader.of(manifest)
     snapshot = header.snapshot
     summary = summarize(manifest)
-    index = elasticsearch.line_index()
     parquet_io_manager.withdraw_partition(ES_INDEX, context.partition_key)
     dead_before = parquet_io_manager.read_partition(DEAD_LETTERS, context.partition_key)
     try:
+        index = elasticsearch.line_index()
         new_index = index.ensure() == "created"
-    except IndexSetupError as exc:
-        raise step_failure(f"{snapshot.repository_name}: {exc}", permanent=True) from exc
+    except (IndexSetupError, EngineSetupError) as exc:
+        reason = exc.reason if isinstance(exc, EngineSetupError) else exc
+        raise step_failure(f"{snapshot.repository_name}: {reason}", permanent=True) from exc
     for name, settings in index.restored_after_interrupted_load.items():
         context.log.warning(
             f"index {name}: its first load was cut short (the run killed?); settings restored: "

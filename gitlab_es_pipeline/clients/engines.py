@@ -37,6 +37,13 @@ class EngineError(Exception):
         self.reason = reason
 
 
+class EngineSetupError(EngineError):
+    """The engine and this installation or configuration do not fit: trying again cannot help."""
+
+    def __init__(self, error: str, reason: str) -> None:
+        super().__init__(0, error, reason)
+
+
 class EngineUnreachable(Exception):
     """No answer: connection refused, timed out, TLS failed."""
 
@@ -196,8 +203,7 @@ class ElasticsearchEngine(SearchEngine):
         try:
             yield
         except UnsupportedProductError:
-            raise EngineError(
-                200,
+            raise EngineSetupError(
                 "unsupported_product",
                 "the cluster does not say it is Elasticsearch (no X-Elastic-Product header); "
                 "if it is OpenSearch, set ELASTICSEARCH_ENGINE=opensearch or leave it unset",
@@ -277,15 +283,13 @@ class OpenSearchEngine(SearchEngine):
             from opensearchpy import OpenSearch
             from opensearchpy.serializer import JSONSerializer
         except ImportError:
-            raise EngineError(
-                0,
+            raise EngineSetupError(
                 "client_missing",
                 "the cluster is OpenSearch and the opensearch-py client is not installed: "
                 "pip install 'gitlab_es_pipeline[opensearch]'",
             ) from None
         if connection.api_key:
-            raise EngineError(
-                0,
+            raise EngineSetupError(
                 "api_key_unsupported",
                 "ELASTICSEARCH_API_KEY is set, and OpenSearch has no Elasticsearch API keys: "
                 "give its user in ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD",
@@ -433,8 +437,8 @@ def detect_engine(connection: Connection, setting: str = "auto") -> Engine:
     root (`cluster:monitor/main`) gets 403: then the header decides, or the setting does.
     """
     if setting not in ENGINE_SETTINGS:
-        raise EngineError(
-            0, "engine_setting", f"ELASTICSEARCH_ENGINE must be one of {', '.join(ENGINE_SETTINGS)}"
+        raise EngineSetupError(
+            "engine_setting", f"ELASTICSEARCH_ENGINE must be one of {', '.join(ENGINE_SETTINGS)}"
         )
     headers = {"Accept": "application/json"}
     auth = None
@@ -469,21 +473,18 @@ def detect_engine(connection: Connection, setting: str = "auto") -> Engine:
     if said is None:
         if setting != "auto":
             return setting  # type: ignore[return-value]
-        raise EngineError(
-            answer.status_code,
+        raise EngineSetupError(
             "engine_unknown",
             f"cannot tell whether the cluster is Elasticsearch or OpenSearch (GET / answered "
             f"{answer.status_code}); set ELASTICSEARCH_ENGINE",
         )
     if setting != "auto" and setting != said:
-        raise EngineError(
-            0,
+        raise EngineSetupError(
             "engine_mismatch",
             f"ELASTICSEARCH_ENGINE={setting}, but the cluster answers as {said} {version}".rstrip(),
         )
     if said == "opensearch" and version and _release(version) < OPENSEARCH_MINIMUM:
-        raise EngineError(
-            0,
+        raise EngineSetupError(
             "engine_version",
             f"OpenSearch {version}: the pipeline needs 2.15 or later (the wildcard field type)",
         )
