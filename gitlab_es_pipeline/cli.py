@@ -18,7 +18,12 @@ from urllib.parse import urlsplit
 from dagster import DagsterInstance
 from requests import RequestException
 
-from gitlab_es_pipeline.clients.engines import EngineError, EngineUnreachable, SearchEngine
+from gitlab_es_pipeline.clients.engines import (
+    EngineError,
+    EngineUnreachable,
+    SearchEngine,
+    unreachable_reason,
+)
 from gitlab_es_pipeline.clients.gitlab import GitLabError
 from gitlab_es_pipeline.core.search import (
     SearchError,
@@ -63,11 +68,7 @@ def _unreachable(service: str, url: str, exc: Exception) -> Trouble:
     where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     if isinstance(exc, EngineError):
         return Trouble(f"{service} at {where} refused the request: {exc.reason or exc.error}")
-    if isinstance(exc, EngineUnreachable):
-        return Trouble(f"cannot reach {service} at {where}: {exc}")
-    found = re.search(r"\[Errno -?\d+\][^')\]]*|timed out|certificate verify failed", str(exc))
-    reason = found.group(0).strip() if found else type(exc).__name__
-    return Trouble(f"cannot reach {service} at {where}: {reason}")
+    return Trouble(f"cannot reach {service} at {where}: {unreachable_reason(exc)}")
 
 
 def search(args: argparse.Namespace, out: TextIO) -> int:

@@ -457,8 +457,7 @@ def detect_engine(connection: Connection, setting: str = "auto") -> Engine:
                 timeout=min(connection.timeout, 30.0),
             )
     except requests.RequestException as exc:
-        found = re.search(r"\[Errno -?\d+\][^')\]]*|timed out|certificate verify failed", str(exc))
-        raise EngineUnreachable(found.group(0).strip() if found else type(exc).__name__) from None
+        raise EngineUnreachable(unreachable_reason(exc)) from None
     said: Engine | None = None
     version = ""
     if answer.headers.get("X-Elastic-Product") == "Elasticsearch":
@@ -489,6 +488,13 @@ def detect_engine(connection: Connection, setting: str = "auto") -> Engine:
             f"OpenSearch {version}: the pipeline needs 2.15 or later (the wildcard field type)",
         )
     return said
+
+
+def unreachable_reason(exc: Exception) -> str:
+    """Why a connection failed, in a few words ("[Errno 111] Connection refused"), not the
+    client's whole chain of wrapped exceptions."""
+    found = re.search(r"\[Errno -?\d+\][^'\")\]]*|timed out|certificate verify failed", str(exc))
+    return found.group(0).strip() if found else type(exc).__name__
 
 
 def _release(version: str) -> tuple[int, ...]:
