@@ -1,16 +1,19 @@
 """A fleet of small repositories through the production path: what a run costs.
 
-    .venv/bin/python bench/fleet.py                     # 40 repositories, both executors
-    .venv/bin/python bench/fleet.py --repositories 100 --executor in_process
+    .venv/bin/python bench/fleet.py                     # 40 repositories, three ways
+    .venv/bin/python bench/fleet.py --repositories 1000 --mode batched
 
-For each executor: a DAGSTER_HOME with the project's dagster.yaml (SQLite), the GitLab and
+Three ways to run the fleet: a run per repository with a process per step (`multiprocess`),
+a run per repository with its steps in the run's process (`in_process`), and the sensor's
+batches of small repositories (`batched`: in_process, INDEX_BATCH_SIZE repositories a run).
+For each: a DAGSTER_HOME with the project's dagster.yaml (SQLite), the GitLab and
 Elasticsearch stand-ins in processes of their own, discovery of the fleet (the `repositories`
 asset, in this process), then `dagster-daemon run` on the project's workspace: the HEAD-commit
 sensor asks for a run per never-indexed repository and the daemon's run queue launches them,
 as many at once as dagster.yaml allows. The clock runs from the daemon's start until every
 partition has an `es_index` materialization; the machine's CPU (all processes: daemon, code
 server, run workers, step processes, stand-ins) over the same span comes from /proc/stat.
-Prints wall and CPU seconds per repository, side by side for the executors.
+Prints wall and CPU seconds per repository, side by side for the ways.
 """
 
 from __future__ import annotations
@@ -54,8 +57,18 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def index_fleet(executor: str, gitlab: str, es: str, keys: list[str], work: Path) -> dict[str, Any]:
-    home = work / f"home-{executor}"
+MODES = {  # way -> (RUN_EXECUTOR, INDEX_BATCH_SIZE)
+    "multiprocess": ("multiprocess", 1),
+    "in_process": ("in_process", 1),
+    "batched": ("in_process", 50),
+}
+
+
+def index_fleet(
+    mode: str, gitlab: str, es: str, keys: list[str], work: Path, batch_size: int
+) -> dict[str, Any]:
+    executor, default_batch = MODES[mode]
+    home = work / f"home-{mode}"
     home.mkdir(parents=True)
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     env = {
@@ -65,9 +78,10 @@ def index_fleet(executor: str, gitlab: str, es: str, keys: list[str], work: Path
         "GITLAB_TOKEN": TOKEN,
         "ELASTICSEARCH_URL": es,
         "ELASTICSEARCH_API_KEY": API_KEY,
-        "ELASTICSEARCH_INDEX": f"fleet-{executor.replace('_', '-')}",
-        "PARQUET_STORAGE_URL": str(work / f"parquet-{executor}"),
+        "ELASTICSEARCH_INDEX": f"fleet-{mode.replace('_', '-')}",
+        "PARQUET_STORAGE_URL": str(work / f"parquet-{mode}"),
         "RUN_EXECUTOR": executor,
+        "INDEX_BATCH_SIZE": str(batch_size if mode == "batched" else default_batch),
         "HEAD_SENSOR_INTERVAL_SECONDS": "5",
         "HEAD_SENSOR_MAX_RUNS_PER_TICK": str(len(keys)),
         "DAGSTER_DISABLE_TELEMETRY": "yes",
@@ -83,7 +97,7 @@ def index_fleet(executor: str, gitlab: str, es: str, keys: list[str], work: Path
     parquet = ParquetIOManager(base_path=env["PARQUET_STORAGE_URL"])
     resources = {**resources_from_env(), "parquet_io_manager": parquet}
     materialize([repositories], instance=instance, resources=resources)
-    log = work / f"daemon-{executor}.log"
+    log = work / f"daemon-{mode}.log"
     cpu_before, started = busy_cpu_seconds(), time.monotonic()
     with log.open("ab") as out:
         daemon = subprocess.Popen(
@@ -115,11 +129,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repositories", type=int, default=40)
-    parser.add_argument(
-        "--executor", action="append", choices=["multiprocess", "in_process"], default=None
-    )
+    parser.add_argument("--mode", action="append", choices=list(MODES), default=None)
+    parser.add_argument("--batch-size", type=int, default=50, help="for the batched way")
     args = parser.parse_args()
-    executors = args.executor or ["multiprocess", "in_process"]
+    modes = args.mode or list(MODES)
     work = Path(tempfile.mkdtemp(prefix="gitlab-es-bench-fleet-"))
     try:
         projects = {}
@@ -128,15 +141,15 @@ def main() -> None:
             projects[f"fleet/r{i:04d}"] = str(work / "repos" / f"r{i}")
         results = {}
         with gitlab_server(projects) as gitlab, running(_storing_elasticsearch) as es:
-            for executor in executors:
-                print(f"{executor}: indexing {len(projects)} repositories ...", flush=True)
-                results[executor] = index_fleet(executor, gitlab, es, sorted(projects), work)
-        print(f"\n{'executor':<14} {'repositories':>12} {'wall s/repo':>12} {'CPU s/repo':>11}")
-        for executor, figures in results.items():
+            for mode in modes:
+                print(f"{mode}: indexing {len(projects)} repositories ...", flush=True)
+                results[mode] = index_fleet(
+                    mode, gitlab, es, sorted(projects), work, args.batch_size
+                )
+        print(f"\n{'way':<14} {'repositories':>12} {'wall s/repo':>12} {'CPU s/repo':>11}")
+        for mode, figures in results.items():
             n = len(projects)
-            print(
-                f"{executor:<14} {n:>12} {figures['wall'] / n:>12.2f} {figures['cpu'] / n:>11.2f}"
-            )
+            print(f"{mode:<14} {n:>12} {figures['wall'] / n:>12.2f} {figures['cpu'] / n:>11.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

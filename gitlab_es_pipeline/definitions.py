@@ -5,6 +5,7 @@ import os
 from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
 
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
+from gitlab_es_pipeline.batches import index_repositories_job
 from gitlab_es_pipeline.io_managers import ParquetIOManager, default_storage_url
 from gitlab_es_pipeline.jobs import discover_repositories_job, index_repository_job
 from gitlab_es_pipeline.resources import resources_from_env
@@ -30,7 +31,7 @@ def executor_from_env() -> ExecutorDefinition:
 
 defs = Definitions(
     assets=[repositories, manifest_and_line_documents, es_index],
-    jobs=[index_repository_job, discover_repositories_job],
+    jobs=[index_repository_job, index_repositories_job, discover_repositories_job],
     schedules=[hourly_discovery],
     sensors=[head_commit_sensor],
     executor=executor_from_env(),

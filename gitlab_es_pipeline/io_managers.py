@@ -114,8 +114,11 @@ class ParquetStore(UPathIOManager):
         path = self.partition_path(asset_key, partition)
         return ParquetFile(path).read() if path.exists() else None
 
-    def store_partition(self, asset_key: AssetKey, partition: str, table: pa.Table) -> str:
-        """A table kept beside the assets (e.g. dead letters); returns where it went."""
+    def store_partition(
+        self, asset_key: AssetKey, partition: str, table: pa.Table | StagedParquet
+    ) -> str:
+        """A partition stored outside the asset's own output (a batch step, dead letters);
+        returns where it went."""
         path = self.partition_path(asset_key, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._replace(path, table)

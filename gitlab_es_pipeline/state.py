@@ -36,6 +36,7 @@ class IndexedState:
     storage_id: int
     timestamp: float
     lines: int | None = None  # line documents the manifest of that commit says it holds
+    files: int | None = None  # files indexed at that commit
 
 
 def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | None:
@@ -53,12 +54,14 @@ def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | No
         return None
     project = metadata.get("project_id")
     lines = metadata.get("lines")
+    files = metadata.get("files")
     return IndexedState(
         commit_sha=str(commit.value),
         project_id=int(project.value) if project is not None else None,
         storage_id=record.storage_id,
         timestamp=record.timestamp,
         lines=int(lines.value) if lines is not None else None,
+        files=int(files.value) if files is not None else None,
     )
 
 

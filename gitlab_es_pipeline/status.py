@@ -13,10 +13,17 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import (
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+)
 
+from gitlab_es_pipeline.batches import OUTCOME
 from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.state import FILE_MANIFEST, last_indexed
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,27 @@ def selected_repositories(instance: DagsterInstance, patterns: Iterable[str]) ->
 
 
 def last_failure(instance: DagsterInstance, repository: str) -> Failure | None:
-    """The newest failed run of the repository, with the first line of its step's error."""
+    """The newest failure of the repository: a failed run of its own (with the first line of
+    its step's error), or a batch's `batch_outcome: failed` for it."""
+    failures = [
+        f for f in (_run_failure(instance, repository), _batch_failure(instance, repository)) if f
+    ]
+    return max(failures, key=lambda f: f.timestamp) if failures else None
+
+
+def _batch_failure(instance: DagsterInstance, repository: str) -> Failure | None:
+    only = AssetRecordsFilter(asset_key=FILE_MANIFEST, asset_partitions=[repository])
+    for record in instance.fetch_observations(only, limit=10).records:
+        metadata = record.asset_observation.metadata if record.asset_observation else {}
+        outcome = metadata.get(OUTCOME)
+        if outcome is not None and outcome.value == "failed":
+            reason = metadata.get("reason")
+            message = str(reason.value).strip().splitlines()[0] if reason else "the batch failed"
+            return Failure(record.run_id, _iso(record.timestamp) or "", message, record.timestamp)
+    return None
+
+
+def _run_failure(instance: DagsterInstance, repository: str) -> Failure | None:
     records = instance.get_run_records(
         RunsFilter(statuses=[DagsterRunStatus.FAILURE], tags={PARTITION_TAG: repository}),
         limit=1,

@@ -107,6 +107,17 @@ def pipeline(
     return Pipeline(gitlab_server, es_server, instance, tmp_path / "parquet")
 
 
+@pytest.fixture
+def project_pipeline(
+    gitlab_server: GitLabStandIn,
+    es_server: ElasticsearchStandIn,
+    project_instance: DagsterInstance,
+    tmp_path: Path,
+) -> Pipeline:
+    """A pipeline whose instance runs in other processes open too (DAGSTER_HOME)."""
+    return Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")
+
+
 @pytest.fixture(scope="session")
 def opensearch_node() -> Iterator[OpenSearchNode]:
     """One real OpenSearch node for the session (started in about 10 s once built)."""

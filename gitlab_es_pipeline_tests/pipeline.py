@@ -18,6 +18,7 @@ from dagster import (
 )
 
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
+from gitlab_es_pipeline.batches import BATCH_OP, index_repositories_job
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.io_managers import ParquetIOManager
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
@@ -124,7 +125,7 @@ class Pipeline:
             time.time(),
         )
         self.sensor_cursor = tick.cursor.to_json()
-        return tick.runs
+        return tick.requested
 
     def run_sensor_requests(
         self, limits: SensorLimits | None = None, raise_on_error: bool = True
@@ -139,6 +140,29 @@ class Pipeline:
             self.index(key, raise_on_error=raise_on_error, tags=tags)
             launched.append(key)
         return launched
+
+    def index_batch(
+        self,
+        repositories: dict[str, str] | list[str],
+        raise_on_error: bool = False,
+        full_refresh: bool = False,
+    ) -> ExecuteInProcessResult:
+        """A run of index_repositories, as the sensor asks for one (commits: informational)."""
+        members = (
+            repositories
+            if isinstance(repositories, dict)
+            else dict.fromkeys(repositories, "0" * 40)
+        )
+        return index_repositories_job.execute_in_process(
+            run_config={
+                "ops": {
+                    BATCH_OP: {"config": {"repositories": members, "full_refresh": full_refresh}}
+                }
+            },
+            instance=self.instance,
+            resources=self.resources(),
+            raise_on_error=raise_on_error,
+        )
 
     def index_all(self) -> None:
         for key in self.partitions():

@@ -1,4 +1,5 @@
-"""Indexes one partition in a process of its own, so that a test can kill it (SIGKILL).
+"""Indexes one partition (or a batch) in a process of its own, so that a test can kill it
+(SIGKILL) or run several at once.
 
 Usage: python -m gitlab_es_pipeline_tests.run_partition SPEC_JSON, where the spec names the
 stand-ins' URLs and credentials, the Parquet storage and the partition. The Dagster instance
@@ -27,6 +28,15 @@ def spec_of(pipeline: Pipeline, partition: str, tags: dict[str, str] | None = No
             "partition": partition,
             "tags": tags or {},
         }
+    )
+
+
+def start_batch(pipeline: Pipeline, keys: list[str]) -> subprocess.Popen[bytes]:
+    """A batch run over these repositories in a process of its own."""
+    spec = json.loads(spec_of(pipeline, ""))
+    spec["batch"] = keys
+    return subprocess.Popen(
+        [sys.executable, "-m", "gitlab_es_pipeline_tests.run_partition", json.dumps(spec)]
     )
 
 
@@ -64,6 +74,9 @@ def main(spec: dict[str, Any]) -> None:
             instance,
             spec["storage"],
         )
+        if spec.get("batch"):
+            result = pipeline.index_batch(spec["batch"])
+            sys.exit(0 if result.success else 1)
         pipeline.index(spec["partition"], tags=spec.get("tags") or None)
 
 

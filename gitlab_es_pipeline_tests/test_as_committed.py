@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, AssetKey
 
-from gitlab_es_pipeline.assets.documents import MANIFEST_CHECK
+from gitlab_es_pipeline.indexing import MANIFEST_CHECK
 from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import (
     EXPORT_IGNORED_PREFIXES,

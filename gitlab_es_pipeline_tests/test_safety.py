@@ -140,12 +140,6 @@ def test_a_removal_is_recorded_only_when_no_document_is_left(
     assert _documents_of(pipeline, "team/keep") == 2
 
 
-@pytest.fixture
-def project_pipeline(gitlab_server, es_server, project_instance, tmp_path: Path) -> Pipeline:  # type: ignore[no-untyped-def]
-    """A pipeline whose instance a run in another process can open (DAGSTER_HOME)."""
-    return Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")
-
-
 @pytest.mark.faults
 @pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
 def test_a_first_load_killed_mid_write_has_its_index_settings_restored_by_the_next_run(

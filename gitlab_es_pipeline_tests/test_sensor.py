@@ -4,11 +4,19 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from dagster import AssetMaterialization, build_sensor_context
 
+from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE
+from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.definitions import defs
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
-from gitlab_es_pipeline.sensors import SensorLimits, head_commit_sensor
+from gitlab_es_pipeline.sensors import (
+    SensorLimits,
+    batch_request,
+    evaluate_tick,
+    head_commit_sensor,
+)
 from gitlab_es_pipeline.state import ES_INDEX
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
@@ -85,7 +93,7 @@ def test_run_requests_over_the_cap_are_carried_to_the_next_tick(
         commit_files(repo, {"a.txt": f"{i}\n"})
         pipeline.gitlab.add_project(f"g/r{i}", str(repo))
     pipeline.discover()
-    limits = SensorLimits(max_runs_per_tick=3)
+    limits = SensorLimits(max_runs_per_tick=3, batch_size=1)  # each in a run of its own
     first = [k for k, _, _ in pipeline.sensor_tick(limits)]
     second = [k for k, _, _ in pipeline.sensor_tick(limits)]
     third = [k for k, _, _ in pipeline.sensor_tick(limits)]
@@ -95,6 +103,27 @@ def test_run_requests_over_the_cap_are_carried_to_the_next_tick(
     pipeline.gitlab.requests.clear()
     assert pipeline.sensor_tick(limits) == []
     assert pipeline.gitlab.requests_of_kind("commits") == []
+
+
+def test_a_batch_counts_as_one_run_against_the_cap(pipeline: Pipeline, tmp_path: Path) -> None:
+    for i in range(7):
+        repo = init_repo(tmp_path / f"r{i}")
+        commit_files(repo, {"a.txt": f"{i}\n"})
+        pipeline.gitlab.add_project(f"g/r{i}", str(repo))
+    pipeline.discover()
+    limits = SensorLimits(max_runs_per_tick=2, batch_size=3, recheck_seconds=0)
+    source = pipeline.resources()["gitlab"].source()
+    cursor = TrackerCursor()
+    shapes = []
+    for _ in range(3):
+        tick = evaluate_tick(pipeline.instance, source, [], cursor, limits, time.time())
+        cursor = tick.cursor
+        shapes.append(([k for k, _, _ in tick.runs], [[k for k, _, _ in b] for b in tick.batches]))
+    assert shapes == [  # the most recently active first
+        ([], [["g/r6", "g/r5", "g/r4"], ["g/r3", "g/r2", "g/r1"]]),
+        (["g/r0"], []),  # the one carried over: a batch of one is a run of its own
+        ([], []),
+    ]
 
 
 def test_the_sensor_definition_requests_runs_of_the_index_job(
@@ -110,8 +139,40 @@ def test_the_sensor_definition_requests_runs_of_the_index_job(
         resources={"gitlab": pipeline.resources()["gitlab"]},
     )
     result = head_commit_sensor(context)
-    assert [(r.partition_key, r.run_key) for r in result.run_requests] == [
-        ("g/one", f"g/one@{head}")
+    # One small repository: a batch of one is a run of its own.
+    assert [(r.job_name, r.partition_key, r.run_key) for r in result.run_requests] == [
+        ("index_repository", "g/one", f"g/one@{head}")
     ]
-    assert head_commit_sensor.job_name == "index_repository"
     assert result.cursor and "g/one" in result.cursor
+
+
+def test_the_sensor_definition_batches_small_repositories(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heads = {}
+    for name in ("one", "two", "three"):
+        repo = init_repo(tmp_path / name)
+        heads[f"g/{name}"] = commit_files(repo, {"a.txt": f"{name}\n"})
+        pipeline.gitlab.add_project(f"g/{name}", str(repo))
+    big = init_repo(tmp_path / "big")
+    heads["g/big"] = commit_files(big, {f"f{i}.txt": f"{i}\n" for i in range(12)})
+    pipeline.gitlab.add_project("g/big", str(big))
+    pipeline.discover()
+    context = build_sensor_context(
+        instance=pipeline.instance,
+        definitions=defs,
+        resources={"gitlab": pipeline.resources()["gitlab"]},
+    )
+    monkeypatch.setenv("INDEX_BATCH_MAX_FILES", "10")  # g/big's 12 files make it large
+    result = head_commit_sensor(context)
+    by_job = {r.job_name: r for r in result.run_requests}
+    assert sorted(by_job) == ["index_repositories", "index_repository"]
+    assert by_job["index_repository"].partition_key == "g/big"
+    batch = by_job["index_repositories"]
+    assert batch.partition_key is None
+    assert batch.tags[BATCH_TAG] == BATCH_TAG_VALUE
+    members = batch.run_config["ops"]["index_batch"]["config"]["repositories"]
+    assert members == {k: c for k, c in heads.items() if k != "g/big"}
+    # Asked again (the same tick evaluated twice), the same batch has the same run key.
+    again = batch_request([(k, c, f"{k}@{c}") for k, c in reversed(list(members.items()))])
+    assert again.run_key == batch.run_key

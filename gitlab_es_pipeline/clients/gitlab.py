@@ -185,7 +185,7 @@ class GitLabSource:
         except GitlabError as exc:
             raise _explain(exc, f"branch {branch!r} of project {project_id}") from exc
 
-    def iter_tree(self, project_id: int, commit_sha: str) -> Iterator[dict[str, Any]]:
+    def iter_tree(self, project_id: int | str, commit_sha: str) -> Iterator[dict[str, Any]]:
         """Every entry of the tree at a commit (blobs, trees, submodules), 100 per request."""
         project = self.gl.projects.get(project_id, lazy=True)
         try:
@@ -194,6 +194,16 @@ class GitLabSource:
             )
         except GitlabError as exc:
             raise _explain(exc, f"the tree of project {project_id} at {commit_sha}") from exc
+
+    def tree_entries(self, project: int | str, commit_sha: str, at_most: int) -> int:
+        """Entries of the tree (files and folders), counted up to one more than at_most: one
+        request for a small repository, at most at_most/100 + 1 for a large one."""
+        count = 0
+        for _ in self.iter_tree(project, commit_sha):
+            count += 1
+            if count > at_most:
+                break
+        return count
 
     def archive_chunks(
         self, project_id: int, commit_sha: str, archive_format: str = "tar.gz"

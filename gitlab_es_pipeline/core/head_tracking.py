@@ -20,8 +20,9 @@ class TrackerCursor:
     checked: dict[str, tuple[str, float]] = field(default_factory=dict)
     # never-indexed partition -> (commit a run was requested for, removal epoch then)
     requested: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # (partition, commit) run requests over the per-tick cap, sent first next tick
-    pending: list[tuple[str, str]] = field(default_factory=list)
+    # (partition, commit, tree entries if known) requests over the per-tick cap, sent first
+    # next tick
+    pending: list[tuple[str, str, int | None]] = field(default_factory=list)
     # partition -> (commit whose run failed, failures so far, unix time of the last failure,
     # unix time from which it may be retried)
     retries: dict[str, tuple[str, int, float, float]] = field(default_factory=dict)
@@ -74,7 +75,7 @@ class TrackerCursor:
             k: v for k, v in self.checked.items() if k in live and now - v[1] < window_seconds
         }
         self.requested = {k: v for k, v in self.requested.items() if k in live}
-        self.pending = [(k, c) for k, c in self.pending if k in live]
+        self.pending = [p for p in self.pending if p[0] in live]
         self.retries = {k: v for k, v in self.retries.items() if k in live}
 
     def to_json(self) -> str:
@@ -97,7 +98,8 @@ class TrackerCursor:
         return cls(
             checked={k: (v[0], float(v[1])) for k, v in raw.get("checked", {}).items()},
             requested={k: (v[0], v[1]) for k, v in raw.get("requested", {}).items()},
-            pending=[(k, c) for k, c in raw.get("pending", [])],
+            # Cursors written before sizes were kept have two fields: size unknown.
+            pending=[(p[0], p[1], p[2] if len(p) > 2 else None) for p in raw.get("pending", [])],
             retries={
                 k: (v[0], int(v[1]), float(v[2]), float(v[3]))
                 for k, v in raw.get("retries", {}).items()

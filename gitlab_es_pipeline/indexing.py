@@ -1,0 +1,492 @@
+"""One repository's read and write, the same whether it runs alone or in a batch.
+
+A run of its own (the `file_manifest`/`line_documents` and `es_index` steps) and a batch
+(`batches.py`, many small repositories in one step) both call `read_repository` then
+`write_repository`; they differ only in how they record the outcome in Dagster's storage.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from dagster import DagsterInstance, DagsterLogManager, Failure, MetadataValue
+
+from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, LineIndex, SweepError
+from gitlab_es_pipeline.clients.engines import EngineSetupError
+from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
+from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
+from gitlab_es_pipeline.core.dead_letters import dead_letter_table
+from gitlab_es_pipeline.core.documents import (
+    LINE_DOCUMENT_SCHEMA,
+    REPEATED_COLUMNS,
+    RepositorySnapshot,
+)
+from gitlab_es_pipeline.core.manifest import (
+    BuildMode,
+    ManifestHeader,
+    current_entries,
+    entries_of,
+    manifest_table,
+    present_rows,
+    stale_document_ids,
+    summarize,
+)
+from gitlab_es_pipeline.core.progress import Progress
+from gitlab_es_pipeline.core.projects import Project
+from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore, StagedParquet, stage_parquet
+from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
+from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
+from gitlab_es_pipeline.retries import step_failure
+from gitlab_es_pipeline.scanning import RepositoryError, RepositoryScan, ScanSettings
+from gitlab_es_pipeline.state import (
+    DEAD_LETTERS,
+    ES_INDEX,
+    LINE_DOCUMENTS,
+    STAGED,
+    attempted_elsewhere,
+    last_indexed,
+)
+
+MANIFEST_CHECK = "manifest_accounts_for_tree"
+DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
+_FAILURES_SHOWN = 20
+_CHANGES = ("added", "modified", "deleted", "renamed", "unchanged")
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the per-repository work needs of the step it runs in."""
+
+    log: DagsterLogManager
+    instance: DagsterInstance
+    run_id: str
+
+
+@dataclass
+class ReadResult:
+    """file_manifest and line_documents of one repository, with their metadata."""
+
+    commit_sha: str
+    manifest: pa.Table
+    documents: StagedParquet
+    manifest_metadata: dict[str, Any]
+    documents_metadata: dict[str, Any]
+    problems: list[str]  # the manifest check's findings: none, or the index must not be touched
+    check_metadata: dict[str, Any]
+
+
+@dataclass
+class WriteResult:
+    """What es_index recorded for one repository: its stored value and metadata, the check."""
+
+    commit_sha: str
+    present: pa.Table
+    metadata: dict[str, Any]
+    documents_in_index: int
+    lines_in_manifest: int
+
+    @property
+    def count_matches(self) -> bool:
+        return self.documents_in_index == self.lines_in_manifest
+
+    @property
+    def count_metadata(self) -> dict[str, int]:
+        return {
+            "documents_in_index": self.documents_in_index,
+            "lines_in_manifest": self.lines_in_manifest,
+        }
+
+
+@dataclass
+class DocumentsRejected(Exception):
+    """The cluster refused some operations for good: the count check fails, then the step."""
+
+    failure: Failure
+    check_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def snapshot_of(source: GitLabSource, key: str) -> RepositorySnapshot:
+    """The project as GitLab has it now; a failure names the repository and what to do."""
+    try:
+        project = Project.from_api(source.project(key))
+    except GitLabError as exc:
+        hint = " If it was renamed or moved, discovery will replace this partition." * (
+            exc.status == 404
+        )
+        raise step_failure(f"{key}: {exc}.{hint}", permanent=exc.permanent) from exc
+    branch = project.default_branch
+    if not branch:
+        raise step_failure(
+            f"{key}: the project has no default branch (empty repository?)", permanent=True
+        )
+    try:
+        commit = source.head_commit(project.project_id, branch)
+    except GitLabError as exc:
+        hint = (
+            f" The default branch {branch!r} is gone: choose another one in the project's "
+            "settings (Repository > Branch defaults)." * (exc.status == 404)
+        )
+        raise step_failure(f"{key}: {exc}.{hint}", permanent=exc.permanent) from exc
+    return RepositorySnapshot(
+        project_id=project.project_id,
+        repository_name=project.path_with_namespace,
+        branch=branch,
+        commit_sha=commit,
+        web_url=project.web_url,
+        visibility=project.visibility or "private",
+    )
+
+
+def _choose_mode(
+    step: Step,
+    key: str,
+    full_refresh: bool,
+    snapshot: RepositorySnapshot,
+    store: ParquetStore,
+) -> tuple[BuildMode, ManifestHeader | None, Any]:
+    """Incremental against the indexed manifest when there is a trustworthy one."""
+    state = last_indexed(step.instance, key)
+    if state is None:
+        # Never indexed. A first load that failed or was killed may have left documents that
+        # no manifest describes (of files gone since): a full refresh sweeps them.
+        leftovers = attempted_elsewhere(step.instance, key, step.run_id)
+        if leftovers and not full_refresh:
+            step.log.info(
+                f"{snapshot.repository_name}: never indexed, but an earlier run set out to; "
+                "rebuilding as a full refresh to sweep what it may have left"
+            )
+        mode = BuildMode.FULL_REFRESH if full_refresh or leftovers else BuildMode.FULL
+        return mode, None, None
+    stored = store.read_partition(ES_INDEX, key)
+    header = ManifestHeader.of(stored) if stored is not None else None
+    if header is None or header.snapshot.commit_sha != state.commit_sha:
+        # The indexed manifest is missing (es_index withdraws it before writing, so a run that
+        # died or failed while writing leaves none) or is not the one Dagster recorded: only a
+        # full rebuild is sure to leave nothing stale behind.
+        step.log.warning(
+            f"{snapshot.repository_name}: no stored manifest for indexed commit "
+            f"{state.commit_sha} (an earlier run stopped while writing to Elasticsearch?); "
+            "rebuilding in full"
+        )
+        return BuildMode.FULL_REFRESH, header, stored
+    mode = BuildMode.FULL_REFRESH if full_refresh else BuildMode.INCREMENTAL
+    return mode, header, stored
+
+
+def _compared_changes(
+    step: Step,
+    source: GitLabSource,
+    snapshot: RepositorySnapshot,
+    base: ManifestHeader,
+    indexing: IndexingResource,
+) -> list[dict[str, Any]] | None:
+    """GitLab's list of paths changed since the indexed commit, or None to list the tree.
+
+    None when the comparison fails (the old commit is gone), may be cut off by GitLab's diff
+    limits, or names so many files that one archive is cheaper than fetching them one by one.
+    """
+    try:
+        comparison = source.compare(
+            snapshot.project_id, base.snapshot.commit_sha, snapshot.commit_sha
+        )
+    except GitLabError as exc:
+        step.log.warning(f"{snapshot.repository_name}: {exc}; listing the tree instead")
+        return None
+    diffs = comparison.get("diffs") or []
+    if comparison.get("compare_timeout") or len(diffs) >= indexing.compare_max_files:
+        step.log.info(f"{snapshot.repository_name}: comparison cut off; listing the tree")
+        return None
+    if len(diffs) > indexing.max_files_fetched_alone:
+        return None
+    return diffs
+
+
+def read_repository(
+    step: Step,
+    key: str,
+    full_refresh: bool,
+    source: GitLabSource,
+    gitlab: GitLabResource,
+    indexing: IndexingResource,
+    store: ParquetStore,
+    staging: str,
+) -> ReadResult:
+    """Tree listing (blob ids), then only the files that changed since the indexed commit.
+
+    The line documents go to a Parquet file in `staging` as they are read.
+    """
+    memory_pool = use_returning_memory_pool()
+    requests_before = dict(source.requests)
+    snapshot = snapshot_of(source, key)
+    settings = ScanSettings(
+        max_file_bytes=indexing.max_file_bytes,
+        max_line_chars=indexing.max_line_chars,
+        excluded=indexing.excluded_regex(),
+        archive_format=gitlab.archive_format,
+        archive_attempts=gitlab.archive_attempts,
+        archive_retry_seconds=gitlab.archive_retry_seconds,
+        max_files_fetched_alone=indexing.max_files_fetched_alone,
+    )
+    mode, base_header, base_table = _choose_mode(step, key, full_refresh, snapshot, store)
+    progress = Progress(
+        f"{snapshot.repository_name}: read", "files", step.log.info, indexing.progress_seconds
+    )
+    scan = RepositoryScan(source, snapshot, settings, progress)
+    # Every document carries these: when one changes, every document is written again.
+    identity_changed = base_header is not None and (
+        base_header.snapshot.repository_name,
+        base_header.snapshot.branch,
+        base_header.snapshot.web_url,
+        base_header.snapshot.visibility,
+    ) != (snapshot.repository_name, snapshot.branch, snapshot.web_url, snapshot.visibility)
+    read_everything = (
+        mode is not BuildMode.INCREMENTAL
+        or identity_changed
+        or (base_header is not None and base_header.settings != settings.fingerprint())
+    )
+    base_entries = current_entries(base_table) if base_table is not None else None
+    diffs = None
+    if not read_everything and base_header is not None and base_entries is not None:
+        diffs = _compared_changes(step, source, snapshot, base_header, indexing)
+    try:
+        if diffs is not None and base_entries is not None:
+            scan.from_compare(base_entries, diffs)
+        elif read_everything:
+            scan.read_everything(base_entries)
+        else:
+            scan.list_tree()
+            scan.plan(base_entries)
+    except RepositoryError as exc:
+        raise step_failure(str(exc), permanent=exc.permanent) from exc
+    step.log.info(
+        f"{snapshot.repository_name}: {snapshot.branch} at {snapshot.commit_sha}, {mode.value} "
+        f"against {base_header.snapshot.commit_sha if base_header else 'nothing'}; "
+        + (
+            "reading every file"
+            if read_everything
+            else f"{len(scan.wanted)} of {len(scan.entries)} files to read"
+        )
+    )
+    header = ManifestHeader(
+        snapshot=snapshot,
+        mode=mode,
+        base_commit=base_header.snapshot.commit_sha if base_header else None,
+        settings=settings.fingerprint(),
+    )
+    try:
+        documents = stage_parquet(
+            os.path.join(staging, "line_documents.parquet"),
+            LINE_DOCUMENT_SCHEMA,
+            scan.documents(indexing.row_group_lines),
+            dictionary_columns=REPEATED_COLUMNS,
+        )
+    except RepositoryError as exc:
+        raise step_failure(str(exc), permanent=exc.permanent) from exc
+    progress.finish()
+    manifest = manifest_table(header, [*scan.entries.values(), *scan.deleted])
+    summary = summarize(manifest)
+    stats = scan.stats
+    requests = {
+        kind: n - requests_before.get(kind, 0)
+        for kind, n in source.requests.items()
+        if n > requests_before.get(kind, 0)
+    }
+    problems = scan.account.problems()
+    if problems:
+        step.log.error(f"{snapshot.repository_name}: " + "; ".join(problems))
+    return ReadResult(
+        commit_sha=snapshot.commit_sha,
+        manifest=manifest,
+        documents=documents,
+        manifest_metadata={
+            "dagster/row_count": manifest.num_rows,
+            "commit": MetadataValue.url(f"{snapshot.web_url}/-/commit/{snapshot.commit_sha}"),
+            "commit_sha": snapshot.commit_sha,
+            "branch": snapshot.branch,
+            "project": MetadataValue.url(snapshot.web_url),
+            "mode": mode.value,
+            "base_commit": header.base_commit or "",
+            "files": summary.files,
+            "files_indexed": summary.indexed_files,
+            "files_skipped": summary.files - summary.indexed_files,
+            **{f"skipped_{reason}": n for reason, n in scan.skipped().items()},
+            **{f"files_{change}": summary.changes.get(change, 0) for change in _CHANGES},
+            "files_read": len(scan.wanted),
+            "lines": summary.lines,
+            "bytes": summary.indexed_bytes,
+            "gitlab_requests": MetadataValue.json(requests),
+        },
+        documents_metadata={
+            "dagster/row_count": documents.rows,
+            "commit_sha": snapshot.commit_sha,
+            "mode": mode.value,
+            "files_read": len(scan.wanted),
+            "files_from_archive": stats.files_from_archive,
+            "files_fetched_alone": stats.files_fetched_alone,
+            "files_missing_from_archive": stats.files_missing_from_archive,
+            "files_rewritten_by_archive": stats.files_rewritten_by_archive,
+            "archive_bytes": stats.archive_bytes,
+            "archive_restarts": stats.archive_restarts,
+            "arrow_memory_pool": memory_pool,
+            "peak_rss_mb": peak_rss_mb(),
+            "duration_seconds": round(stats.seconds, 3),
+            "lines_per_second": round(stats.lines / stats.seconds) if stats.seconds else 0,
+        },
+        problems=problems,
+        check_metadata={
+            **scan.account.metadata(),
+            "problems": MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        },
+    )
+
+
+def open_index(
+    step: Step, elasticsearch: ElasticsearchResource, key: str
+) -> tuple[LineIndex, bool]:
+    """The line index, created or checked once (for a batch: once for all its repositories);
+    True when it was created now (its first load then runs with the bulk-load settings)."""
+    try:
+        index = elasticsearch.line_index()
+        created = index.ensure() == "created"
+    except (IndexSetupError, EngineSetupError) as exc:
+        reason = exc.reason if isinstance(exc, EngineSetupError) else exc
+        raise step_failure(f"{key}: {reason}", permanent=True) from exc
+    for name, settings in index.restored_after_interrupted_load.items():
+        step.log.warning(
+            f"index {name}: its first load was cut short (the run killed?); settings restored: "
+            + ", ".join(f"{k}={v}" for k, v in settings.items())
+        )
+    return index, created
+
+
+def write_repository(
+    step: Step,
+    key: str,
+    elasticsearch: ElasticsearchResource,
+    indexing: IndexingResource,
+    store: ParquetStore,
+    manifest: pa.Table,
+    line_documents: ParquetFile,
+    opened: tuple[LineIndex, bool] | None = None,
+) -> WriteResult:
+    """Writes the new documents, deletes exactly the stale ones; the caller records the commit.
+
+    opened: the index as `open_index` gave it, when the caller writes several repositories.
+
+    The stored es_index value (the manifest of what the index holds) is withdrawn before the
+    first write: a run that dies or fails part-way leaves documents no manifest describes, and
+    the missing manifest makes the next run rebuild in full instead of trusting a stale base.
+    """
+    started = time.monotonic()
+    use_returning_memory_pool()
+    header = ManifestHeader.of(manifest)
+    snapshot = header.snapshot
+    summary = summarize(manifest)
+    store.withdraw_partition(ES_INDEX, key)
+    dead_before = store.read_partition(DEAD_LETTERS, key)
+    index, new_index = opened or open_index(step, elasticsearch, snapshot.repository_name)
+    total = line_documents.num_rows
+    progress = Progress(
+        f"{snapshot.repository_name}: write",
+        "documents",
+        step.log.info,
+        indexing.progress_seconds,
+    )
+    with index.bulk_load() if new_index else nullcontext():
+        written = index.write(
+            map(index_operations, line_documents.iter_batches()),
+            progress=lambda done: progress.update(done, total),
+        )
+    progress.finish()
+    deleted = index.write(
+        delete_operations(stale_document_ids(snapshot.project_id, entries_of(manifest)))
+    )
+    failed = written.failed + deleted.failed
+    swept = 0
+    if header.mode is BuildMode.FULL_REFRESH and not failed:
+        try:
+            swept = index.delete_other_commits(snapshot.project_id, snapshot.commit_sha)
+        except SweepError as exc:
+            raise step_failure(
+                f"{snapshot.repository_name}: removing documents of other commits: {exc}",
+                permanent=False,
+            ) from exc
+    outcome = {
+        "documents_written": written.succeeded,
+        "documents_deleted": deleted.results.get("deleted", 0) + swept,
+        "documents_failed": failed,
+        # The previous run's dead letters, sent again as part of this run's full rebuild.
+        "dead_letters_retried": dead_before.num_rows if dead_before is not None else 0,
+        "items_retried": written.retried_items + deleted.retried_items,
+        "bulk_requests": written.requests + deleted.requests,
+        "bulk_bytes": written.bytes_sent + deleted.bytes_sent,
+    }
+    if failed:
+        failures = [*written.failures, *deleted.failures]
+        kept = store.store_partition(DEAD_LETTERS, key, dead_letter_table(snapshot, failures))
+        shown = "\n".join(f"- {f}" for f in failures[:_FAILURES_SHOWN])
+        raise DocumentsRejected(
+            step_failure(
+                f"{snapshot.repository_name}: Elasticsearch rejected {failed} "
+                f"operations; commit {snapshot.commit_sha} is not marked indexed, and the next "
+                f"run rebuilds the repository and sends them again. Kept in {kept}:\n{shown}",
+                permanent=True,
+                metadata={
+                    **outcome,
+                    "failures": MetadataValue.md(shown),
+                    "dead_letters": MetadataValue.path(kept),
+                },
+            ),
+            {"documents_rejected": failed, "dead_letters": MetadataValue.path(kept)},
+        )
+    if not step.instance.has_dynamic_partition(REPOSITORIES_PARTITION, key):
+        # Discovery removed the repository while this run wrote: what the run wrote after
+        # discovery's sweep would stay forever. Swept again, and nothing recorded.
+        try:
+            removed = index.delete_repository(snapshot.project_id, snapshot.repository_name)
+        except SweepError as exc:
+            raise step_failure(
+                f"{snapshot.repository_name}: removed by discovery while the run wrote, and "
+                f"removing its documents again failed: {exc}",
+                permanent=False,
+            ) from exc
+        store.forget_partition(STAGED, key)
+        raise step_failure(
+            f"{snapshot.repository_name}: discovery removed this repository while the run "
+            f"wrote; its {removed} documents were deleted again and nothing is recorded",
+            permanent=True,
+        )
+    store.withdraw_partition(DEAD_LETTERS, key)
+    if not indexing.keep_line_documents:  # a copy of the source, no longer needed
+        store.withdraw_partition(LINE_DOCUMENTS, key)
+    index.refresh()
+    in_index = index.count(snapshot.project_id, snapshot.repository_name)
+    return WriteResult(
+        commit_sha=snapshot.commit_sha,
+        present=present_rows(manifest),
+        metadata={
+            "commit": MetadataValue.url(f"{snapshot.web_url}/-/commit/{snapshot.commit_sha}"),
+            "commit_sha": snapshot.commit_sha,
+            "project_id": snapshot.project_id,
+            "branch": snapshot.branch,
+            "project": MetadataValue.url(snapshot.web_url),
+            "mode": header.mode.value,
+            "base_commit": header.base_commit or "",
+            "index": elasticsearch.index,
+            "files": summary.indexed_files,
+            "lines": summary.lines,
+            "bytes": summary.indexed_bytes,
+            **{f"files_{change}": n for change, n in summary.changes.items()},
+            "duration_seconds": round(time.monotonic() - started, 3),
+            "peak_rss_mb": peak_rss_mb(),
+            **outcome,
+        },
+        documents_in_index=in_index,
+        lines_in_manifest=summary.lines,
+    )
