@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -20,22 +20,33 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def serve_until_stopped(conn: Any) -> None:
-    """Answer "cpu" with cpu_seconds() until told anything else."""
-    while conn.recv() == "cpu":
-        conn.send(cpu_seconds())
+def serve_until_stopped(conn: Any, pushed: Callable[[str], None] | None = None) -> None:
+    """Answer "cpu" with cpu_seconds(), and ("push", project) by calling pushed, until told
+    anything else."""
+    while True:
+        message = conn.recv()
+        if message == "cpu":
+            conn.send(cpu_seconds())
+        elif pushed is not None and isinstance(message, tuple) and message[0] == "push":
+            conn.send(pushed(message[1]))
+        else:
+            return
 
 
 def _gitlab(projects: dict[str, str], conn: Any) -> None:
+    _gitlab_active_at(projects, "", conn)
+
+
+def _gitlab_active_at(projects: dict[str, str], last_activity_at: str, conn: Any) -> None:
     from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
     server = GitLabStandIn(token=TOKEN)
     server.rate_limit = 10**9
-    for path, repo in projects.items():
-        server.add_project(path, repo)
+    attrs = {"last_activity_at": last_activity_at} if last_activity_at else {}
+    by_path = {path: server.add_project(path, repo, **attrs) for path, repo in projects.items()}
     server.start()
     conn.send(server.url)
-    serve_until_stopped(conn)
+    serve_until_stopped(conn, lambda path: by_path[path].record_push(throttle_seconds=0))
     server.stop()
 
 
@@ -58,18 +69,25 @@ def running(target: Any, *args: Any) -> Iterator[str]:
 @contextmanager
 def running_measured(target: Any, *args: Any) -> Iterator[tuple[str, Any]]:
     """The stand-in's URL, and a function that asks it for its CPU seconds so far."""
+    with running_asked(target, *args) as (url, ask):
+        yield url, lambda: float(ask("cpu"))
+
+
+@contextmanager
+def running_asked(target: Any, *args: Any) -> Iterator[tuple[str, Callable[[Any], Any]]]:
+    """The stand-in's URL, and a function that sends it a message and returns its answer."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     process = ctx.Process(target=target, args=(*args, child), daemon=True)
     process.start()
     url = parent.recv()
 
-    def cpu() -> float:
-        parent.send("cpu")
-        return float(parent.recv())
+    def ask(message: Any) -> Any:
+        parent.send(message)
+        return parent.recv()
 
     try:
-        yield url, cpu
+        yield url, ask
     finally:
         parent.send("stop")
         process.join(10)
@@ -83,6 +101,13 @@ def gitlab_server(projects: dict[str, str]) -> AbstractContextManager[str]:
 
 def gitlab_server_measured(projects: dict[str, str]) -> AbstractContextManager[tuple[str, Any]]:
     return running_measured(_gitlab, projects)
+
+
+def gitlab_server_pushable(
+    projects: dict[str, str], last_activity_at: str
+) -> AbstractContextManager[tuple[str, Callable[[Any], Any]]]:
+    """Projects last active at last_activity_at; ask(("push", path)) records a push."""
+    return running_asked(_gitlab_active_at, projects, last_activity_at)
 
 
 def elasticsearch_server() -> AbstractContextManager[str]:

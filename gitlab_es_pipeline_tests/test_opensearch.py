@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from dagster import AssetCheckKey, AssetKey, DagsterInstance
 from gitlab_es_pipeline.cli import main
 from gitlab_es_pipeline.clients.engines import Connection, EngineError, detect_engine
 from gitlab_es_pipeline.core.mapping import index_body
+from gitlab_es_pipeline_tests.conftest import ROOT
 from gitlab_es_pipeline_tests.opensearch_node import OpenSearchNode
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
@@ -193,37 +196,71 @@ def _index_settings(node: OpenSearchNode, name: str = f"{INDEX}-v1") -> dict[str
 # -- search, compared with git grep ---------------------------------------------------------------
 
 
-@pytest.fixture
-def searchable(
-    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, Path]:
-    """Real source (a slice of Python's standard library) indexed, the CLI pointed at it."""
+@pytest.fixture(scope="module")
+def _stdlib_indexed(
+    opensearch_node: OpenSearchNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, Path], dict[str, str]]]:
+    """Real source (a slice of Python's standard library) indexed once, on the project's own
+    dagster.yaml (SQLite), for the read-only tests below. They follow one another, so no other
+    test's clean-up of the node comes between them (each checks the documents are there)."""
     import email
     import http
     import json
 
-    repos: dict[str, Path] = {}
-    for package in (json, http, email):
-        folder = Path(package.__file__).parent
-        files = {
-            p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*.py"))
-            if "__pycache__" not in p.parts
-        }
-        key = f"stdlib/{package.__name__}"
-        repos[key] = init_repo(tmp_path / package.__name__)
-        commit_files(repos[key], files)
-        pipeline.gitlab.add_project(key, str(repos[key]))
-    pipeline.discover()
-    pipeline.index_all()
-    for name, value in {
-        "GITLAB_URL": pipeline.gitlab.url,
-        "GITLAB_TOKEN": pipeline.gitlab.token,
-        "ELASTICSEARCH_URL": pipeline.es.url,
+    opensearch_node.delete_all_indices()
+    root = tmp_path_factory.mktemp("stdlib")
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    gitlab = GitLabStandIn().start()
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setenv("DAGSTER_HOME", str(home))
+        patched.delenv("DAGSTER_PG_URL", raising=False)
+        patched.delenv("DAGSTER_PG_HOST", raising=False)
+        instance = DagsterInstance.from_config(str(home))
+        try:
+            pipeline = Pipeline(gitlab, opensearch_node, instance, root / "parquet")  # type: ignore[arg-type]
+            repos: dict[str, Path] = {}
+            for package in (json, http, email):
+                folder = Path(package.__file__).parent
+                files = {
+                    p.relative_to(folder).as_posix(): p.read_bytes()
+                    for p in sorted(folder.rglob("*.py"))
+                    if "__pycache__" not in p.parts
+                }
+                key = f"stdlib/{package.__name__}"
+                repos[key] = init_repo(root / package.__name__)
+                commit_files(repos[key], files)
+                gitlab.add_project(key, str(repos[key]))
+            pipeline.discover()
+            pipeline.index_all()
+        finally:
+            instance.dispose()
+    env = {
+        "DAGSTER_HOME": str(home),
+        "GITLAB_URL": gitlab.url,
+        "GITLAB_TOKEN": gitlab.token,
+        "ELASTICSEARCH_URL": opensearch_node.url,
         "ELASTICSEARCH_INDEX": INDEX,
-    }.items():
+    }
+    try:
+        yield repos, env
+    finally:
+        gitlab.stop()
+
+
+@pytest.fixture
+def searchable(
+    _stdlib_indexed: tuple[dict[str, Path], dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Path]:
+    """The indexed standard-library slice, the command line pointed at it."""
+    repos, env = _stdlib_indexed
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("ELASTICSEARCH_API_KEY", raising=False)
+    for name in ("ELASTICSEARCH_API_KEY", "DAGSTER_PG_URL", "DAGSTER_PG_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    counted = requests.get(f"{env['ELASTICSEARCH_URL']}/{INDEX}/_count", timeout=30)
+    assert counted.ok and counted.json()["count"] > 0, "another test emptied the node"
     return repos
 
 
@@ -263,7 +300,6 @@ def _word_part(word: str) -> str:
     return f"{start}{cased}{end}|(?<!\\S)(?i:{re.escape(word)})(?!\\S)"
 
 
-@ON_SQLITE
 def test_word_search_finds_identifier_parts_as_git_grep_does(searchable: dict[str, Path]) -> None:
     for word in ("decoder", "header", "parse", "loads"):
         expected = _git_grep(searchable, "-P", _word_part(word))
@@ -271,7 +307,6 @@ def test_word_search_finds_identifier_parts_as_git_grep_does(searchable: dict[st
         assert _search(word) == expected, word
 
 
-@ON_SQLITE
 def test_exact_substrings_match_as_git_grep_does(searchable: dict[str, Path]) -> None:
     # A needle ending with a backslash meets OpenSearch's wildcard-field pitfall (core.search).
     for needle in (
@@ -289,7 +324,6 @@ def test_exact_substrings_match_as_git_grep_does(searchable: dict[str, Path]) ->
         assert _search("-F", "-i", needle.upper()) == _git_grep(searchable, "-F", "-i", needle)
 
 
-@ON_SQLITE
 def test_path_extension_and_language_filters_match_git_grep(searchable: dict[str, Path]) -> None:
     assert _search("-F", "import", "-p", "*/__init__.py") == _git_grep(
         searchable, "-F", "import", paths=("**/__init__.py",)
@@ -303,7 +337,6 @@ def test_path_extension_and_language_filters_match_git_grep(searchable: dict[str
     assert _search("-F", "return", "-l", "go") == []
 
 
-@ON_SQLITE
 def test_status_counts_each_repositorys_documents_in_opensearch(
     searchable: dict[str, Path],
 ) -> None:
@@ -318,7 +351,6 @@ def test_status_counts_each_repositorys_documents_in_opensearch(
         assert rows[key]["documents"] == rows[key]["lines"] == lines_in_git
 
 
-@ON_SQLITE
 def test_without_the_opensearch_client_the_cli_says_what_to_install(
     searchable: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
