@@ -16,6 +16,7 @@ run of adjacent partition keys while the sensor's changed repositories are scatt
 import hashlib
 import tempfile
 import traceback
+from dataclasses import replace
 
 from dagster import (
     AssetCheckEvaluation,
@@ -23,6 +24,7 @@ from dagster import (
     AssetMaterialization,
     AssetObservation,
     Config,
+    DagsterLogManager,
     Failure,
     MetadataValue,
     OpExecutionContext,
@@ -71,6 +73,27 @@ class BatchConfig(Config):
     )
 
 
+class _GatheredLog:
+    """A repository's info lines in a batch, said as one line when it is done. Each log line is
+    an event write (about 10 ms on SQLite), and a small repository says four of them: the
+    gathering halves a batch's log writes and loses nothing. Warnings are said at once."""
+
+    def __init__(self, log: DagsterLogManager) -> None:
+        self._log = log
+        self._lines: list[str] = []
+
+    def info(self, msg: str) -> None:
+        self._lines.append(msg)
+
+    def warning(self, msg: str) -> None:
+        self._log.warning(msg)
+
+    def say(self) -> None:
+        if self._lines:
+            self._log.info("\n".join(self._lines))
+            self._lines.clear()
+
+
 def _versioned(commit: str) -> dict[str, str]:
     """The tags with which Dagster stores an output's user-provided data version."""
     return {DATA_VERSION_TAG: commit, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
@@ -100,6 +123,25 @@ def _index_one(
     opened: list[tuple[LineIndex, bool]],
 ) -> None:
     """One repository, as its own run's two steps would index it."""
+    gathered = _GatheredLog(context.log)
+    try:
+        _index_repository(
+            context, replace(step, log=gathered), key, full_refresh, services, store, source, opened
+        )
+    finally:
+        gathered.say()
+
+
+def _index_repository(
+    context: OpExecutionContext,
+    step: Step,
+    key: str,
+    full_refresh: bool,
+    services: tuple[GitLabResource, ElasticsearchResource, IndexingResource],
+    store: ParquetStore,
+    source: GitLabSource,
+    opened: list[tuple[LineIndex, bool]],
+) -> None:
     gitlab, elasticsearch, indexing = services
     with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
         read = read_repository(step, key, full_refresh, source, gitlab, indexing, store, staging)

@@ -11,7 +11,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 from dagster import DagsterInstance, DagsterLogManager, Failure, MetadataValue
@@ -59,11 +59,19 @@ _FAILURES_SHOWN = 20
 _CHANGES = ("added", "modified", "deleted", "renamed", "unchanged")
 
 
+class StepLog(Protocol):
+    """What the per-repository work says: the step's logger, or a batch's gathering of it."""
+
+    def info(self, msg: str) -> None: ...
+
+    def warning(self, msg: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Step:
     """What the per-repository work needs of the step it runs in."""
 
-    log: DagsterLogManager
+    log: StepLog | DagsterLogManager
     instance: DagsterInstance
     run_id: str
 

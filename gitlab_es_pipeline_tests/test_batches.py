@@ -111,6 +111,20 @@ def test_a_batch_indexes_each_repository_as_its_own_run_would(
             ("document_count_matches_manifest", True),
             ("manifest_accounts_for_tree", True),
         ]
+        # What its own run would log, said in two lines: taken, then the rest gathered (the
+        # read plan, the read and the write).
+        said = [
+            m
+            for r in pipeline.instance.get_records_for_run(result.run_id).records
+            if (m := r.event_log_entry.user_message or "").startswith(f"{key}:")
+            and not r.event_log_entry.is_dagster_event
+        ]
+        assert len(said) == 2 and TAKEN in said[0], said
+        assert [line.split(":")[1].split()[0] for line in said[1].splitlines()] == [
+            "main",
+            "read",
+            "write",
+        ], said[1]
 
     # A push to one repository: a run of its own after the batch is incremental.
     history = {k: [_head(r)] for k, r in repos.items()}
