@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -163,8 +165,20 @@ def _table(statuses: list[RepositoryStatus], out: TextIO) -> None:
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
 
 
+LOCAL_HOME = ".dagster_home"  # where the README's first command keeps the instance
+
+
+def _dagster_home() -> None:
+    """Without DAGSTER_HOME, the README's `.dagster_home` of the current folder, if it has one:
+    `status` then works from the project folder in a new shell, as the README writes it."""
+    local = Path.cwd() / LOCAL_HOME
+    if not os.environ.get("DAGSTER_HOME") and (local / "dagster.yaml").is_file():
+        os.environ["DAGSTER_HOME"] = str(local)
+
+
 def status(args: argparse.Namespace, out: TextIO) -> int:
     problems: list[str] = []
+    _dagster_home()
     try:
         instance = DagsterInstance.get()
     except Exception as exc:

@@ -32,6 +32,7 @@ from gitlab_es_pipeline.core.manifest import (
     current_entries,
     entries_of,
     manifest_table,
+    outcome_in_words,
     present_rows,
     stale_document_ids,
     summarize,
@@ -479,6 +480,13 @@ def write_repository(
         commit_sha=snapshot.commit_sha,
         present=present_rows(manifest),
         metadata={
+            "outcome": outcome_in_words(
+                snapshot.commit_sha,
+                header.base_commit,
+                outcome["documents_written"],
+                outcome["documents_deleted"],
+                summary.changes,
+            ),
             "commit": MetadataValue.url(f"{snapshot.web_url}/-/commit/{snapshot.commit_sha}"),
             "commit_sha": snapshot.commit_sha,
             "project_id": snapshot.project_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,28 @@ def test_status_reports_commits_heads_counts_and_failures(
     pipeline.gitlab.stop()
     assert run("status")[0] == 2
     assert f"cannot reach GitLab at {pipeline.gitlab.url}" in capsys.readouterr().err
+
+
+@ON_SQLITE
+def test_status_finds_the_readmes_instance_folder_without_dagster_home(
+    fleet: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new shell in the project folder: DAGSTER_HOME is not exported, the README's first
+    # command left the instance in ./.dagster_home.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".dagster_home").symlink_to(os.environ["DAGSTER_HOME"])
+    monkeypatch.delenv("DAGSTER_HOME")
+    monkeypatch.chdir(project)
+    code, output = run("status", "--json", "--no-heads")
+    assert code == 0, output
+    heads = {key: run_git(repo, "rev-parse", "HEAD").strip() for key, repo in fleet.items()}
+    assert {r["repository"]: r["indexed_commit"] for r in json.loads(output)} == heads
+    # Elsewhere, without it: the one-line error says what is missing.
+    monkeypatch.delenv("DAGSTER_HOME")
+    monkeypatch.chdir(tmp_path)
+    code, _ = run("status")
+    assert code == 2
 
 
 def test_the_console_script_is_installed() -> None:

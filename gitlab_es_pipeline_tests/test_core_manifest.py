@@ -10,6 +10,7 @@ from gitlab_es_pipeline.core.manifest import (
     classify,
     current_entries,
     manifest_table,
+    outcome_in_words,
     snapshot_of,
     stale_document_ids,
     summarize,
@@ -149,3 +150,20 @@ def test_a_mode_change_is_a_modification(mode: str) -> None:
     entries = {"x": ManifestEntry("x", "1" * 40, mode)}
     classify(entries, base)
     assert entries["x"].change == "modified"
+
+
+def test_a_write_with_nothing_to_do_says_it_is_up_to_date_in_words() -> None:
+    a, b = "a" * 40, "b" * 40
+    assert outcome_in_words(b, b, 0, 0, {"unchanged": 7}) == (
+        f"up to date at {b[:12]}: this commit was indexed already"
+    )
+    assert outcome_in_words(b, a, 0, 0, {"modified": 1, "unchanged": 6}) == (
+        f"up to date at {b[:12]}: no indexed file changed since {a[:12]}"
+    )
+    assert outcome_in_words(b, a, 12, 3, {"added": 1, "deleted": 1, "unchanged": 5}) == (
+        f"indexed {b[:12]} (from {a[:12]}): 12 documents written, 3 deleted; "
+        "files 1 added, 1 deleted"
+    )
+    assert outcome_in_words(a, None, 1234, 0, {"added": 2}) == (
+        f"indexed {a[:12]} (from nothing): 1,234 documents written, 0 deleted; files 2 added"
+    )

@@ -98,10 +98,17 @@ def test_every_line_of_every_repository_is_indexed_field_by_field(
     assert es_meta["lines"] == es_meta["documents_written"] == len(expected.documents)
     assert es_meta["project"] == f"{pipeline.gitlab.url}/acme/backend"
 
-    # A second run changes nothing and duplicates nothing.
+    assert es_meta["outcome"].startswith(f"indexed {meta['commit_sha'][:12]} (from nothing): ")
+
+    # A second run changes nothing and duplicates nothing, and says so in words.
     before = pipeline.es.documents(INDEX)
     pipeline.index_all()
     assert pipeline.es.documents(INDEX) == before
+    again = pipeline.latest_metadata("es_index", "acme/backend")
+    assert again["documents_written"] == again["documents_deleted"] == 0
+    assert again["outcome"] == (
+        f"up to date at {meta['commit_sha'][:12]}: this commit was indexed already"
+    )
     _assert_index_matches_git(pipeline, corpus_repos, ids)
 
 

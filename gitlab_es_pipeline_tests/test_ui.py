@@ -39,6 +39,7 @@ def indexed(gitlab_server, es_server, project_instance, tmp_path: Path) -> dict[
         commits[key] = run_git(repo, "rev-parse", "HEAD").strip()
     pipeline.discover()
     pipeline.index_all()
+    pipeline.index("team/lib")  # again: a run with nothing to do
     return commits
 
 
@@ -124,7 +125,13 @@ def test_the_ui_shows_the_assets_partitions_and_metadata(
         # main.py has 2 lines, README.md 1: the manifest's line count and the documents written.
         assert re.search(r"\blines\s+3\b", body), body
         assert re.search(r"\bdocuments_written\s+3\b", body), body
+        assert f"indexed {indexed['team/app'][:12]} (from nothing)" in body, body
+
+        # A run that had nothing to do says so, not only with zeros.
+        visit("/assets/es_index?view=events&partition=team%2Flib", "ui-up-to-date", "outcome")
+        body = page.inner_text("body")
+        assert f"up to date at {indexed['team/lib'][:12]}" in body, body
         browser.close()
 
-    for name in ("ui-lineage", "ui-partitions", "ui-metadata"):
+    for name in ("ui-lineage", "ui-partitions", "ui-metadata", "ui-up-to-date"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000

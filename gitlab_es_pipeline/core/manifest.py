@@ -254,3 +254,22 @@ def summarize(table: pa.Table) -> ManifestSummary:
         skipped=dict(sorted(Counter(reasons).items())),
         changes=dict(sorted(Counter(change.drop_null().to_pylist()).items())),
     )
+
+
+def outcome_in_words(
+    commit: str, base_commit: str | None, written: int, deleted: int, changes: dict[str, int]
+) -> str:
+    """What a write did, for the asset page: a run with nothing to do says it is up to date,
+    where its counts alone (all zeros) read as if nothing had been indexed."""
+    at = commit[:12]
+    if written == 0 and deleted == 0:
+        if base_commit == commit:
+            return f"up to date at {at}: this commit was indexed already"
+        since = f" since {base_commit[:12]}" if base_commit else ""
+        return f"up to date at {at}: no indexed file changed{since}"
+    changed = {change: n for change, n in changes.items() if n and change != "unchanged"}
+    files = ", ".join(f"{n:,} {change}" for change, n in changed.items())
+    source = f"from {base_commit[:12]}" if base_commit else "from nothing"
+    return f"indexed {at} ({source}): {written:,} documents written, {deleted:,} deleted" + (
+        f"; files {files}" if files else ""
+    )
