@@ -34,6 +34,7 @@ from gitlab_es_pipeline.core.search import (
     search_body,
     verify,
 )
+from gitlab_es_pipeline.launcher import LOCAL_HOME, dev
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, resources_from_env
 from gitlab_es_pipeline.status import RepositoryStatus, repository_status, selected_repositories
 
@@ -165,9 +166,6 @@ def _table(statuses: list[RepositoryStatus], out: TextIO) -> None:
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
 
 
-LOCAL_HOME = ".dagster_home"  # where the README's first command keeps the instance
-
-
 def _dagster_home() -> None:
     """Without DAGSTER_HOME, the README's `.dagster_home` of the current folder, if it has one:
     `status` then works from the project folder in a new shell, as the README writes it."""
@@ -276,11 +274,25 @@ def parser() -> argparse.ArgumentParser:
     )
     state.add_argument("--json", action="store_true", help="one JSON object per repository")
     state.set_defaults(run=status)
+
+    start = commands.add_parser(  # no -h of its own: `dagster dev` has -h (host) and --help
+        "dev",
+        add_help=False,
+        help="the Dagster UI and daemon on ./.dagster_home (or DAGSTER_HOME)",
+        description="Prepares DAGSTER_HOME (default ./.dagster_home, the project's dagster.yaml "
+        "copied in once) and starts `dagster dev` on the pipeline's definitions from there; "
+        "any further arguments go to `dagster dev` (e.g. -p 3001; --help for its options).",
+    )
+    start.set_defaults(run=lambda args, out: dev(args.passed_on))
     return top
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    args = parser().parse_args(argv)
+    commands = parser()
+    args, rest = commands.parse_known_args(argv)
+    if rest and args.command != "dev":  # only `dev` passes arguments on (to `dagster dev`)
+        commands.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.passed_on = rest
     try:
         return args.run(args, out or sys.stdout)
     except Trouble as exc:

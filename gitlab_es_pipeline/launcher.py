@@ -1,0 +1,74 @@
+"""`gitlab-es-pipeline dev`: the Dagster UI and daemon on a prepared instance, in one command.
+
+`dagster dev` started from the project folder with DAGSTER_HOME elsewhere warns that the
+folder's dagster.yaml "will not be used", which reads like a mistake in the set-up; and each
+run's processes print a BetaWarning about the yaml-defined JSON log handler. The launcher
+prepares DAGSTER_HOME (default `./.dagster_home`, with the project's dagster.yaml copied in
+once, never overwritten), starts `dagster dev` from inside it, so the dagster.yaml Dagster sees
+there is the one it uses, and silences the few warnings that ask nothing of the user (QUIET,
+each with its reason). Other warnings still show.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+LOCAL_HOME = ".dagster_home"  # where the README's commands keep the instance
+# PYTHONWARNINGS entries (a message's start, any category) for warnings that ask nothing of
+# the user of this project:
+QUIET = (
+    # Every run process: the JSON log handler of dagster.yaml is a beta feature. The JSON lines
+    # are what log shippers read; nothing to change.
+    "ignore:Handling yaml-defined logging configuration",
+    # The code server: Dagster 1.13 warns about the beta `owners` parameter whenever
+    # Definitions attaches resources to a sensor of several jobs, owners or not.
+    "ignore:Parameter `owners` of initializer `SensorDefinition",
+    # `dagster dev` itself: "superseded, use 'dg dev'". dg dev needs the dagster-dg-cli
+    # package and dg's project layout; dagster dev starts the same webserver and daemon.
+    "ignore:Function `dev_command` is superseded",
+)
+
+
+def home_folder() -> Path:
+    """DAGSTER_HOME if set, else the current folder's `.dagster_home`."""
+    return Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / LOCAL_HOME).resolve()
+
+
+def prepare_home(home: Path, instance_file: Path = PROJECT / "dagster.yaml") -> bool:
+    """The folder, with a dagster.yaml; True when the project's was copied in now."""
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    if target.exists():
+        return False
+    if not instance_file.is_file():
+        raise FileNotFoundError(
+            f"{target} does not exist and there is no {instance_file} to copy: put a "
+            "dagster.yaml there (the project's own is in its repository)"
+        )
+    shutil.copy(instance_file, target)
+    return True
+
+
+def dev_command(home: Path, extra: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """`dagster dev` on the project's definitions, and its environment."""
+    dagster = str(Path(sys.executable).parent / "dagster")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), *QUIET]))
+    return [dagster, "dev", "-m", "gitlab_es_pipeline.definitions", *extra], env
+
+
+def dev(extra: Sequence[str]) -> int:
+    """Replaces this process with `dagster dev`, run from inside DAGSTER_HOME."""
+    home = home_folder()
+    copied = prepare_home(home)
+    said = " (the project's dagster.yaml copied in)" if copied else ""
+    print(f"gitlab-es-pipeline dev: Dagster instance in {home}{said}", file=sys.stderr, flush=True)
+    command, env = dev_command(home, extra)
+    os.chdir(home)
+    os.execve(command[0], command, env)
+    return 0  # not reached
