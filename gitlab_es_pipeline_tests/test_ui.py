@@ -45,6 +45,13 @@ def indexed(gitlab_server, es_server, project_instance, tmp_path: Path) -> dict[
 
 @pytest.fixture
 def webserver(indexed: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    with _serving(tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(tmp_path: Path) -> Iterator[str]:
+    """dagster-webserver on the project's definitions and the project instance's home."""
     port = free_port()
     env = {
         **os.environ,  # DAGSTER_HOME of the project instance
@@ -135,3 +142,36 @@ def test_the_ui_shows_the_assets_partitions_and_metadata(
 
     for name in ("ui-lineage", "ui-partitions", "ui-metadata", "ui-up-to-date"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
+def test_a_new_user_first_sees_the_whole_pipeline_and_no_check_passed(
+    project_instance: object, tmp_path: Path
+) -> None:
+    """Nothing discovered or run yet: the lineage page (the UI's *Lineage*) shows the four
+    assets, not groups folded away, and the checks say they have not been evaluated."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is not installed: apt-get install -y chromium")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect, sync_playwright
+
+    with _serving(tmp_path) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url + "/asset-groups")
+        expect(page.get_by_text("Global asset lineage").first).to_be_visible(timeout=30000)
+        with contextlib.suppress(PlaywrightTimeout):
+            page.get_by_role("button", name="Skip").click(timeout=3000)
+        for asset in ("repositories", "file_manifest", "line_documents", "es_index"):
+            expect(page.get_by_text(asset, exact=True).first).to_be_visible(timeout=30000)
+        page.screenshot(path=str(tmp_path / "ui-first-lineage.png"))
+        for asset, check in (
+            ("file_manifest", "manifest_accounts_for_tree"),
+            ("es_index", "document_count_matches_manifest"),
+        ):
+            page.goto(f"{url}/assets/{asset}?view=checks")
+            expect(page.get_by_text("Not evaluated").first).to_be_visible(timeout=30000)
+            body = page.inner_text("body")
+            assert check in body.replace("\u2026", "") or check[:12] in body, body
+            assert "Succeeded" not in body and "Passed" not in body, body
+        browser.close()

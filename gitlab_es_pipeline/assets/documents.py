@@ -59,7 +59,7 @@ class IndexRunConfig(Config):
     },
     deps=[AssetKey("repositories")],
     partitions_def=repository_partitions,
-    group_name="gitlab",
+    group_name="code_search",  # one group: the lineage page opens on the whole pipeline
     can_subset=False,
     check_specs=[
         AssetCheckSpec(

@@ -32,7 +32,7 @@ from gitlab_es_pipeline.retries import step_retry_policy
     ins={"file_manifest": AssetIn(), "line_documents": AssetIn()},
     partitions_def=repository_partitions,
     io_manager_key="parquet_io_manager",
-    group_name="elasticsearch",
+    group_name="code_search",  # one group: the lineage page opens on the whole pipeline
     kinds={"elasticsearch", "parquet"},
     owners=["team:data-platform"],
     pool=ELASTICSEARCH_POOL,

@@ -37,7 +37,7 @@ class DiscoveryConfig(Config):
 
 @asset(
     io_manager_key="parquet_io_manager",
-    group_name="gitlab",
+    group_name="code_search",  # one group: the lineage page opens on the whole pipeline
     kinds={"gitlab", "parquet"},
     owners=["team:data-platform"],
     pool=GITLAB_POOL,
