@@ -168,7 +168,9 @@ def main() -> None:
             for key in idle:
                 instance.report_runless_asset_event(
                     AssetMaterialization(
-                        ES_INDEX, partition=key, metadata={"commit_sha": idle_head, "files": 3}
+                        ES_INDEX,
+                        partition=key,
+                        metadata={"commit_sha": idle_head, "files_indexed": 3},
                     )
                 )
             print(f"{len(idle)} idle repositories recorded: {time.monotonic() - started:.1f} s")

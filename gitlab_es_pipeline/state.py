@@ -54,7 +54,7 @@ def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | No
         return None
     project = metadata.get("project_id")
     lines = metadata.get("lines")
-    files = metadata.get("files")
+    files = metadata.get("files_indexed", metadata.get("files"))  # "files" before the rename
     return IndexedState(
         commit_sha=str(commit.value),
         project_id=int(project.value) if project is not None else None,

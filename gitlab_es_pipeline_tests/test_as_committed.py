@@ -156,13 +156,13 @@ def test_every_blob_is_indexed_as_committed_through_full_refresh_and_incremental
     manifest_meta = pipeline.latest_metadata("file_manifest", KEY)
     assert manifest_meta["skipped_lfs_pointer"] == 1
     entries = int(run_git(repo, "ls-tree", "-r", "--name-only", first).count("\n"))
-    assert manifest_meta["files"] == entries
+    assert manifest_meta["tree_entries"] == entries
 
     # A full read against the manifest of the first run: nothing counts as deleted.
     result = pipeline.index(KEY, full_refresh=True)
     _assert_index_is(pipeline, expected.documents)
     assert _check_of(result)[0]
-    assert pipeline.latest_metadata("file_manifest", KEY)["files_deleted"] == 0
+    assert pipeline.latest_metadata("file_manifest", KEY)["tree_entries_deleted"] == 0
     assert pipeline.latest_metadata("es_index", KEY)["documents_deleted"] == 0
 
     # Incremental through GitLab's comparison: a few files, fetched alone by blob id.

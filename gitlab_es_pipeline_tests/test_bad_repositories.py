@@ -51,7 +51,7 @@ def test_a_commit_without_files_and_a_submodule_only_repository_index_nothing_cl
         assert state is not None  # indexed: at its commit, with no documents
         assert pipeline.latest_metadata("es_index", key)["lines"] == 0
     assert pipeline.latest_metadata("file_manifest", "team/only-sub")["skipped_submodule"] == 1
-    assert pipeline.latest_metadata("file_manifest", "team/empty-tree")["files"] == 0
+    assert pipeline.latest_metadata("file_manifest", "team/empty-tree")["tree_entries"] == 0
     assert pipeline.es.documents(INDEX) == {}
 
 
@@ -93,4 +93,4 @@ def test_a_100000_file_tree_is_indexed_with_requests_per_tree_page_only(
         assert documents[expected_id(project.id, path, 1)]["line_content"] == run_git(
             repo, "show", f"main:{path}"
         ).rstrip("\n")
-    assert pipeline.latest_metadata("file_manifest", "team/wide")["files"] == files
+    assert pipeline.latest_metadata("file_manifest", "team/wide")["tree_entries"] == files

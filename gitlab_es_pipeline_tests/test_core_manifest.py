@@ -162,8 +162,8 @@ def test_a_write_with_nothing_to_do_says_it_is_up_to_date_in_words() -> None:
     )
     assert outcome_in_words(b, a, 12, 3, {"added": 1, "deleted": 1, "unchanged": 5}) == (
         f"indexed {b[:12]} (from {a[:12]}): 12 documents written, 3 deleted; "
-        "files 1 added, 1 deleted"
+        "tree entries 1 added, 1 deleted"
     )
     assert outcome_in_words(a, None, 1234, 0, {"added": 2}) == (
-        f"indexed {a[:12]} (from nothing): 1,234 documents written, 0 deleted; files 2 added"
+        f"indexed {a[:12]} (from nothing): 1,234 documents written, 0 deleted; tree entries 2 added"
     )

@@ -132,11 +132,11 @@ def test_every_kind_of_change_is_applied_exactly_and_only_changed_files_are_sent
     values = {k: v.value for k, v in meta.asset_materialization.metadata.items()}
     assert (
         values["mode"],
-        values["files_added"],
-        values["files_modified"],
-        values["files_deleted"],
-        values["files_renamed"],
-        values["files_unchanged"],
+        values["tree_entries_added"],
+        values["tree_entries_modified"],
+        values["tree_entries_deleted"],
+        values["tree_entries_renamed"],
+        values["tree_entries_unchanged"],
     ) == ("incremental", 1, 4, 1, 1, 1)
     # Read: only the six added/modified/renamed files (toggle.dat found binary), each with a
     # HEAD on the files API (blob id, size) and its raw blob; what changed came from one

@@ -521,7 +521,7 @@ def test_the_tree_is_listed_while_the_archive_streams(pipeline: Pipeline, tmp_pa
     )
     assert pipeline.es.documents(INDEX) == expected.documents
     meta = pipeline.latest_metadata("file_manifest", "g/wide")
-    assert meta["files"] == 350 and meta["files_indexed"] == 350
+    assert meta["tree_entries"] == 350 and meta["files_indexed"] == 350
     # What a run needs, for sizing workers: the pool that returns memory, and the peak.
     documents = pipeline.latest_metadata("line_documents", "g/wide")
     assert documents["arrow_memory_pool"] in ("jemalloc", "system")

@@ -18,7 +18,7 @@ from gitlab_es_pipeline.sensors import (
     evaluate_tick,
     head_commit_sensor,
 )
-from gitlab_es_pipeline.state import ES_INDEX
+from gitlab_es_pipeline.state import ES_INDEX, last_indexed
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 
@@ -212,3 +212,14 @@ def test_the_sensor_definition_batches_small_repositories(
     # Asked again (the same tick evaluated twice), the same batch has the same run key.
     again = batch_request([(k, c, f"{k}@{c}") for k, c in reversed(list(members.items()))])
     assert again.run_key == batch.run_key
+
+
+def test_the_size_of_a_repository_indexed_before_the_metadata_rename_still_reads() -> None:
+    """es_index recorded `files` before it was named `files_indexed`: the sensor's batching
+    still knows those repositories' sizes."""
+    instance = DagsterInstance.ephemeral()
+    for key, metadata in (("g/old", {"files": 7}), ("g/new", {"files_indexed": 9})):
+        instance.report_runless_asset_event(
+            AssetMaterialization(ES_INDEX, partition=key, metadata={"commit_sha": "c", **metadata})
+        )
+    assert [last_indexed(instance, k).files for k in ("g/old", "g/new")] == [7, 9]

@@ -271,5 +271,5 @@ def outcome_in_words(
     files = ", ".join(f"{n:,} {change}" for change, n in changed.items())
     source = f"from {base_commit[:12]}" if base_commit else "from nothing"
     return f"indexed {at} ({source}): {written:,} documents written, {deleted:,} deleted" + (
-        f"; files {files}" if files else ""
+        f"; tree entries {files}" if files else ""
     )
