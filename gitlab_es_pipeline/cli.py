@@ -283,8 +283,15 @@ def parser() -> argparse.ArgumentParser:
         "copied in once) and starts `dagster dev` on the pipeline's definitions from there; "
         "any further arguments go to `dagster dev` (e.g. -p 3001; --help for its options).",
     )
-    start.set_defaults(run=lambda args, out: dev(args.passed_on))
+    start.set_defaults(run=_dev)
     return top
+
+
+def _dev(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        return dev(args.passed_on)
+    except FileNotFoundError as exc:  # no dagster.yaml to put in DAGSTER_HOME
+        raise Trouble(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -39,8 +39,9 @@ def home_folder() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / LOCAL_HOME).resolve()
 
 
-def prepare_home(home: Path, instance_file: Path = PROJECT / "dagster.yaml") -> bool:
+def prepare_home(home: Path) -> bool:
     """The folder, with a dagster.yaml; True when the project's was copied in now."""
+    instance_file = PROJECT / "dagster.yaml"
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     if target.exists():

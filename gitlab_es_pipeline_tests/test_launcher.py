@@ -104,3 +104,17 @@ def test_the_yaml_logging_beta_warning_is_silenced_only_by_the_launchers_environ
     )
     assert done.returncode == 0, done.stderr
     assert ("yaml-defined logging" in done.stderr) is not quiet, done.stderr
+
+
+def test_without_a_dagster_yaml_to_copy_dev_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An install without the project's files (a wheel) and an empty DAGSTER_HOME."""
+    from gitlab_es_pipeline import launcher
+    from gitlab_es_pipeline.cli import main
+
+    monkeypatch.setattr(launcher, "PROJECT", tmp_path / "no-project")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["dev"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("gitlab-es-pipeline dev: ") and "put a dagster.yaml there" in error
