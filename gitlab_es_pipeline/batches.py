@@ -298,7 +298,7 @@ def index_batch(
     name="index_repositories",
     tags={BATCH_TAG: BATCH_TAG_VALUE},
     description="Index several small repositories in one run (the HEAD-commit sensor forms "
-    "these; see the README's 'How runs are formed'). Each repository keeps its own "
+    "these; see docs/runs.md). Each repository keeps its own "
     "materializations, metadata and failures.",
 )
 def index_repositories_job() -> None:

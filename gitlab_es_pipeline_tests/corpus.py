@@ -93,7 +93,7 @@ def edge_case_files(submodule_commit: str) -> dict[str, FileSpec]:
 
 
 def bad_input_files() -> dict[str, FileSpec]:
-    """Issue #5's awkward files and paths, each with the outcome the README documents."""
+    """Issue #5's awkward files and paths, each with the outcome docs/operations.md (Bad input) documents."""
     at_cap = ("y" * 99 + "\n") * 10485 + "z" * 75 + "\n"  # exactly MAX_FILE_BYTES
     assert len(at_cap) == MAX_FILE_BYTES
     return {
@@ -157,7 +157,7 @@ def build_corpus(root: Path) -> dict[str, Path]:
 
 
 def expected_id(project_id: int, path: str, line_number: int) -> str:
-    """A line document's id as the README documents it, computed here, not by the pipeline."""
+    """A line document's id as docs/architecture.md documents it, computed here, not by the pipeline."""
     digest = hashlib.blake2b(path.encode(), digest_size=16).hexdigest()
     return f"{project_id}-{digest}-{line_number}"
 

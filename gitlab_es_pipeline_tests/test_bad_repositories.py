@@ -1,4 +1,4 @@
-"""Repositories in odd states: each has one defined outcome (see the README's *Bad input*)."""
+"""Repositories in odd states: each has one defined outcome (see docs/operations.md, *Bad input*)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Never delete, degrade or expose by accident (see the README's *Faults* and *Security*)."""
+"""Never delete, degrade or expose by accident (see docs/operations.md, *Faults* and *Security*)."""
 
 from __future__ import annotations
 
