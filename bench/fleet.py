@@ -21,6 +21,7 @@ real cluster do on their own machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,26 @@ from servers import (  # noqa: E402
 )
 
 DAEMON = str(Path(sys.executable).parent / "dagster-daemon")
+
+
+@contextlib.contextmanager
+def running_daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """`dagster-daemon run` on the project's workspace, as deployed. In a session of its own,
+    so that stopping it ends the run workers it started too."""
+    with log.open("ab") as out:
+        daemon = subprocess.Popen(
+            [DAEMON, "run", "-w", str(ROOT / "workspace.yaml")],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield daemon
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(60)
 
 
 def _storing_elasticsearch(conn: Any) -> None:
@@ -114,28 +136,18 @@ def index_fleet(
     log = work / f"daemon-{mode}.log"
     cpu_before, started = busy_cpu_seconds(), time.monotonic()
     standins_before = standins_cpu()
-    with log.open("ab") as out:
-        daemon = subprocess.Popen(
-            [DAEMON, "run", "-w", str(ROOT / "workspace.yaml")],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        while True:
-            done = instance.get_materialized_partitions(AssetKey("es_index"))
-            if len(done) >= len(keys):
-                break
-            if time.monotonic() - started > 60 + 30 * len(keys):
-                raise RuntimeError(f"{len(done)} of {len(keys)} indexed; see {log}")
-            time.sleep(1)
-        wall, cpu = time.monotonic() - started, busy_cpu_seconds() - cpu_before
-        standins = standins_cpu() - standins_before
+        with running_daemon(env, log):
+            while True:
+                done = instance.get_materialized_partitions(AssetKey("es_index"))
+                if len(done) >= len(keys):
+                    break
+                if time.monotonic() - started > 60 + 30 * len(keys):
+                    raise RuntimeError(f"{len(done)} of {len(keys)} indexed; see {log}")
+                time.sleep(1)
+            wall, cpu = time.monotonic() - started, busy_cpu_seconds() - cpu_before
+            standins = standins_cpu() - standins_before
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(60)
         instance.dispose()
     return {"wall": wall, "cpu": cpu, "standins": standins}
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from fleet import DAEMON, _storing_elasticsearch  # noqa: E402
+from fleet import _storing_elasticsearch, running_daemon  # noqa: E402
 from generate import make_repo  # noqa: E402
 from servers import API_KEY, TOKEN, gitlab_server_pushable, running  # noqa: E402
 
@@ -115,7 +114,6 @@ def main() -> None:
     parser.add_argument("--idle-ticks", type=int, default=3, help="idle ticks to time")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gitlab-es-bench-push-"))
-    daemon = None
     try:
         idle_repo = work / "repos" / "idle"
         make_repo(idle_repo, 3, 5, seed=1)
@@ -176,43 +174,35 @@ def main() -> None:
             print(f"{len(idle)} idle repositories recorded: {time.monotonic() - started:.1f} s")
 
             log = work / "daemon.log"
-            with log.open("ab") as out:
-                daemon = subprocess.Popen(
-                    [DAEMON, "run", "-w", str(ROOT / "workspace.yaml")],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            keys = sorted(pushed)
-            indexed = Materializations(instance)
-            started = time.monotonic()
-            while any(key not in indexed.look() for key in keys):
-                if time.monotonic() - started > 900:
-                    raise RuntimeError(f"first load not done in 900 s; see {log}")
-                time.sleep(2)
-            print(f"{len(keys)} new repositories indexed: {time.monotonic() - started:.1f} s")
+            with running_daemon(env, log):
+                keys = sorted(pushed)
+                indexed = Materializations(instance)
+                started = time.monotonic()
+                while any(key not in indexed.look() for key in keys):
+                    if time.monotonic() - started > 900:
+                        raise RuntimeError(f"first load not done in 900 s; see {log}")
+                    time.sleep(2)
+                print(f"{len(keys)} new repositories indexed: {time.monotonic() - started:.1f} s")
 
-            idle_since = time.time()
-            while len(_sensor_ticks(instance, idle_since)) < args.idle_ticks:
-                time.sleep(5)
-            idle_ticks = _sensor_ticks(instance, idle_since)[: args.idle_ticks]
+                idle_since = time.time()
+                while len(_sensor_ticks(instance, idle_since)) < args.idle_ticks:
+                    time.sleep(5)
+                idle_ticks = _sensor_ticks(instance, idle_since)[: args.idle_ticks]
 
-            commits, pushed_at = {}, {}
-            for key in keys:
-                commits[key] = _push(pushed[key])
-                ask(("push", key))
-                pushed_at[key] = time.time()
-            pushes_took = pushed_at[keys[-1]] - pushed_at[keys[0]]
-            while True:
-                seen = indexed.look()
-                done = [k for k in keys if seen[k][0] == commits[k]]
-                if len(done) == len(keys):
-                    break
-                if time.time() - pushed_at[keys[-1]] > 900:
-                    raise RuntimeError(f"{len(done)} of {len(keys)} pushes indexed; see {log}")
-                time.sleep(2)
+                commits, pushed_at = {}, {}
+                for key in keys:
+                    commits[key] = _push(pushed[key])
+                    ask(("push", key))
+                    pushed_at[key] = time.time()
+                pushes_took = pushed_at[keys[-1]] - pushed_at[keys[0]]
+                while True:
+                    seen = indexed.look()
+                    done = [k for k in keys if seen[k][0] == commits[k]]
+                    if len(done) == len(keys):
+                        break
+                    if time.time() - pushed_at[keys[-1]] > 900:
+                        raise RuntimeError(f"{len(done)} of {len(keys)} pushes indexed; see {log}")
+                    time.sleep(2)
             instance.dispose()
 
         durations = [t.end_timestamp - t.timestamp for t in idle_ticks]
@@ -229,9 +219,6 @@ def main() -> None:
         print(f"{'push to searchable, median':<44} {statistics.median(after_push):>8.1f}")
         print(f"{'push to searchable, last repository':<44} {after_push[-1]:>8.1f}")
     finally:
-        if daemon is not None:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            daemon.wait(60)
         shutil.rmtree(work, ignore_errors=True)
 
 

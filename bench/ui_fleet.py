@@ -20,14 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from gitlab_es_pipeline_tests.processes import free_port, stop  # noqa: E402
+from gitlab_es_pipeline_tests.processes import free_port, stop, wait_until_serving  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -88,14 +87,7 @@ def main() -> None:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise RuntimeError(log.read_text()) from None
-                time.sleep(0.5)
+        wait_until_serving(url, server, log)
         from playwright.sync_api import expect, sync_playwright
 
         total = f"({args.partitions}|{args.partitions:,})"  # with or without a separator

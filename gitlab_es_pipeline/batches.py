@@ -88,7 +88,11 @@ class _GatheredLog:
     def warning(self, msg: str) -> None:
         self._log.warning(msg)
 
-    def say(self) -> None:
+    def __enter__(self) -> "_GatheredLog":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Said also when the repository fails, before its error."""
         if self._lines:
             self._log.info("\n".join(self._lines))
             self._lines.clear()
@@ -112,26 +116,6 @@ def _record_outcome(context: OpExecutionContext, key: str, outcome: str, reason:
     )
 
 
-def _index_one(
-    context: OpExecutionContext,
-    step: Step,
-    key: str,
-    full_refresh: bool,
-    services: tuple[GitLabResource, ElasticsearchResource, IndexingResource],
-    store: ParquetStore,
-    source: GitLabSource,
-    opened: list[tuple[LineIndex, bool]],
-) -> None:
-    """One repository, as its own run's two steps would index it."""
-    gathered = _GatheredLog(context.log)
-    try:
-        _index_repository(
-            context, replace(step, log=gathered), key, full_refresh, services, store, source, opened
-        )
-    finally:
-        gathered.say()
-
-
 def _index_repository(
     context: OpExecutionContext,
     step: Step,
@@ -142,6 +126,7 @@ def _index_repository(
     source: GitLabSource,
     opened: list[tuple[LineIndex, bool]],
 ) -> None:
+    """One repository, as its own run's two steps would index it."""
     gitlab, elasticsearch, indexing = services
     with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
         read = read_repository(step, key, full_refresh, source, gitlab, indexing, store, staging)
@@ -256,16 +241,17 @@ def index_batch(
             continue
         context.log.info(f"{key}: {TAKEN} ({number} of {len(config.repositories)})")
         try:
-            _index_one(
-                context,
-                step,
-                key,
-                config.full_refresh,
-                (gitlab, elasticsearch, indexing),
-                parquet_io_manager,
-                source,
-                opened,
-            )
+            with _GatheredLog(context.log) as gathered:
+                _index_repository(
+                    context,
+                    replace(step, log=gathered),
+                    key,
+                    config.full_refresh,
+                    (gitlab, elasticsearch, indexing),
+                    parquet_io_manager,
+                    source,
+                    opened,
+                )
         except Exception as exc:  # one repository's failure is its own
             message = (
                 exc.description

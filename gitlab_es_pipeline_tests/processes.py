@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -21,3 +24,21 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    """Until the webserver at `url` answers; its log is the error when it exits or never does
+    (a webserver loading the definitions takes 10-30 s here)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/server_info", timeout=2)
+            return
+        except OSError:
+            if server.poll() is not None:
+                raise RuntimeError(f"the webserver exited:\n{log.read_text()}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no answer from {url} in {seconds} s:\n{log.read_text()}"
+                ) from None
+            time.sleep(0.5)

@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from gitlab_es_pipeline.launcher import dev_command
-from gitlab_es_pipeline_tests.processes import free_port, stop
+from gitlab_es_pipeline_tests.processes import free_port, stop, wait_until_serving
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,15 +48,7 @@ def test_dev_prepares_the_instance_folder_and_starts_without_a_warning_to_act_on
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.5)
+        wait_until_serving(f"http://127.0.0.1:{port}", server, log)
         home = folder / ".dagster_home"
         # The instance is the prepared folder, on the project's dagster.yaml.
         assert (home / "dagster.yaml").read_bytes() == (ROOT / "dagster.yaml").read_bytes()

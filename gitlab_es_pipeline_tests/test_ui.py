@@ -12,15 +12,13 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gitlab_es_pipeline_tests.pipeline import Pipeline
-from gitlab_es_pipeline_tests.processes import free_port, stop
+from gitlab_es_pipeline_tests.processes import free_port, stop, wait_until_serving
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 
 CHROMIUM = "/usr/bin/chromium"
@@ -69,15 +67,7 @@ def _serving(tmp_path: Path) -> Iterator[str]:
         server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.5)
+        wait_until_serving(url, server, log)
         yield url
     finally:
         stop(server)
