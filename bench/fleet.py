@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/fleet.py                     # 40 repositories, three ways
     .venv/bin/python bench/fleet.py --repositories 1000 --mode batched
+    .venv/bin/python bench/fleet.py --repositories 1000 --mode batched --storage postgres
 
 Three ways to run the fleet: a run per repository with a process per step (`multiprocess`),
 a run per repository with its steps in the run's process (`in_process`), and the sensor's
 batches of small repositories (`batched`: in_process, INDEX_BATCH_SIZE repositories a run).
-For each: a DAGSTER_HOME with the project's dagster.yaml (SQLite), the GitLab and
+For each: a DAGSTER_HOME with the project's dagster.yaml, on SQLite or (`--storage postgres`)
+a real PostgreSQL server started here with fsync on, as in production; the GitLab and
 Elasticsearch stand-ins in processes of their own, discovery of the fleet (the `repositories`
 asset, in this process), then `dagster-daemon run` on the project's workspace: the HEAD-commit
 sensor asks for a run per never-indexed repository and the daemon's run queue launches them,
@@ -80,6 +82,22 @@ def _storing_elasticsearch(conn: Any) -> None:
     server.stop()
 
 
+@contextlib.contextmanager
+def _postgres(work: Path, wanted: bool) -> Iterator[Any]:
+    """A real PostgreSQL server, fsync on; its CPU is counted with the machine's."""
+    if not wanted:
+        yield None
+        return
+    from gitlab_es_pipeline_tests.postgres import TempPostgres
+
+    work.chmod(0o755)  # mkdtemp's 0700 keeps out the `postgres` user that runs it as root
+    server = TempPostgres(work / "postgres", durable=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def busy_cpu_seconds() -> float:
     """CPU time the whole machine has spent outside idle and iowait, from /proc/stat."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
@@ -102,9 +120,11 @@ def index_fleet(
     work: Path,
     batch_size: int,
     standins_cpu: Any,
+    postgres_url: str | None,
 ) -> dict[str, Any]:
     executor, default_batch = MODES[mode]
-    home = work / f"home-{mode}"
+    name = mode if postgres_url is None else f"{mode}-pg"
+    home = work / f"home-{name}"
     home.mkdir(parents=True)
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     env = {
@@ -114,15 +134,18 @@ def index_fleet(
         "GITLAB_TOKEN": TOKEN,
         "ELASTICSEARCH_URL": es,
         "ELASTICSEARCH_API_KEY": API_KEY,
-        "ELASTICSEARCH_INDEX": f"fleet-{mode.replace('_', '-')}",
-        "PARQUET_STORAGE_URL": str(work / f"parquet-{mode}"),
+        "ELASTICSEARCH_INDEX": f"fleet-{name.replace('_', '-')}",
+        "PARQUET_STORAGE_URL": str(work / f"parquet-{name}"),
         "RUN_EXECUTOR": executor,
         "INDEX_BATCH_SIZE": str(batch_size if mode == "batched" else default_batch),
         "HEAD_SENSOR_INTERVAL_SECONDS": "5",
         "HEAD_SENSOR_MAX_RUNS_PER_TICK": str(len(keys)),
         "DAGSTER_DISABLE_TELEMETRY": "yes",
+        **({"DAGSTER_PG_URL": postgres_url} if postgres_url else {}),
     }
     os.environ.update(env)
+    if postgres_url is None:
+        os.environ.pop("DAGSTER_PG_URL", None)
     from dagster import AssetKey, DagsterInstance, materialize
 
     from gitlab_es_pipeline.assets import repositories
@@ -133,7 +156,7 @@ def index_fleet(
     parquet = ParquetIOManager(base_path=env["PARQUET_STORAGE_URL"])
     resources = {**resources_from_env(), "parquet_io_manager": parquet}
     materialize([repositories], instance=instance, resources=resources)
-    log = work / f"daemon-{mode}.log"
+    log = work / f"daemon-{name}.log"
     cpu_before, started = busy_cpu_seconds(), time.monotonic()
     standins_before = standins_cpu()
     try:
@@ -159,8 +182,10 @@ def main() -> None:
     parser.add_argument("--repositories", type=int, default=40)
     parser.add_argument("--mode", action="append", choices=list(MODES), default=None)
     parser.add_argument("--batch-size", type=int, default=50, help="for the batched way")
+    parser.add_argument("--storage", action="append", choices=["sqlite", "postgres"], default=None)
     args = parser.parse_args()
     modes = args.mode or list(MODES)
+    storages = args.storage or ["sqlite"]
     work = Path(tempfile.mkdtemp(prefix="gitlab-es-bench-fleet-"))
     try:
         projects = {}
@@ -171,27 +196,31 @@ def main() -> None:
         with (
             gitlab_server_measured(projects) as (gitlab, gitlab_cpu),
             running_measured(_storing_elasticsearch) as (es, es_cpu),
+            _postgres(work, "postgres" in storages) as postgres,
         ):
-            for mode in modes:
-                print(f"{mode}: indexing {len(projects)} repositories ...", flush=True)
-                results[mode] = index_fleet(
-                    mode,
-                    gitlab,
-                    es,
-                    sorted(projects),
-                    work,
-                    args.batch_size,
-                    lambda: gitlab_cpu() + es_cpu(),
-                )
+            for storage in storages:
+                for mode in modes:
+                    print(f"{mode} on {storage}: indexing {len(projects)} repositories ...")
+                    url = postgres.new_database(f"fleet_{mode}") if storage == "postgres" else None
+                    results[(mode, storage)] = index_fleet(
+                        mode,
+                        gitlab,
+                        es,
+                        sorted(projects),
+                        work,
+                        args.batch_size,
+                        lambda: gitlab_cpu() + es_cpu(),
+                        url,
+                    )
         print(
-            f"\n{'way':<14} {'repositories':>12} {'wall s/repo':>12} {'CPU s/repo':>11} "
-            f"{'of which stand-ins':>19}"
+            f"\n{'way':<14} {'storage':<9} {'repositories':>12} {'wall s/repo':>12} "
+            f"{'CPU s/repo':>11} {'of which stand-ins':>19}"
         )
-        for mode, figures in results.items():
+        for (mode, storage), figures in results.items():
             n = len(projects)
             print(
-                f"{mode:<14} {n:>12} {figures['wall'] / n:>12.2f} {figures['cpu'] / n:>11.2f} "
-                f"{figures['standins'] / n:>19.2f}"
+                f"{mode:<14} {storage:<9} {n:>12} {figures['wall'] / n:>12.2f} "
+                f"{figures['cpu'] / n:>11.2f} {figures['standins'] / n:>19.2f}"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,7 @@ caller's. Built once per machine into a cache folder keyed by the two files' con
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -41,6 +42,16 @@ def build() -> Path:
     target = CACHE / key
     if (target / "ready").exists():
         return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist's workers may all want the node at once: one builds, the others wait.
+    with open(CACHE / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "ready").exists():
+            _build(target, pom, launcher)
+    return target
+
+
+def _build(target: Path, pom: Path, launcher: Path) -> None:
     missing = [tool for tool in ("java", "javac", "mvn") if shutil.which(tool) is None]
     if missing:
         raise NodeUnavailable(
@@ -60,7 +71,6 @@ def build() -> Path:
     )
     _run("javac", "-cp", str(target / "lib" / "*"), "-d", str(target / "classes"), str(launcher))
     (target / "ready").touch()
-    return target
 
 
 def _run(*command: str) -> None:

@@ -24,7 +24,7 @@ def _bin_dir() -> str | None:
 class TempPostgres:
     """initdb refuses to run as root, so as root the server runs as the `postgres` user."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durable: bool = False) -> None:
         bin_dir = _bin_dir()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed: apt-get install -y postgresql")
@@ -34,6 +34,9 @@ class TempPostgres:
         self.port = free_port()
         self.user = "dagster"
         self.database = "dagster"
+        # The tests need no durability (fsync off: faster); a benchmark measures a server
+        # configured as in production.
+        self.durable = durable
 
     def _run(self, *args: str) -> None:
         command = [os.path.join(self.bin, args[0]), *args[1:]]
@@ -50,7 +53,9 @@ class TempPostgres:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8")
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off"
         self._run(
             "pg_ctl",
             "-D",
