@@ -70,6 +70,16 @@ def _head(repo: Path) -> str:
     return run_git(repo, "rev-parse", "HEAD").strip()
 
 
+def _said(pipeline: Pipeline, run_id: str, key: str) -> list[str]:
+    """What a run's log said about one repository, message by message."""
+    return [
+        m
+        for r in pipeline.instance.get_records_for_run(run_id).records
+        if (m := r.event_log_entry.user_message or "").startswith(f"{key}:")
+        and not r.event_log_entry.is_dagster_event
+    ]
+
+
 def _materializations(pipeline: Pipeline, asset: AssetKey, key: str) -> list:
     only = AssetRecordsFilter(asset_key=asset, asset_partitions=[key])
     return pipeline.instance.fetch_materializations(only, limit=100).records
@@ -111,20 +121,25 @@ def test_a_batch_indexes_each_repository_as_its_own_run_would(
             ("document_count_matches_manifest", True),
             ("manifest_accounts_for_tree", True),
         ]
-        # What its own run would log, said in two lines: taken, then the rest gathered (the
-        # read plan, the read and the write).
-        said = [
-            m
-            for r in pipeline.instance.get_records_for_run(result.run_id).records
-            if (m := r.event_log_entry.user_message or "").startswith(f"{key}:")
-            and not r.event_log_entry.is_dagster_event
-        ]
-        assert len(said) == 2 and TAKEN in said[0], said
-        assert [line.split(":")[1].split()[0] for line in said[1].splitlines()] == [
+        # What its own run would log, gathered in one line: taken, the read plan, the read
+        # and the write (each log line is an event write).
+        said = _said(pipeline, result.run_id, key)
+        assert len(said) == 1 and TAKEN in said[0], said
+        assert [line.split(":")[1].split()[0] for line in said[0].splitlines()] == [
+            "indexing",
             "main",
             "read",
             "write",
-        ], said[1]
+        ], said[0]
+
+    # A repository that takes longer than progress_seconds is said as it goes instead (here
+    # at once: 0 s), so that the log shows what a long batch is busy with.
+    pipeline.indexing = {"progress_seconds": 0}
+    result = pipeline.index_batch(list(repos), full_refresh=True)
+    assert result.success
+    said = _said(pipeline, result.run_id, "fleet/a")
+    assert len(said) > 2 and TAKEN in said[0] and "write" in said[-1], said
+    pipeline.indexing = {}
 
     # A push to one repository: a run of its own after the batch is incremental.
     history = {k: [_head(r)] for k, r in repos.items()}
@@ -272,17 +287,20 @@ def test_two_batches_at_once_never_index_one_repository_together(
     assert [c.wait(timeout=300) for c in children] == [0, 0]
     indexed = set()
     for key in keys:
-        # For each batch that indexed the repository: from when it took it (after its claim
-        # found no other) to its es_index materialization. Times, not storage ids: SQLite
+        # For each batch that indexed the repository: from its claim (recorded before it
+        # looked for others) to its es_index materialization. Times, not storage ids: SQLite
         # keeps a run's log and the asset index in separate databases.
+        claims = pipeline.instance.fetch_planned_materializations(
+            AssetRecordsFilter(asset_key=ES_INDEX, asset_partitions=[key]), limit=10
+        ).records
         spans = []
         for record in _materializations(pipeline, ES_INDEX, key):
-            taken = [
-                r.event_log_entry.timestamp
-                for r in pipeline.instance.get_records_for_run(record.run_id).records
-                if f"{key}: {TAKEN}" in (r.event_log_entry.user_message or "")
+            claimed = [
+                c.event_log_entry.timestamp
+                for c in claims
+                if c.event_log_entry.run_id == record.run_id
             ]
-            spans.append((min(taken), record.timestamp))
+            spans.append((min(claimed), record.timestamp))
             indexed.add(key)
         spans.sort()
         for (_, end), (start, _) in itertools.pairwise(spans):

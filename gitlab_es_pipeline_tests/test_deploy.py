@@ -244,6 +244,29 @@ def test_the_deploy_instance_loads_on_postgres_with_its_limits(deploy_home: dict
                 os.environ[key] = value
 
 
+def test_the_image_quiets_the_launchers_warnings_and_no_others(
+    deploy_home: dict[str, str],
+) -> None:
+    from gitlab_es_pipeline.launcher import QUIET
+
+    found = re.search(r'PYTHONWARNINGS="([^"]*)"', _dockerfile())
+    assert found
+    entries = found.group(1).split(",")
+    assert set(entries) <= set(QUIET) and "yaml-defined logging" in found.group(1)
+    # A run process of the image loads deploy/dagster.yaml's log handlers: the beta warning
+    # shows without the image's PYTHONWARNINGS, and not with it.
+    probe = "from dagster import DagsterInstance; DagsterInstance.get().get_handlers()"
+    for warnings in ("", found.group(1)):
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**deploy_home, "PYTHONWARNINGS": warnings},
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert ("yaml-defined logging" in done.stderr) is not bool(warnings), done.stderr
+
+
 def test_the_image_serves_the_definitions_the_workspace_names(
     deploy_home: dict[str, str], tmp_path: Path
 ) -> None:
