@@ -82,6 +82,43 @@ def _storing_elasticsearch(conn: Any) -> None:
     server.stop()
 
 
+def discover_fleet(
+    work: Path, name: str, gitlab: str, es: str, settings: dict[str, str]
+) -> tuple[dict[str, str], Any]:
+    """A DAGSTER_HOME with the project's dagster.yaml, the environment the daemon gets (the
+    stand-ins, and `settings` over the defaults), and the fleet discovered into it (the
+    `repositories` asset, in this process): the environment and the instance."""
+    home = work / f"home-{name}"
+    home.mkdir(parents=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    inherited = {k: v for k, v in os.environ.items() if k != "DAGSTER_PG_URL"}
+    env = {
+        **inherited,
+        "DAGSTER_HOME": str(home),
+        "GITLAB_URL": gitlab,
+        "GITLAB_TOKEN": TOKEN,
+        "ELASTICSEARCH_URL": es,
+        "ELASTICSEARCH_API_KEY": API_KEY,
+        "ELASTICSEARCH_INDEX": f"fleet-{name.replace('_', '-')}",
+        "PARQUET_STORAGE_URL": str(work / f"parquet-{name}"),
+        "DAGSTER_DISABLE_TELEMETRY": "yes",
+        **settings,
+    }
+    os.environ.pop("DAGSTER_PG_URL", None)
+    os.environ.update(env)  # this process's discovery and instance see what the daemon sees
+    from dagster import DagsterInstance, materialize
+
+    from gitlab_es_pipeline.assets import repositories
+    from gitlab_es_pipeline.io_managers import ParquetIOManager
+    from gitlab_es_pipeline.resources import resources_from_env
+
+    instance = DagsterInstance.from_config(str(home))
+    parquet = ParquetIOManager(base_path=env["PARQUET_STORAGE_URL"])
+    resources = {**resources_from_env(), "parquet_io_manager": parquet}
+    materialize([repositories], instance=instance, resources=resources)
+    return env, instance
+
+
 @contextlib.contextmanager
 def _postgres(work: Path, wanted: bool) -> Iterator[Any]:
     """A real PostgreSQL server, fsync on; its CPU is counted with the machine's."""
@@ -124,38 +161,16 @@ def index_fleet(
 ) -> dict[str, Any]:
     executor, default_batch = MODES[mode]
     name = mode if postgres_url is None else f"{mode}-pg"
-    home = work / f"home-{name}"
-    home.mkdir(parents=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "GITLAB_URL": gitlab,
-        "GITLAB_TOKEN": TOKEN,
-        "ELASTICSEARCH_URL": es,
-        "ELASTICSEARCH_API_KEY": API_KEY,
-        "ELASTICSEARCH_INDEX": f"fleet-{name.replace('_', '-')}",
-        "PARQUET_STORAGE_URL": str(work / f"parquet-{name}"),
+    settings = {
         "RUN_EXECUTOR": executor,
         "INDEX_BATCH_SIZE": str(batch_size if mode == "batched" else default_batch),
         "HEAD_SENSOR_INTERVAL_SECONDS": "5",
         "HEAD_SENSOR_MAX_RUNS_PER_TICK": str(len(keys)),
-        "DAGSTER_DISABLE_TELEMETRY": "yes",
         **({"DAGSTER_PG_URL": postgres_url} if postgres_url else {}),
     }
-    os.environ.update(env)
-    if postgres_url is None:
-        os.environ.pop("DAGSTER_PG_URL", None)
-    from dagster import AssetKey, DagsterInstance, materialize
+    env, instance = discover_fleet(work, name, gitlab, es, settings)
+    from dagster import AssetKey
 
-    from gitlab_es_pipeline.assets import repositories
-    from gitlab_es_pipeline.io_managers import ParquetIOManager
-    from gitlab_es_pipeline.resources import resources_from_env
-
-    instance = DagsterInstance.from_config(str(home))
-    parquet = ParquetIOManager(base_path=env["PARQUET_STORAGE_URL"])
-    resources = {**resources_from_env(), "parquet_io_manager": parquet}
-    materialize([repositories], instance=instance, resources=resources)
     log = work / f"daemon-{name}.log"
     cpu_before, started = busy_cpu_seconds(), time.monotonic()
     standins_before = standins_cpu()

@@ -24,7 +24,6 @@ Then, in order:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -40,9 +39,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from fleet import _storing_elasticsearch, running_daemon  # noqa: E402
+from fleet import _storing_elasticsearch, discover_fleet, running_daemon  # noqa: E402
 from generate import make_repo  # noqa: E402
-from servers import API_KEY, TOKEN, gitlab_server_pushable, running  # noqa: E402
+from servers import gitlab_server_pushable, running  # noqa: E402
 
 SENSOR = "head_commit_sensor"
 
@@ -126,40 +125,16 @@ def main() -> None:
         two_days_ago = datetime.now(timezone.utc) - timedelta(days=2)
         since = two_days_ago.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
-        home = work / "home"
-        home.mkdir()
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
         with (
             gitlab_server_pushable(projects, since) as (gitlab, ask),
             running(_storing_elasticsearch) as es,
         ):
-            env = {
-                **os.environ,
-                "DAGSTER_HOME": str(home),
-                "GITLAB_URL": gitlab,
-                "GITLAB_TOKEN": TOKEN,
-                "ELASTICSEARCH_URL": es,
-                "ELASTICSEARCH_API_KEY": API_KEY,
-                "ELASTICSEARCH_INDEX": "fleet-push",
-                "PARQUET_STORAGE_URL": str(work / "parquet"),
-                "DAGSTER_DISABLE_TELEMETRY": "yes",
-            }
-            os.environ.update(env)
-            from dagster import AssetMaterialization, DagsterInstance, materialize
+            started = time.monotonic()
+            env, instance = discover_fleet(work, "push", gitlab, es, {})
+            from dagster import AssetMaterialization
 
-            from gitlab_es_pipeline.assets import repositories
-            from gitlab_es_pipeline.io_managers import ParquetIOManager
-            from gitlab_es_pipeline.resources import resources_from_env
             from gitlab_es_pipeline.state import ES_INDEX
 
-            instance = DagsterInstance.from_config(str(home))
-            parquet = ParquetIOManager(base_path=env["PARQUET_STORAGE_URL"])
-            started = time.monotonic()
-            materialize(
-                [repositories],
-                instance=instance,
-                resources={**resources_from_env(), "parquet_io_manager": parquet},
-            )
             print(f"discovery of {len(projects)} projects: {time.monotonic() - started:.1f} s")
             started = time.monotonic()
             idle_head = _git(idle_repo, "rev-parse", "HEAD")
