@@ -6,6 +6,7 @@ import json
 import socket
 import ssl
 import struct
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -51,6 +52,15 @@ class Response:
         response = cls(status=0)  # no HTTP status at all; recorded as 0
         response.reset = True
         return response
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a killed run, a pooled connection dropped) is not an error of
+    the stand-in: no traceback for it in the output. Every other error is still printed."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
 
 class StandInServer:
@@ -104,7 +114,7 @@ class StandInServer:
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
 
         self._scheme = "http"
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
