@@ -13,7 +13,6 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -34,7 +33,7 @@ from gitlab_es_pipeline.core.search import (
     search_body,
     verify,
 )
-from gitlab_es_pipeline.launcher import LOCAL_HOME, dev
+from gitlab_es_pipeline.launcher import dev, home_folder
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, resources_from_env
 from gitlab_es_pipeline.status import RepositoryStatus, repository_status, selected_repositories
 
@@ -169,7 +168,7 @@ def _table(statuses: list[RepositoryStatus], out: TextIO) -> None:
 def _dagster_home() -> None:
     """Without DAGSTER_HOME, the README's `.dagster_home` of the current folder, if it has one:
     `status` then works from the project folder in a new shell, as the README writes it."""
-    local = Path.cwd() / LOCAL_HOME
+    local = home_folder()  # the launcher's choice: DAGSTER_HOME, else ./.dagster_home
     if not os.environ.get("DAGSTER_HOME") and (local / "dagster.yaml").is_file():
         os.environ["DAGSTER_HOME"] = str(local)
 

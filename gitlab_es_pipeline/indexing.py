@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
-from dagster import DagsterInstance, DagsterLogManager, Failure, MetadataValue
+from dagster import DagsterInstance, Failure, MetadataValue
 
 from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, LineIndex, SweepError
 from gitlab_es_pipeline.clients.engines import EngineSetupError
@@ -72,7 +72,7 @@ class StepLog(Protocol):
 class Step:
     """What the per-repository work needs of the step it runs in."""
 
-    log: StepLog | DagsterLogManager
+    log: StepLog  # DagsterLogManager is one
     instance: DagsterInstance
     run_id: str
 
