@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import random
 import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands to a `bind(0)` (every
+# stand-in's) is one a server started later on a port chosen here cannot lose to it. A port
+# taken from the ephemeral range lost that race once, between the two test workers.
+_CHOSEN_PORTS = range(20_000, 32_768)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, for a server started later that is told its port."""
+    for _ in range(100):
+        port = random.choice(_CHOSEN_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_CHOSEN_PORTS}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -26,19 +40,21 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(10)
 
 
+def _is_dagster_webserver(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/server_info", timeout=2) as answer:
+            return "dagster_webserver_version" in json.load(answer)
+    except (OSError, ValueError):  # not listening yet, or another server on the port
+        return False
+
+
 def wait_until_serving(url: str, server: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    """Until the webserver at `url` answers; its log is the error when it exits or never does
-    (a webserver loading the definitions takes 10-30 s here)."""
+    """Until the Dagster webserver at `url` answers as one; its log is the error when it exits
+    or never does (a webserver loading the definitions takes 10-30 s here)."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/server_info", timeout=2)
-            return
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError(f"the webserver exited:\n{log.read_text()}") from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"no answer from {url} in {seconds} s:\n{log.read_text()}"
-                ) from None
-            time.sleep(0.5)
+    while not _is_dagster_webserver(url):
+        if server.poll() is not None:
+            raise RuntimeError(f"the webserver exited:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no Dagster webserver at {url} in {seconds} s:\n{log.read_text()}")
+        time.sleep(0.5)
