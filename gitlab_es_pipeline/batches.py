@@ -1,27 +1,34 @@
-"""Many small repositories in one run: a run's fixed cost paid once for the batch.
+"""Many repositories in one run: a run's fixed cost paid once for all of them.
 
 A run's own cost (its process, imports, the code location loaded, a few dozen event writes)
-is seconds; indexing a small repository is hundredths. The batch step indexes each
-repository exactly as its own run would (`indexing.py`) and records in Dagster's storage
-what that run's steps would have: each partition's `file_manifest`, `line_documents` and
-`es_index` materializations (the commit as data version, the repository's own metadata)
-and check results, or a failed materialization naming the problem. Status, the sensor and
-the next incremental run read them as they read a run of one repository.
+is seconds; indexing a small repository is hundredths. Two kinds of run index many
+repositories: the sensor's batches (job `index_repositories`, op `index_batch`) and the
+partition-range runs of a backfill (the assets' `BackfillPolicy`). Both go through
+`index_each` here, which indexes each repository exactly as its own run would (`indexing.py`)
+and records in Dagster's storage what that run's steps would have: each partition's
+`file_manifest`, `line_documents` and `es_index` materializations (the commit as data
+version, the repository's own metadata) and check results, or an observation naming why it
+was not indexed. Status, the sensor and the next incremental run read them as they read a run
+of one repository; a backfill counts them per partition.
 
-Why not partition-range runs (BackfillPolicy): a range run's outputs are one value for every
-partition of the range, so one repository that fails fails its whole range, and a range is a
-run of adjacent partition keys while the sensor's changed repositories are scattered.
+Why the range step records per partition instead of returning its outputs: a range run's
+outputs are one value for every partition of the range, so one repository that fails would
+fail or falsely succeed its whole range.
 """
 
 import hashlib
 import tempfile
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+import pyarrow as pa
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckResult,
     AssetCheckSeverity,
+    AssetKey,
     AssetMaterialization,
     AssetObservation,
     Config,
@@ -39,13 +46,14 @@ from dagster._core.definitions.data_version import (
 )
 from pydantic import Field
 
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, claim
+from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, claim, held_by_others
 from gitlab_es_pipeline.clients.elasticsearch import LineIndex
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
 from gitlab_es_pipeline.indexing import (
     DOCUMENT_COUNT_CHECK,
     MANIFEST_CHECK,
     DocumentsRejected,
+    ReadResult,
     Step,
     open_index,
     read_repository,
@@ -116,9 +124,9 @@ def _versioned(commit: str) -> dict[str, str]:
 
 
 def _record_outcome(context: OpExecutionContext, key: str, outcome: str, reason: str) -> None:
-    """A repository the batch did not index: an observation of its file_manifest partition
+    """A repository the run did not index: an observation of its file_manifest partition
     says why (Dagster's open-source storages keep no failed-materialization events). It also
-    ends the batch's claim on the repository (claims.py)."""
+    ends the run's claim on the repository (claims.py)."""
     context.log_event(
         AssetObservation(
             asset_key=FILE_MANIFEST,
@@ -128,95 +136,249 @@ def _record_outcome(context: OpExecutionContext, key: str, outcome: str, reason:
     )
 
 
-def _index_repository(
-    context: OpExecutionContext,
-    step: Step,
-    key: str,
-    full_refresh: bool,
-    services: tuple[GitLabResource, ElasticsearchResource, IndexingResource],
-    store: ParquetStore,
-    source: GitLabSource,
-    opened: list[tuple[LineIndex, bool]],
-) -> None:
-    """One repository, as its own run's two steps would index it."""
-    gitlab, elasticsearch, indexing = services
-    with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
-        read = read_repository(step, key, full_refresh, source, gitlab, indexing, store, staging)
-        store.store_partition(FILE_MANIFEST, key, read.manifest)
-        store.store_partition(LINE_DOCUMENTS, key, read.documents)
-    for asset_key, metadata in (
-        (FILE_MANIFEST, read.manifest_metadata),
-        (LINE_DOCUMENTS, read.documents_metadata),
-    ):
-        context.log_event(
-            AssetMaterialization(
-                asset_key=asset_key,
-                partition=key,
-                metadata=metadata,
-                tags=_versioned(read.commit_sha),
-            )
+@dataclass(frozen=True)
+class Services:
+    """What indexing many repositories uses; a step that only writes (es_index alone in a
+    backfill) has no GitLab, one that only reads (file_manifest alone) no Elasticsearch."""
+
+    gitlab: GitLabResource | None
+    elasticsearch: ElasticsearchResource | None
+    indexing: IndexingResource
+    store: ParquetStore
+
+
+@dataclass
+class Outcome:
+    """What became of each repository a run was given, and its checks' results."""
+
+    total: int
+    indexed: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    left: dict[str, str] = field(default_factory=dict)  # to another run, or gone
+    checks: dict[str, dict[str, bool]] = field(default_factory=dict)  # name -> key -> passed
+
+    def summary(self) -> str:
+        return (
+            f"{self.total} repositories: {len(self.indexed)} indexed, {len(self.failures)} "
+            f"failed, {len(self.left)} left to other runs"
+            + "".join(f"\n- {k}: {why}" for k, why in list(self.left.items())[:_FAILURES_SHOWN])
         )
-    context.log_event(
-        AssetCheckEvaluation(
-            asset_key=FILE_MANIFEST,
-            check_name=MANIFEST_CHECK,
-            passed=not read.problems,
-            severity=AssetCheckSeverity.ERROR,
-            metadata=read.check_metadata,
-            partition=key,
+
+    def failure(self, then: str, count_left: bool) -> Failure | None:
+        """The run's failure naming the repositories it did not index (none: it succeeds).
+        count_left: those left to other runs count too (a backfill must see them as not done
+        by it, or it would wait for them for ever)."""
+        missed = {**self.failures, **(self.left if count_left else {})}
+        if not missed:
+            return None
+        shown = "\n".join(
+            f"- {m}" if m.startswith(f"{k}:") else f"- {k}: {m}"
+            for k, m in list(missed.items())[:_FAILURES_SHOWN]
         )
-    )
-    if read.problems:  # the check blocks: an incomplete manifest must not decide deletes
-        raise Failure(
-            f"{key}: the manifest does not account for the tree: " + "; ".join(read.problems),
+        return Failure(
+            description=f"{len(missed)} of {self.total} repositories not indexed "
+            f"({len(self.indexed)} indexed; {then}):\n{shown}",
+            metadata={
+                "repositories_failed": len(self.failures),
+                "repositories_left": len(self.left),
+                "repositories_indexed": len(self.indexed),
+            },
             allow_retries=False,
         )
-    if not opened:  # once for the batch; the first load of a new index, once
-        opened.append(open_index(step, elasticsearch, key))
-    else:
-        opened[0] = (opened[0][0], False)
-    try:
-        written = write_repository(
-            step,
-            key,
-            elasticsearch,
-            indexing,
-            store,
-            read.manifest,
-            ParquetFile(store.partition_path(LINE_DOCUMENTS, key)),
-            opened[0],
+
+    def check_result(self, asset_key: AssetKey, check_name: str) -> AssetCheckResult:
+        """A range step's own result of a check: its repositories' results in one (each
+        partition's own is recorded as it is evaluated)."""
+        results = self.checks.get(check_name, {})
+        failing = sorted(k for k, passed in results.items() if not passed)
+        return AssetCheckResult(
+            asset_key=asset_key,
+            check_name=check_name,
+            passed=not failing,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "repositories_checked": len(results),
+                "repositories_failing": len(failing),
+                "failing": MetadataValue.md(
+                    "\n".join(f"- {k}" for k in failing[:_FAILURES_SHOWN]) or "none"
+                ),
+            },
         )
-    except DocumentsRejected as rejected:
-        context.log_event(
+
+
+@dataclass
+class _ManyRepositories:
+    """One step's work over many repositories: what each one's own run's steps would do."""
+
+    context: OpExecutionContext
+    services: Services
+    full_refresh: bool
+    outcome: Outcome
+    opened: list[tuple[LineIndex, bool]] = field(default_factory=list)  # by the first write
+
+    def index(self, step: Step, key: str, source: GitLabSource | None) -> None:
+        """One repository, as its own run's steps would index it."""
+        if source is not None:
+            manifest = self._read(step, key, source).manifest
+        else:  # es_index alone: from the manifest the last read stored, as its own step would
+            stored = self.services.store.read_partition(FILE_MANIFEST, key)
+            if stored is None:
+                raise Failure(
+                    f"{key}: no file_manifest is stored to write from; materialize "
+                    "file_manifest and line_documents first",
+                    allow_retries=False,
+                )
+            manifest = stored
+        if self.services.elasticsearch is not None:
+            self._write(step, key, manifest)
+
+    def _check(
+        self,
+        asset_key: AssetKey,
+        check_name: str,
+        key: str,
+        passed: bool,
+        metadata: dict[str, Any],
+    ) -> None:
+        self.context.log_event(
             AssetCheckEvaluation(
-                asset_key=ES_INDEX,
-                check_name=DOCUMENT_COUNT_CHECK,
-                passed=False,
+                asset_key=asset_key,
+                check_name=check_name,
+                passed=passed,
                 severity=AssetCheckSeverity.ERROR,
-                metadata=rejected.check_metadata,
+                metadata=metadata,
                 partition=key,
             )
         )
-        raise rejected.failure from None
-    store.store_partition(ES_INDEX, key, written.present)
-    context.log_event(
-        AssetMaterialization(
-            asset_key=ES_INDEX,
-            partition=key,
-            metadata=written.metadata,
-            tags=_versioned(written.commit_sha),
+        self.outcome.checks.setdefault(check_name, {})[key] = passed
+
+    def _record(self, asset_key: AssetKey, key: str, commit: str, metadata: dict) -> None:
+        self.context.log_event(
+            AssetMaterialization(
+                asset_key=asset_key, partition=key, metadata=metadata, tags=_versioned(commit)
+            )
         )
-    )
-    context.log_event(
-        AssetCheckEvaluation(
-            asset_key=ES_INDEX,
-            check_name=DOCUMENT_COUNT_CHECK,
-            passed=written.count_matches,
-            severity=AssetCheckSeverity.ERROR,
-            metadata=written.count_metadata,
-            partition=key,
+
+    def _read(self, step: Step, key: str, source: GitLabSource) -> ReadResult:
+        """file_manifest and line_documents, stored and recorded as the asset's step would."""
+        gitlab, store = self.services.gitlab, self.services.store
+        assert gitlab is not None
+        with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
+            read = read_repository(
+                step, key, self.full_refresh, source, gitlab, self.services.indexing, store, staging
+            )
+            store.store_partition(FILE_MANIFEST, key, read.manifest)
+            store.store_partition(LINE_DOCUMENTS, key, read.documents)
+        self._record(FILE_MANIFEST, key, read.commit_sha, read.manifest_metadata)
+        self._record(LINE_DOCUMENTS, key, read.commit_sha, read.documents_metadata)
+        self._check(FILE_MANIFEST, MANIFEST_CHECK, key, not read.problems, read.check_metadata)
+        if read.problems:  # the check blocks: an incomplete manifest must not decide deletes
+            raise Failure(
+                f"{key}: the manifest does not account for the tree: " + "; ".join(read.problems),
+                allow_retries=False,
+            )
+        return read
+
+    def _write(self, step: Step, key: str, manifest: pa.Table) -> None:
+        """es_index, written, stored and recorded as the asset's step would."""
+        elasticsearch, store = self.services.elasticsearch, self.services.store
+        assert elasticsearch is not None
+        if not self.opened:  # once for the run; the first load of a new index, once
+            self.opened.append(open_index(step, elasticsearch, key))
+        else:
+            self.opened[0] = (self.opened[0][0], False)
+        try:
+            written = write_repository(
+                step,
+                key,
+                elasticsearch,
+                self.services.indexing,
+                store,
+                manifest,
+                ParquetFile(store.partition_path(LINE_DOCUMENTS, key)),
+                self.opened[0],
+            )
+        except DocumentsRejected as rejected:
+            self._check(ES_INDEX, DOCUMENT_COUNT_CHECK, key, False, rejected.check_metadata)
+            raise rejected.failure from None
+        store.store_partition(ES_INDEX, key, written.present)
+        self._record(ES_INDEX, key, written.commit_sha, written.metadata)
+        self._check(
+            ES_INDEX, DOCUMENT_COUNT_CHECK, key, written.count_matches, written.count_metadata
         )
+
+
+def index_each(
+    context: OpExecutionContext,
+    keys: list[str],
+    services: Services,
+    full_refresh: bool,
+    record_claims: bool,
+) -> Outcome:
+    """Each repository in turn, as its own run would index it; one that fails is its own.
+
+    record_claims: claim each repository before touching it (a batch). A range run's claims
+    are the planned materializations Dagster recorded for its partitions when it made it.
+    """
+    instance = context.instance
+    step = Step(context.log, instance, context.run_id)
+    step_key = context.get_step_execution_context().step.key
+    partitions = set(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
+    source = services.gitlab.source() if services.gitlab is not None else None
+    outcome = Outcome(len(keys))
+    work = _ManyRepositories(context, services, full_refresh, outcome)
+    for number, key in enumerate(keys, start=1):
+        if key not in partitions:
+            outcome.left[key] = "no longer a partition (removed by discovery)"
+            continue
+        holding = (
+            claim(step, context.job_name, step_key, key, _ASSETS)
+            if record_claims
+            else held_by_others(step, key)
+        )
+        if holding:
+            outcome.left[key] = f"run {holding[0]} has it"
+            _record_outcome(context, key, "left", outcome.left[key])
+            continue
+        taken = f"{key}: {TAKEN} ({number} of {len(keys)})"
+        try:
+            with _GatheredLog(context.log, taken, services.indexing.progress_seconds) as gathered:
+                work.index(replace(step, log=gathered), key, source)
+        except Exception as exc:  # one repository's failure is its own
+            message = (
+                exc.description
+                if isinstance(exc, Failure) and exc.description
+                else f"{key}: {type(exc).__name__}: {exc}"
+            )
+            if not isinstance(exc, Failure):
+                context.log.error(traceback.format_exc())
+            context.log.error(message)
+            outcome.failures[key] = message
+            _record_outcome(context, key, "failed", message)
+            continue
+        outcome.indexed.append(key)
+    context.log.info(outcome.summary())
+    return outcome
+
+
+def index_range(context: OpExecutionContext, services: Services, full_refresh: bool) -> Outcome:
+    """A backfill's partition-range run, in the step of the first selected asset of the range.
+    The step yields its checks' results (`Outcome.check_result`), then `fail_range`."""
+    return index_each(
+        context, list(context.partition_keys), services, full_refresh, record_claims=False
     )
+
+
+def fail_range(outcome: Outcome) -> None:
+    """A range run fails naming the repositories it did not index: the backfill marks as failed
+    the range minus what the run recorded, and takes a run that succeeded as complete."""
+    failure = outcome.failure(
+        "re-execute the backfill's failed partitions, or the sensor indexes them as any "
+        "repository not at its HEAD",
+        count_left=True,
+    )
+    if failure is not None:
+        raise failure
 
 
 @op(
@@ -233,63 +395,13 @@ def index_batch(
     indexing: IndexingResource,
     parquet_io_manager: ResourceParam[ParquetStore],
 ) -> None:
-    instance = context.instance
-    step = Step(context.log, instance, context.run_id)
-    step_key = context.get_step_execution_context().step.key
-    partitions = set(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
-    source = gitlab.source()
-    failures: dict[str, str] = {}
-    indexed: list[str] = []
-    left: dict[str, str] = {}
-    opened: list[tuple[LineIndex, bool]] = []  # the index, opened by the first write
-    for number, key in enumerate(config.repositories, start=1):
-        if key not in partitions:
-            left[key] = "no longer a partition (removed by discovery)"
-            continue
-        holding = claim(step, context.job_name, step_key, key, _ASSETS)
-        if holding:
-            left[key] = f"run {holding[0]} has it"
-            _record_outcome(context, key, "left", left[key])
-            continue
-        taken = f"{key}: {TAKEN} ({number} of {len(config.repositories)})"
-        try:
-            with _GatheredLog(context.log, taken, indexing.progress_seconds) as gathered:
-                _index_repository(
-                    context,
-                    replace(step, log=gathered),
-                    key,
-                    config.full_refresh,
-                    (gitlab, elasticsearch, indexing),
-                    parquet_io_manager,
-                    source,
-                    opened,
-                )
-        except Exception as exc:  # one repository's failure is its own
-            message = (
-                exc.description
-                if isinstance(exc, Failure) and exc.description
-                else f"{key}: {type(exc).__name__}: {exc}"
-            )
-            if not isinstance(exc, Failure):
-                context.log.error(traceback.format_exc())
-            context.log.error(message)
-            failures[key] = message
-            _record_outcome(context, key, "failed", message)
-            continue
-        indexed.append(key)
-    context.log.info(
-        f"batch of {len(config.repositories)}: {len(indexed)} indexed, {len(failures)} failed, "
-        f"{len(left)} left to other runs"
-        + "".join(f"\n- {k}: {why}" for k, why in list(left.items())[:_FAILURES_SHOWN])
+    services = Services(gitlab, elasticsearch, indexing, parquet_io_manager)
+    outcome = index_each(
+        context, list(config.repositories), services, config.full_refresh, record_claims=True
     )
-    if failures:
-        shown = "\n".join(f"- {m}" for m in list(failures.values())[:_FAILURES_SHOWN])
-        raise Failure(
-            description=f"{len(failures)} of {len(config.repositories)} repositories failed "
-            f"(the others are indexed; the sensor asks for these again):\n{shown}",
-            metadata={"repositories_failed": len(failures), "repositories_indexed": len(indexed)},
-            allow_retries=False,
-        )
+    failure = outcome.failure("the sensor asks for these again", count_left=False)
+    if failure is not None:
+        raise failure
 
 
 @job(

@@ -21,7 +21,7 @@ from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, rep
 from gitlab_es_pipeline.batches import BATCH_OP, index_repositories_job
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.io_managers import ParquetIOManager
-from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
 from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits, evaluate_tick
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
@@ -162,6 +162,20 @@ class Pipeline:
             instance=self.instance,
             resources=self.resources(),
             raise_on_error=raise_on_error,
+        )
+
+    def index_range(
+        self, first: str, last: str, es_index_only: bool = False, raise_on_error: bool = False
+    ) -> ExecuteInProcessResult:
+        """A backfill's run of the partitions from `first` to `last` (in the order discovery
+        added them), tagged as the backfill daemon tags one (its BackfillPolicy)."""
+        return materialize(
+            [manifest_and_line_documents, es_index, repositories],
+            selection=[es_index] if es_index_only else [manifest_and_line_documents, es_index],
+            instance=self.instance,
+            resources=self.resources(),
+            raise_on_error=raise_on_error,
+            tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
         )
 
     def index_all(self) -> None:

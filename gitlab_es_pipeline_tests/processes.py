@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 # Below Linux's ephemeral range (32768-60999): a port the kernel hands to a `bind(0)` (every
@@ -58,3 +61,21 @@ def wait_until_serving(url: str, server: subprocess.Popen, log: Path, seconds: f
         if time.monotonic() > deadline:
             raise TimeoutError(f"no Dagster webserver at {url} in {seconds} s:\n{log.read_text()}")
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def serving_webserver(env: Mapping[str, str], log: Path) -> Iterator[str]:
+    """dagster-webserver on the project's definitions, in this environment; its URL."""
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "dagster-webserver"),
+        *("-m", "gitlab_es_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)),
+    ]
+    with log.open("wb") as sink:
+        server = subprocess.Popen(command, env=dict(env), stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(url, server, log)
+        yield url
+    finally:
+        stop(server)

@@ -4,7 +4,6 @@ Expectations come from git (`expected_documents` reads the trees with git ls-tre
 cat-file), from the documents in the Elasticsearch stand-in, and from Dagster's own event log.
 """
 
-import itertools
 import threading
 import time
 import uuid
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    AssetCheckKey,
     AssetKey,
     AssetRecordsFilter,
     DagsterEventType,
@@ -19,12 +19,20 @@ from dagster import (
     DagsterRunStatus,
     RunsFilter,
 )
+from elasticsearch import Elasticsearch
 
 from gitlab_es_pipeline.batches import OUTCOME, TAKEN
 from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, record_claim
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
+from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
 from gitlab_es_pipeline.sensors import SensorLimits, evaluate_tick
-from gitlab_es_pipeline.state import ES_INDEX, FILE_MANIFEST, failing_partitions, last_indexed
+from gitlab_es_pipeline.state import (
+    ES_INDEX,
+    FILE_MANIFEST,
+    LINE_DOCUMENTS,
+    failing_partitions,
+    last_indexed,
+)
 from gitlab_es_pipeline.status import repository_status
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
@@ -206,20 +214,26 @@ def test_one_failing_repository_does_not_fail_the_others_of_its_batch(
     assert repository_status(pipeline.instance, "fleet/b", None, None).state == "indexed"
 
 
-def _running_batch(pipeline: Pipeline, holding: str) -> DagsterRun:
-    """A batch run, started in another process as far as storage can tell, that has claimed
-    a repository."""
+def _running_batch(pipeline: Pipeline, holding: str, kind: str = "batch") -> DagsterRun:
+    """A run of many repositories, started in another process as far as storage can tell,
+    that has claimed a repository: a sensor's batch, or a backfill's range run (whose claims
+    Dagster records when it makes the run: file_manifest and line_documents, and es_index
+    when selected)."""
+    tags = (
+        {BATCH_TAG: BATCH_TAG_VALUE}
+        if kind == "batch"
+        else {RANGE_START_TAG: holding, RANGE_END_TAG: holding, "dagster/backfill": "b1"}
+    )
     run = pipeline.instance.add_run(
         DagsterRun(
-            job_name="index_repositories",
+            job_name="index_repositories" if kind == "batch" else "__ASSET_JOB",
             run_id=str(uuid.uuid4()),
             status=DagsterRunStatus.STARTED,
-            tags={BATCH_TAG: BATCH_TAG_VALUE},
+            tags=tags,
         )
     )
-    record_claim(
-        pipeline.instance, run.run_id, "index_repositories", "index_batch", holding, [ES_INDEX]
-    )
+    claimed = [ES_INDEX] if kind == "batch" else [FILE_MANIFEST, LINE_DOCUMENTS]
+    record_claim(pipeline.instance, run.run_id, run.job_name, "step", holding, claimed)
     return run
 
 
@@ -227,11 +241,12 @@ def _end(pipeline: Pipeline, run: DagsterRun) -> None:
     pipeline.instance.report_run_failed(run, "ended")
 
 
+@pytest.mark.parametrize("holder", ["batch", "range"])
 def test_a_batch_leaves_a_repository_that_another_run_holds(
-    pipeline: Pipeline, tmp_path: Path
+    pipeline: Pipeline, tmp_path: Path, holder: str
 ) -> None:
     repos = _fleet(pipeline, tmp_path)
-    other = _running_batch(pipeline, "fleet/c")
+    other = _running_batch(pipeline, "fleet/c", holder)
     result = pipeline.index_batch(list(repos))
     assert result.success  # leaving a repository to its holder is not a failure
     assert last_indexed(pipeline.instance, "fleet/c") is None
@@ -250,11 +265,12 @@ def test_a_batch_leaves_a_repository_that_another_run_holds(
     assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
 
 
+@pytest.mark.parametrize("holder", ["batch", "range"])
 def test_a_run_of_one_repository_waits_while_a_batch_has_it(
-    pipeline: Pipeline, tmp_path: Path
+    pipeline: Pipeline, tmp_path: Path, holder: str
 ) -> None:
     _fleet(pipeline, tmp_path, ("fleet/a",))
-    other = _running_batch(pipeline, "fleet/a")
+    other = _running_batch(pipeline, "fleet/a", holder)
     released = []
 
     def release() -> None:
@@ -287,26 +303,23 @@ def test_two_batches_at_once_never_index_one_repository_together(
     assert [c.wait(timeout=300) for c in children] == [0, 0]
     indexed = set()
     for key in keys:
-        # For each batch that indexed the repository: from its claim (recorded before it
-        # looked for others) to its es_index materialization. Times, not storage ids: SQLite
-        # keeps a run's log and the asset index in separate databases.
-        claims = pipeline.instance.fetch_planned_materializations(
-            AssetRecordsFilter(asset_key=ES_INDEX, asset_partitions=[key]), limit=10
-        ).records
-        spans = []
-        for record in _materializations(pipeline, ES_INDEX, key):
-            claimed = [
-                c.event_log_entry.timestamp
-                for c in claims
-                if c.event_log_entry.run_id == record.run_id
-            ]
-            spans.append((min(claimed), record.timestamp))
+        # A batch that came to the repository after the other had indexed it found it up to
+        # date: an incremental read of nothing. Had the two overlapped, both would have chosen
+        # a full read, since the mode is chosen from the indexed commit that the first one
+        # records only when it is done. (Times cannot show it: a batch's claim is stored
+        # before it looks at the others', and its log line once it is done.)
+        modes = sorted(
+            (
+                r.asset_materialization.metadata["mode"].value,
+                r.asset_materialization.metadata["files_read"].value,
+            )
+            for r in _materializations(pipeline, FILE_MANIFEST, key)
+        )
+        assert modes in ([], [("full", 3)], [("full", 3), ("incremental", 0)]), (key, modes)
+        if modes:
             indexed.add(key)
-        spans.sort()
-        for (_, end), (start, _) in itertools.pairwise(spans):
-            assert end < start, (key, spans)  # one after the other, never together
         # A batch that did not index it said so.
-        assert len(spans) + len(_outcomes(pipeline, key)) == 2
+        assert len(modes) + len(_outcomes(pipeline, key)) == 2
     runs = pipeline.instance.get_run_records(RunsFilter(tags={BATCH_TAG: BATCH_TAG_VALUE}))
     assert len(runs) == 2
     # The repositories that were indexed are exactly as git has them; each batch's claims
@@ -314,3 +327,118 @@ def test_two_batches_at_once_never_index_one_repository_together(
     assert pipeline.es.documents(INDEX) == _expected(pipeline, {k: repos[k] for k in indexed})
     assert pipeline.index_batch(keys).success
     assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
+
+
+def _recorded_by(pipeline: Pipeline, run_id: str, asset: AssetKey, keys: list[str]) -> set[str]:
+    return {
+        k for k in keys if any(r.run_id == run_id for r in _materializations(pipeline, asset, k))
+    }
+
+
+def _range_check(pipeline: Pipeline, run_id: str) -> dict:
+    """The range step's own result of its check (each partition has its own too)."""
+    (evaluation,) = [
+        e.dagster_event.event_specific_data
+        for e in pipeline.instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        if e.dagster_event.event_specific_data.partition is None
+    ]
+    return {"passed": evaluation.passed, **{k: v.value for k, v in evaluation.metadata.items()}}
+
+
+def test_a_backfill_range_run_records_each_repository_as_its_own_run_would(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    repos = _fleet(pipeline, tmp_path)
+    result = pipeline.index_range("fleet/a", "fleet/c")
+    assert result.success
+    assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
+    # The range's first step indexed and recorded every partition; es_index's own step, with
+    # no inputs given, was skipped.
+    skipped = [e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"]
+    assert skipped == ["es_index"]
+    for key, repo in repos.items():
+        for asset in (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX):
+            (record,) = _materializations(pipeline, asset, key)
+            assert record.run_id == result.run_id
+            assert record.asset_materialization.tags["dagster/data_version"] == _head(repo)
+        assert last_indexed(pipeline.instance, key).commit_sha == _head(repo)
+        # Dagster recorded the run's claim on each partition when it made the run.
+        planned = pipeline.instance.fetch_planned_materializations(
+            AssetRecordsFilter(asset_key=FILE_MANIFEST, asset_partitions=[key]), limit=5
+        ).records
+        assert [p.run_id for p in planned] == [result.run_id]
+        said = _said(pipeline, result.run_id, key)
+        assert len(said) == 1 and TAKEN in said[0], said
+    assert _range_check(pipeline, result.run_id) == {
+        "passed": True,
+        "repositories_checked": 3,
+        "repositories_failing": 0,
+        "failing": "none",
+    }
+    # es_index alone over a range writes each partition from what its last read stored (here a full
+    # read): a repository's documents lost from the index come back; its count check sees them.
+    client = Elasticsearch(pipeline.es.url, api_key=pipeline.es.api_key)
+    client.delete_by_query(
+        index=INDEX, query={"term": {"repository_name": "fleet/c"}}, refresh=True
+    )
+    assert {d["repository_name"] for d in pipeline.es.documents(INDEX).values()} == {
+        "fleet/a",
+        "fleet/b",
+    }
+    alone = pipeline.index_range("fleet/c", "fleet/c", es_index_only=True)
+    assert alone.success
+    assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
+    assert _recorded_by(pipeline, alone.run_id, ES_INDEX, list(repos)) == {"fleet/c"}
+    assert _recorded_by(pipeline, alone.run_id, FILE_MANIFEST, list(repos)) == set()
+    check = AssetCheckKey(ES_INDEX, "document_count_matches_manifest")
+    latest = pipeline.instance.event_log_storage.get_latest_asset_check_execution_by_key([check])
+    assert latest[check].run_id == alone.run_id
+    assert _range_check(pipeline, alone.run_id)["passed"] is True
+    assert _range_check(pipeline, alone.run_id)["repositories_checked"] == 1
+
+    # A push, then another range: incremental per repository, as its own run would be.
+    history = {k: [_head(r)] for k, r in repos.items()}
+    commit_files(repos["fleet/b"], {"src/main.py": "NAME = 'b2'\n"}, delete=("old.txt",))
+    history["fleet/b"].append(_head(repos["fleet/b"]))
+    assert pipeline.index_range("fleet/a", "fleet/c").success
+    assert pipeline.es.documents(INDEX) == _expected(pipeline, repos, history)
+    assert pipeline.latest_metadata("file_manifest", "fleet/b")["files_read"] == 1
+    assert pipeline.latest_metadata("file_manifest", "fleet/a")["files_read"] == 0
+
+
+def test_a_range_run_fails_for_its_failing_repository_alone(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    repos = _fleet(pipeline, tmp_path)
+    broken = next(
+        p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == "fleet/b"
+    )
+    broken.default_branch_name = "gone"  # GitLab answers 404 for the branch
+    other = _running_batch(pipeline, "fleet/c")  # and another run holds fleet/c
+    result = pipeline.index_range("fleet/a", "fleet/c")
+    assert not result.success
+    error = result.failure_data_for_node("manifest_and_line_documents").error.message
+    assert "fleet/b" in error and "'gone'" in error
+    assert f"fleet/c: run {other.run_id} has it" in error and "fleet/a" not in error
+    assert pipeline.es.documents(INDEX) == _expected(pipeline, {"fleet/a": repos["fleet/a"]})
+    # A backfill marks as failed a ranged run's range minus what the run recorded (Dagster's
+    # _get_failed_asset_graph_subset): exactly the two it did not index, for each asset.
+    for asset in (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX):
+        assert set(repos) - _recorded_by(pipeline, result.run_id, asset, list(repos)) == {
+            "fleet/b",
+            "fleet/c",
+        }
+    assert [o[OUTCOME].value for o in _outcomes(pipeline, "fleet/b")] == ["failed"]
+    assert [o[OUTCOME].value for o in _outcomes(pipeline, "fleet/c")] == ["left"]
+    # The UI marks a failed run's planned partitions it did not record as failed: fleet/c too,
+    # until the run that has it records it.
+    assert failing_partitions(pipeline.instance, list(repos)) == ["fleet/b", "fleet/c"]
+    # fleet/b failed before its manifest was checked; the range's check counts what it checked.
+    assert _range_check(pipeline, result.run_id)["repositories_checked"] == 1
+
+    # Mended, and the holder gone: the range again indexes everything.
+    broken.default_branch_name = "main"
+    _end(pipeline, other)
+    assert pipeline.index_range("fleet/a", "fleet/c").success
+    assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
+    assert failing_partitions(pipeline.instance, list(repos)) == []

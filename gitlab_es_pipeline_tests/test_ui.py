@@ -10,15 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gitlab_es_pipeline_tests.pipeline import Pipeline
-from gitlab_es_pipeline_tests.processes import free_port, stop, wait_until_serving
+from gitlab_es_pipeline_tests.processes import serving_webserver
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 
 CHROMIUM = "/usr/bin/chromium"
@@ -50,7 +48,6 @@ def webserver(indexed: dict[str, str], tmp_path: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def _serving(tmp_path: Path) -> Iterator[str]:
     """dagster-webserver on the project's definitions and the project instance's home."""
-    port = free_port()
     env = {
         **os.environ,  # DAGSTER_HOME of the project instance
         "GITLAB_URL": "http://127.0.0.1:9",
@@ -58,19 +55,8 @@ def _serving(tmp_path: Path) -> Iterator[str]:
         "ELASTICSEARCH_URL": "http://127.0.0.1:9",
         "DAGSTER_DISABLE_TELEMETRY": "yes",
     }
-    command = [
-        str(Path(sys.executable).parent / "dagster-webserver"),
-        *("-m", "gitlab_es_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)),
-    ]
-    log = tmp_path / "webserver.log"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(url, server, log)
+    with serving_webserver(env, tmp_path / "webserver.log") as url:
         yield url
-    finally:
-        stop(server)
 
 
 @pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)

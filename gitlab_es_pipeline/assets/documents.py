@@ -19,13 +19,19 @@ from dagster import (
 )
 from pydantic import Field
 
+from gitlab_es_pipeline.batches import Services, fail_range, index_range
 from gitlab_es_pipeline.claims import wait_for_other_runs
 from gitlab_es_pipeline.indexing import MANIFEST_CHECK, Step, read_repository
 from gitlab_es_pipeline.io_managers import ParquetStore
-from gitlab_es_pipeline.partitions import repository_partitions
+from gitlab_es_pipeline.partitions import (
+    is_range_run,
+    repository_backfill_policy,
+    repository_partitions,
+)
 from gitlab_es_pipeline.pools import GITLAB_POOL
-from gitlab_es_pipeline.resources import GitLabResource, IndexingResource
+from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
 from gitlab_es_pipeline.retries import step_retry_policy
+from gitlab_es_pipeline.state import ES_INDEX
 
 
 class IndexRunConfig(Config):
@@ -44,6 +50,7 @@ class IndexRunConfig(Config):
             owners=["team:data-platform"],
             description="Every file at the default branch's HEAD: blob, mode, size, lines, "
             "why it is skipped if it is, and how it changed since the last indexed commit.",
+            is_required=False,  # a backfill's range run records each partition itself
         ),
         "line_documents": AssetOut(
             io_manager_key="parquet_io_manager",
@@ -51,6 +58,7 @@ class IndexRunConfig(Config):
             owners=["team:data-platform"],
             description="One document per line of every added, modified or renamed file "
             "(every file on a full load), as Elasticsearch gets it.",
+            is_required=False,
         ),
     },
     internal_asset_deps={
@@ -59,6 +67,7 @@ class IndexRunConfig(Config):
     },
     deps=[AssetKey("repositories")],
     partitions_def=repository_partitions,
+    backfill_policy=repository_backfill_policy(),  # runs of many repositories: docs/runs.md
     group_name="code_search",  # one group: the lineage page opens on the whole pipeline
     can_subset=False,
     check_specs=[
@@ -79,10 +88,23 @@ def manifest_and_line_documents(
     context: AssetExecutionContext,
     config: IndexRunConfig,
     gitlab: GitLabResource,
+    elasticsearch: ElasticsearchResource,
     indexing: IndexingResource,
     parquet_io_manager: ResourceParam[ParquetStore],
-) -> Iterator[Output[Any]]:
-    """Tree listing (blob ids), then only the files that changed since the indexed commit."""
+) -> Iterator[Output[Any] | AssetCheckResult]:
+    """Tree listing (blob ids), then only the files that changed since the indexed commit.
+
+    A backfill's run of many partitions indexes each one here as its own run would, es_index
+    included when the run selected it (its own step then has no inputs and is skipped).
+    """
+    if is_range_run(context.run.tags):
+        # es_index is in the run's job when the run selected it (the job is the selection)
+        writes = ES_INDEX in context.job_def.asset_layer.selected_asset_keys
+        services = Services(gitlab, elasticsearch if writes else None, indexing, parquet_io_manager)
+        outcome = index_range(context.op_execution_context, services, config.full_refresh)
+        yield outcome.check_result(AssetKey("file_manifest"), MANIFEST_CHECK)
+        fail_range(outcome)
+        return
     key = context.partition_key
     step = Step(context.log, context.instance, context.run_id)
     wait_for_other_runs(step, key)

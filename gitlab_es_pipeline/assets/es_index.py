@@ -15,6 +15,7 @@ from dagster import (
     asset,
 )
 
+from gitlab_es_pipeline.batches import Services, fail_range, index_range
 from gitlab_es_pipeline.indexing import (
     DOCUMENT_COUNT_CHECK,
     DocumentsRejected,
@@ -22,15 +23,22 @@ from gitlab_es_pipeline.indexing import (
     write_repository,
 )
 from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore
-from gitlab_es_pipeline.partitions import repository_partitions
+from gitlab_es_pipeline.partitions import (
+    is_range_run,
+    repository_backfill_policy,
+    repository_partitions,
+)
 from gitlab_es_pipeline.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource, IndexingResource
 from gitlab_es_pipeline.retries import step_retry_policy
+from gitlab_es_pipeline.state import ES_INDEX
 
 
 @asset(
     ins={"file_manifest": AssetIn(), "line_documents": AssetIn()},
     partitions_def=repository_partitions,
+    backfill_policy=repository_backfill_policy(),  # as the manifest's, so they share runs
+    output_required=False,  # a backfill's range run records each partition itself
     io_manager_key="parquet_io_manager",
     group_name="code_search",  # one group: the lineage page opens on the whole pipeline
     kinds={"elasticsearch", "parquet"},
@@ -56,8 +64,15 @@ def es_index(
     """Writes the new documents, deletes exactly the stale ones, records the indexed commit.
 
     Its stored value is the manifest of what the index now holds for the repository: the base
-    that the next incremental run compares against.
+    that the next incremental run compares against. A backfill's run of many partitions that
+    selected es_index alone writes each one here from its stored manifest and documents.
     """
+    if is_range_run(context.run.tags):
+        services = Services(None, elasticsearch, indexing, parquet_io_manager)
+        outcome = index_range(context.op_execution_context, services, full_refresh=False)
+        yield outcome.check_result(ES_INDEX, DOCUMENT_COUNT_CHECK)
+        fail_range(outcome)
+        return
     step = Step(context.log, context.instance, context.run_id)
     try:
         written = write_repository(

@@ -1,0 +1,151 @@
+"""A backfill of every partition, launched as the UI launches one, run by dagster-daemon.
+
+The webserver receives the UI's own GraphQL mutation (`launchPartitionBackfill`, what
+"Materialize all partitions" sends); the daemon forms the runs from the assets'
+BackfillPolicy and launches them as in production. Expectations come from git
+(`expected_after_runs`), the documents in the Elasticsearch stand-in, and Dagster's own
+backfill record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, RunsFilter
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.execution.backfill import BulkActionStatus
+
+from gitlab_es_pipeline.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+from gitlab_es_pipeline.state import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS, last_indexed
+from gitlab_es_pipeline_tests.corpus import expected_after_runs
+from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
+from gitlab_es_pipeline_tests.processes import serving_webserver
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
+from gitlab_es_pipeline_tests.test_daemon import Daemon, wait_until
+
+pytestmark = pytest.mark.daemon
+
+PER_RUN = 3
+KEYS = [f"fleet/r{i}" for i in range(7)]
+BROKEN = "fleet/r4"
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def _graphql(url: str, query: str, variables: dict) -> dict:
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.load(answer)
+
+
+@pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
+def test_a_backfill_of_all_partitions_from_the_ui_runs_in_batches_of_partitions(
+    project_pipeline: Pipeline, project_instance: DagsterInstance, tmp_path: Path
+) -> None:
+    pipeline = project_pipeline
+    env = {
+        **os.environ,  # DAGSTER_HOME of the project instance, on SQLite
+        "GITLAB_URL": pipeline.gitlab.url,
+        "GITLAB_TOKEN": pipeline.gitlab.token,
+        "ELASTICSEARCH_URL": pipeline.es.url,
+        "ELASTICSEARCH_API_KEY": pipeline.es.api_key or "",
+        "PARQUET_STORAGE_URL": str(pipeline.storage),
+        "BACKFILL_PARTITIONS_PER_RUN": str(PER_RUN),
+        # The sensor's first tick finds no partitions yet, and then waits an hour: the
+        # backfill alone indexes the fleet. Discovery only on New Year's Day.
+        "HEAD_SENSOR_INTERVAL_SECONDS": "3600",
+        "DISCOVERY_CRON": "0 0 1 1 *",
+        "DAGSTER_DISABLE_TELEMETRY": "yes",
+    }
+    log = tmp_path / "daemon.log"
+    daemon = Daemon(env, log)
+    daemon.start()
+    try:
+        wait_until(
+            lambda: "Sensor head_commit_sensor skipped" in log.read_text(errors="replace"),
+            180,
+            "the sensor's first tick",
+            log,
+        )
+        repos = {}
+        for key in KEYS:
+            repo = init_repo(tmp_path / key.replace("/", "_"))
+            commit_files(repo, {"README.md": f"# {key}\n", "src/app.py": f"NAME = {key!r}\n"})
+            pipeline.gitlab.add_project(key, str(repo))
+            repos[key] = repo
+        pipeline.discover()
+        broken = next(
+            p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == BROKEN
+        )
+        broken.default_branch_name = "gone"  # GitLab answers 404 for its branch
+
+        with serving_webserver(env, tmp_path / "webserver.log") as url:
+            assets = [{"path": [a.path[0]]} for a in (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX)]
+            answer = _graphql(
+                url, LAUNCH, {"params": {"assetSelection": assets, "allPartitions": True}}
+            )
+        launched = answer["data"]["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", answer
+        backfill_id = launched["backfillId"]
+
+        def done() -> bool:
+            backfill = project_instance.get_backfill(backfill_id)
+            return backfill is not None and backfill.status != BulkActionStatus.REQUESTED
+
+        wait_until(done, 420, "the backfill to finish", log)
+    finally:
+        daemon.stop()
+
+    # Runs of up to PER_RUN partitions each, consecutive in partition order, with no partition
+    # tag of their own.
+    runs = project_instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
+    ranges = sorted((r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs)
+    assert len(runs) == math.ceil(len(KEYS) / PER_RUN)
+    assert ranges == [
+        (KEYS[i], KEYS[min(i + PER_RUN, len(KEYS)) - 1]) for i in range(0, len(KEYS), PER_RUN)
+    ]
+    assert all(PARTITION_TAG not in r.tags for r in runs)
+
+    # Every repository but the broken one indexed exactly as git has it, with its own state.
+    ids = {p.path_with_namespace: p.id for p in pipeline.gitlab.projects.values()}
+    expected: dict[str, dict] = {}
+    for key, repo in repos.items():
+        head = run_git(repo, "rev-parse", "HEAD").strip()
+        if key == BROKEN:
+            assert last_indexed(project_instance, key) is None
+            continue
+        url_of = f"{pipeline.gitlab.url}/{key}"
+        expected.update(expected_after_runs(repo, [head], ids[key], key, "main", url_of).documents)
+        assert last_indexed(project_instance, key).commit_sha == head
+    assert pipeline.es.documents(INDEX) == expected
+
+    # The backfill's own account, as its page shows it: the broken repository's partitions
+    # failed, every other one materialized.
+    backfill = project_instance.get_backfill(backfill_id)
+    assert backfill.status == BulkActionStatus.COMPLETED_FAILED
+    data = backfill.asset_backfill_data
+    for asset in (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX):
+        materialized = _partitions(data.materialized_subset, asset)
+        failed = _partitions(data.failed_and_downstream_subset, asset)
+        assert (asset, materialized, failed) == (asset, set(KEYS) - {BROKEN}, {BROKEN})
+
+
+def _partitions(subset: AssetGraphSubset, asset: AssetKey) -> set[str]:
+    return {p.partition_key for p in subset.iterate_asset_partitions() if p.asset_key == asset}
