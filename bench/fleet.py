@@ -3,22 +3,23 @@
     .venv/bin/python bench/fleet.py                     # 40 repositories, three ways
     .venv/bin/python bench/fleet.py --repositories 1000 --mode batched
     .venv/bin/python bench/fleet.py --repositories 1000 --mode batched --storage postgres
+    .venv/bin/python bench/fleet.py --mode batched --storage sqlite-dagster --storage sqlite
 
 Three ways to run the fleet: a run per repository with a process per step (`multiprocess`),
 a run per repository with its steps in the run's process (`in_process`), and the sensor's
 batches of small repositories (`batched`: in_process, INDEX_BATCH_SIZE repositories a run).
-For each: a DAGSTER_HOME with the project's dagster.yaml, on SQLite or (`--storage postgres`)
-a real PostgreSQL server started here with fsync on, as in production; the GitLab and
-Elasticsearch stand-ins in processes of their own, discovery of the fleet (the `repositories`
-asset, in this process), then `dagster-daemon run` on the project's workspace: the HEAD-commit
-sensor asks for a run per never-indexed repository and the daemon's run queue launches them,
-as many at once as dagster.yaml allows. The clock runs from the daemon's start until every
-partition has an `es_index` materialization; the machine's CPU (all processes: daemon, code
-server, run workers, step processes, stand-ins) over the same span comes from /proc/stat.
-Prints wall and CPU seconds per repository, side by side for the ways, and the share of that
-CPU spent by the stand-ins (GitLab's includes its `git` processes): work a real GitLab and a
-real cluster do on their own machines.
-"""
+For each: a DAGSTER_HOME with the project's dagster.yaml, on SQLite or (`--storage postgres`) a
+real PostgreSQL server started here with fsync on, as in production (or `sqlite-dagster`:
+Dagster's own SQLite storage, without the project's engine-keeping event log, to compare); the
+GitLab and Elasticsearch stand-ins in processes of their own, discovery of the fleet (the
+`repositories` asset, in this process), then `dagster-daemon run` on the project's workspace:
+the HEAD-commit sensor asks for a run per never-indexed repository and the daemon's run queue
+launches them, as many at once as dagster.yaml allows. The clock runs from the daemon's start
+until every partition has an `es_index` materialization; the machine's CPU (all processes:
+daemon, code server, run workers, step processes, stand-ins) over the same span comes from
+/proc/stat. Prints wall and CPU seconds per repository, side by side for the ways, and the
+share of that CPU spent by the stand-ins (GitLab's includes its `git` processes): work a real
+GitLab and a real cluster do on their own machines."""
 
 from __future__ import annotations
 
@@ -82,15 +83,34 @@ def _storing_elasticsearch(conn: Any) -> None:
     server.stop()
 
 
+PROJECT_STORAGE = """storage:
+  custom:
+    module: gitlab_es_pipeline.storage
+    class: EnvironmentSelectedStorage
+    config: {}
+"""
+
+
 def discover_fleet(
-    work: Path, name: str, gitlab: str, es: str, settings: dict[str, str]
+    work: Path,
+    name: str,
+    gitlab: str,
+    es: str,
+    settings: dict[str, str],
+    dagster_sqlite: bool = False,
 ) -> tuple[dict[str, str], Any]:
-    """A DAGSTER_HOME with the project's dagster.yaml, the environment the daemon gets (the
-    stand-ins, and `settings` over the defaults), and the fleet discovered into it (the
-    `repositories` asset, in this process): the environment and the instance."""
+    """A DAGSTER_HOME with the project's dagster.yaml (with Dagster's own SQLite storage in it
+    if asked), the environment the daemon gets (the stand-ins, and `settings` over the
+    defaults), and the fleet discovered into it (the `repositories` asset, in this process):
+    the environment and the instance."""
     home = work / f"home-{name}"
     home.mkdir(parents=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    instance_yaml = (ROOT / "dagster.yaml").read_text()
+    if dagster_sqlite:
+        assert PROJECT_STORAGE in instance_yaml, "the project's dagster.yaml changed its storage"
+        stock = f"storage:\n  sqlite:\n    base_dir: {home}\n"
+        instance_yaml = instance_yaml.replace(PROJECT_STORAGE, stock)
+    (home / "dagster.yaml").write_text(instance_yaml)
     inherited = {k: v for k, v in os.environ.items() if k != "DAGSTER_PG_URL"}
     env = {
         **inherited,
@@ -157,10 +177,11 @@ def index_fleet(
     work: Path,
     batch_size: int,
     standins_cpu: Any,
+    storage: str,
     postgres_url: str | None,
 ) -> dict[str, Any]:
     executor, default_batch = MODES[mode]
-    name = mode if postgres_url is None else f"{mode}-pg"
+    name = f"{mode}-{storage}"
     settings = {
         "RUN_EXECUTOR": executor,
         "INDEX_BATCH_SIZE": str(batch_size if mode == "batched" else default_batch),
@@ -168,7 +189,9 @@ def index_fleet(
         "HEAD_SENSOR_MAX_RUNS_PER_TICK": str(len(keys)),
         **({"DAGSTER_PG_URL": postgres_url} if postgres_url else {}),
     }
-    env, instance = discover_fleet(work, name, gitlab, es, settings)
+    env, instance = discover_fleet(
+        work, name, gitlab, es, settings, dagster_sqlite=storage == "sqlite-dagster"
+    )
     from dagster import AssetKey
 
     log = work / f"daemon-{name}.log"
@@ -197,7 +220,12 @@ def main() -> None:
     parser.add_argument("--repositories", type=int, default=40)
     parser.add_argument("--mode", action="append", choices=list(MODES), default=None)
     parser.add_argument("--batch-size", type=int, default=50, help="for the batched way")
-    parser.add_argument("--storage", action="append", choices=["sqlite", "postgres"], default=None)
+    parser.add_argument(
+        "--storage",
+        action="append",
+        choices=["sqlite", "sqlite-dagster", "postgres"],
+        default=None,
+    )
     args = parser.parse_args()
     modes = args.mode or list(MODES)
     storages = args.storage or ["sqlite"]
@@ -225,16 +253,17 @@ def main() -> None:
                         work,
                         args.batch_size,
                         lambda: gitlab_cpu() + es_cpu(),
+                        storage,
                         url,
                     )
         print(
-            f"\n{'way':<14} {'storage':<9} {'repositories':>12} {'wall s/repo':>12} "
+            f"\n{'way':<14} {'storage':<15} {'repositories':>12} {'wall s/repo':>12} "
             f"{'CPU s/repo':>11} {'of which stand-ins':>19}"
         )
         for (mode, storage), figures in results.items():
             n = len(projects)
             print(
-                f"{mode:<14} {storage:<9} {n:>12} {figures['wall'] / n:>12.2f} "
+                f"{mode:<14} {storage:<15} {n:>12} {figures['wall'] / n:>12.2f} "
                 f"{figures['cpu'] / n:>11.2f} {figures['standins'] / n:>19.2f}"
             )
     finally:

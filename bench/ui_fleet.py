@@ -8,11 +8,19 @@ materialization of `file_manifest` and `es_index` for each (recorded as the pipe
 them, without indexing anything); then `dagster-webserver` on the project's definitions and
 Debian's headless Chromium (Playwright): each page is opened in a fresh tab and timed until
 what a person looks for is on screen. Prints seconds per page.
+
+Then a backfill of every partition of the three per-repository assets, launched as the UI
+launches one (the webserver's `launchPartitionBackfill` mutation), and `dagster-daemon` forming
+its runs from the assets' BackfillPolicy; the instance lets no run start
+(`max_concurrent_runs: 0`), so the runs stay queued and nothing is indexed. Prints how long the
+launch took, how long the daemon took to form the runs, and how many runs of how many
+partitions it formed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -20,13 +28,24 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from gitlab_es_pipeline_tests.processes import free_port, stop, wait_until_serving  # noqa: E402
+from gitlab_es_pipeline_tests.processes import serving_webserver, stop  # noqa: E402
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -73,67 +92,141 @@ def main() -> None:
     print(f"recording {args.partitions:,} partitions' materializations ...", flush=True)
     seeded = seed(home, args.partitions)
     print(f"  {seeded:.0f} s", flush=True)
-    port = free_port()
-    log = work / "webserver.log"
+    try:
+        with serving_webserver(env, work / "webserver.log") as url:
+            show_pages(url, args.partitions, work)
+            backfill_id, launched = launch_backfill(url)
+        print(f"\nbackfill of all {args.partitions:,} partitions launched in {launched:.1f} s")
+        form_runs(home, env, backfill_id, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def launch_backfill(url: str) -> tuple[str, float]:
+    """What "Materialize all partitions" on the three assets sends: the backfill id, seconds."""
+    assets = [{"path": [name]} for name in ("file_manifest", "line_documents", "es_index")]
+    body = {
+        "query": LAUNCH,
+        "variables": {"params": {"assetSelection": assets, "allPartitions": True}},
+    }
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        launched = json.load(answer)["data"]["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return launched["backfillId"], time.monotonic() - started
+
+
+def form_runs(home: Path, env: dict[str, str], backfill_id: str, work: Path) -> None:
+    """dagster-daemon on an instance that starts no run: the backfill's runs, queued."""
+    from dagster import DagsterInstance, RunsFilter
+
+    from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
+
+    yaml = (home / "dagster.yaml").read_text()
+    assert "max_concurrent_runs: 4" in yaml, "the project's dagster.yaml changed its run limit"
+    (home / "dagster.yaml").write_text(
+        yaml.replace("max_concurrent_runs: 4", "max_concurrent_runs: 0")
+    )
+    instance = DagsterInstance.from_config(str(home))
+    backfill = instance.get_backfill(backfill_id)
+    partitions = (
+        backfill.asset_backfill_data.target_subset.num_partitions_and_non_partitioned_assets
+    )
+    log = work / "daemon.log"
     with log.open("wb") as sink:
-        server = subprocess.Popen(
+        daemon = subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "dagster-webserver"),
-                *("-m", "gitlab_es_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)),
+                str(Path(sys.executable).parent / "dagster-daemon"),
+                "run",
+                "-w",
+                str(ROOT / "workspace.yaml"),
             ],
+            cwd=ROOT,
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
     try:
-        wait_until_serving(url, server, log)
-        from playwright.sync_api import expect, sync_playwright
-
-        total = f"({args.partitions}|{args.partitions:,})"  # with or without a separator
-        pages = [
-            (
-                "lineage (es_index and upstream)",
-                "/assets/es_index?view=lineage&lineageScope=upstream&lineageDepth=5",
-                re.compile("line_documents"),
-            ),
-            (
-                "partitions of file_manifest",
-                "/assets/file_manifest?view=partitions",
-                re.compile(rf"Materialized \({total}\)"),
-            ),
-            (
-                "partitions of es_index",
-                "/assets/es_index?view=partitions",
-                re.compile(rf"Materialized \({total}\)"),
-            ),
-            (
-                "one partition's events",
-                "/assets/es_index?view=events&partition=group050%2Fproject05000",
-                re.compile("commit_sha"),
-            ),
-        ]
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
-            )
-            print(f"\n{'page':<34} {'first load s':>13} {'again s':>8}")
-            for name, path, wait_for in pages:
-                seconds = []
-                for _ in range(2):
-                    tab = browser.new_page(viewport={"width": 1400, "height": 900})
-                    started = time.monotonic()
-                    tab.goto(url + path)
-                    expect(tab.get_by_text(wait_for).first).to_be_visible(timeout=120_000)
-                    seconds.append(time.monotonic() - started)
-                    tab.screenshot(path=str(work / f"{len(seconds)}-{name[:10]}.png"))
-                    tab.close()
-                print(f"{name:<34} {seconds[0]:>13.1f} {seconds[1]:>8.1f}")
-            browser.close()
+        while True:
+            data = instance.get_backfill(backfill_id).asset_backfill_data
+            if data.requested_subset.num_partitions_and_non_partitioned_assets >= partitions:
+                break
+            if time.monotonic() - started > 1800 or daemon.poll() is not None:
+                raise RuntimeError(f"the backfill's runs were not formed; see {log}")
+            time.sleep(1)
+        formed = time.monotonic() - started
+        runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
     finally:
-        stop(server)
-        shutil.rmtree(work, ignore_errors=True)
+        stop(daemon)
+        instance.dispose()
+    sizes = sorted(
+        {len(_keys_between(instance, r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG])) for r in runs}
+    )
+    print(
+        f"the daemon formed {len(runs)} runs of {'/'.join(map(str, sizes))} partitions "
+        f"(ranges: every run tagged {RANGE_START_TAG}) in {formed:.1f} s from its start"
+    )
+
+
+def _keys_between(instance: object, first: str, last: str) -> list[str]:
+    from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+
+    keys = instance.get_dynamic_partitions(REPOSITORIES_PARTITION)
+    return keys[keys.index(first) : keys.index(last) + 1]
+
+
+def show_pages(url: str, partitions: int, work: Path) -> None:
+    """Each page, twice, in a fresh tab: seconds until what a person looks for is there."""
+    from playwright.sync_api import expect, sync_playwright
+
+    total = f"({partitions}|{partitions:,})"  # with or without a separator
+    pages = [
+        (
+            "lineage (es_index and upstream)",
+            "/assets/es_index?view=lineage&lineageScope=upstream&lineageDepth=5",
+            re.compile("line_documents"),
+        ),
+        (
+            "partitions of file_manifest",
+            "/assets/file_manifest?view=partitions",
+            re.compile(rf"Materialized \({total}\)"),
+        ),
+        (
+            "partitions of es_index",
+            "/assets/es_index?view=partitions",
+            re.compile(rf"Materialized \({total}\)"),
+        ),
+        (
+            "one partition's events",
+            "/assets/es_index?view=events&partition=group050%2Fproject05000",
+            re.compile("commit_sha"),
+        ),
+    ]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
+        )
+        print(f"\n{'page':<34} {'first load s':>13} {'again s':>8}")
+        for name, path, wait_for in pages:
+            seconds = []
+            for _ in range(2):
+                tab = browser.new_page(viewport={"width": 1400, "height": 900})
+                started = time.monotonic()
+                tab.goto(url + path)
+                expect(tab.get_by_text(wait_for).first).to_be_visible(timeout=120_000)
+                seconds.append(time.monotonic() - started)
+                tab.screenshot(path=str(work / f"{len(seconds)}-{name[:10]}.png"))
+                tab.close()
+            print(f"{name:<34} {seconds[0]:>13.1f} {seconds[1]:>8.1f}")
+        browser.close()
 
 
 if __name__ == "__main__":

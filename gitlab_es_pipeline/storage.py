@@ -7,14 +7,21 @@ dagster-postgres; otherwise to Dagster's embedded SQLite files under DAGSTER_HOM
 """
 
 import os
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
 from dagster import Field, StringSource
 from dagster._core.storage.base_storage import DagsterStorage
-from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
 
 
 def postgres_url_from_env(env: Mapping[str, str] = os.environ) -> str | None:
@@ -60,8 +67,52 @@ class EnvironmentSelectedStorage(DagsterStorage, ConfigurableClass):
         base_dir = config_value.get("sqlite_base_dir") or os.environ.get("DAGSTER_HOME")
         if not base_dir:
             raise ValueError("set DAGSTER_HOME (or sqlite_base_dir) for the SQLite storage")
-        return DagsterSqliteStorage.from_local(base_dir, inst_data=inst_data)
+        storage = DagsterSqliteStorage.from_local(base_dir, inst_data=inst_data)
+        storage._event_log_storage = EngineKeepingSqliteEventLogStorage(
+            _event_logs_directory(base_dir)
+        )
+        return storage
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:  # pragma: no cover - never instantiated
         return None
+
+
+class EngineKeepingSqliteEventLogStorage(SqliteEventLogStorage):
+    """Dagster's SQLite event log, keeping each database's SQLAlchemy engine between uses.
+
+    Dagster's makes a new engine for every connection and drops it after, and with it the
+    statements it compiled; each event written (a batch writes about ten per repository)
+    paid for both. Here the engine of each recently used database is kept, so statements are
+    compiled once. Connections still open and close with each use (NullPool), under the same
+    lock and busy timeout as Dagster's: what other processes see does not change.
+    """
+
+    _ENGINES_KEPT = 8  # the cross-run index and the few runs this process writes or reads
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self._engines: OrderedDict[str, Engine] = OrderedDict()  # before Dagster's set-up uses it
+        super().__init__(base_dir, inst_data)
+
+    def _engine(self, shard: str) -> Engine:
+        engine = self._engines.pop(shard, None)
+        if engine is None:
+            engine = create_engine(
+                self.conn_string_for_shard(shard),
+                poolclass=NullPool,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            )
+        self._engines[shard] = engine
+        while len(self._engines) > self._ENGINES_KEPT:
+            self._engines.popitem(last=False)[1].dispose()
+        return engine
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        with self._db_lock:
+            engine = self._engine(shard)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
