@@ -20,7 +20,6 @@ partitions it formed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -28,24 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from gitlab_es_pipeline_tests.processes import serving_webserver, stop  # noqa: E402
-
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-  }
-}
-"""
+from gitlab_es_pipeline_tests.processes import (  # noqa: E402
+    launch_backfill_of_all,
+    serving_webserver,
+    stop,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -95,30 +87,15 @@ def main() -> None:
     try:
         with serving_webserver(env, work / "webserver.log") as url:
             show_pages(url, args.partitions, work)
-            backfill_id, launched = launch_backfill(url)
+            started = time.monotonic()
+            backfill_id = launch_backfill_of_all(
+                url, ("file_manifest", "line_documents", "es_index")
+            )
+            launched = time.monotonic() - started
         print(f"\nbackfill of all {args.partitions:,} partitions launched in {launched:.1f} s")
         form_runs(home, env, backfill_id, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def launch_backfill(url: str) -> tuple[str, float]:
-    """What "Materialize all partitions" on the three assets sends: the backfill id, seconds."""
-    assets = [{"path": [name]} for name in ("file_manifest", "line_documents", "es_index")]
-    body = {
-        "query": LAUNCH,
-        "variables": {"params": {"assetSelection": assets, "allPartitions": True}},
-    }
-    request = urllib.request.Request(
-        f"{url}/graphql",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    started = time.monotonic()
-    with urllib.request.urlopen(request, timeout=600) as answer:
-        launched = json.load(answer)["data"]["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    return launched["backfillId"], time.monotonic() - started
 
 
 def form_runs(home: Path, env: dict[str, str], backfill_id: str, work: Path) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 # Below Linux's ephemeral range (32768-60999): a port the kernel hands to a `bind(0)` (every
@@ -79,3 +79,32 @@ def serving_webserver(env: Mapping[str, str], log: Path) -> Iterator[str]:
         yield url
     finally:
         stop(server)
+
+
+# What the UI's "Materialize all partitions" sends for the selected assets.
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def launch_backfill_of_all(url: str, assets: Sequence[str]) -> str:
+    """A backfill of every partition of these assets, through the webserver's GraphQL as the
+    UI launches one; its id."""
+    params = {"assetSelection": [{"path": [a]} for a in assets], "allPartitions": True}
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": LAUNCH_BACKFILL, "variables": {"params": params}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        body = json.load(answer)
+    launched = body["data"]["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"the backfill was not launched: {body}")
+    return launched["backfillId"]

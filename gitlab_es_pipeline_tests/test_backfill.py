@@ -9,10 +9,8 @@ backfill record.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from gitlab_es_pipeline.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_ST
 from gitlab_es_pipeline.state import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS, last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
-from gitlab_es_pipeline_tests.processes import serving_webserver
+from gitlab_es_pipeline_tests.processes import launch_backfill_of_all, serving_webserver
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.test_daemon import Daemon, wait_until
 
@@ -33,26 +31,6 @@ pytestmark = pytest.mark.daemon
 PER_RUN = 3
 KEYS = [f"fleet/r{i}" for i in range(7)]
 BROKEN = "fleet/r4"
-
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-  }
-}
-"""
-
-
-def _graphql(url: str, query: str, variables: dict) -> dict:
-    request = urllib.request.Request(
-        f"{url}/graphql",
-        data=json.dumps({"query": query, "variables": variables}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        return json.load(answer)
 
 
 @pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
@@ -91,19 +69,11 @@ def test_a_backfill_of_all_partitions_from_the_ui_runs_in_batches_of_partitions(
             pipeline.gitlab.add_project(key, str(repo))
             repos[key] = repo
         pipeline.discover()
-        broken = next(
-            p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == BROKEN
-        )
-        broken.default_branch_name = "gone"  # GitLab answers 404 for its branch
+        pipeline.gitlab.project(BROKEN).default_branch_name = "gone"  # 404 for its branch
 
         with serving_webserver(env, tmp_path / "webserver.log") as url:
-            assets = [{"path": [a.path[0]]} for a in (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX)]
-            answer = _graphql(
-                url, LAUNCH, {"params": {"assetSelection": assets, "allPartitions": True}}
-            )
-        launched = answer["data"]["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", answer
-        backfill_id = launched["backfillId"]
+            assets = [a.path[0] for a in (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX)]
+            backfill_id = launch_backfill_of_all(url, assets)
 
         def done() -> bool:
             backfill = project_instance.get_backfill(backfill_id)

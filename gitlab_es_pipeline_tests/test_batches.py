@@ -176,9 +176,7 @@ def test_one_failing_repository_does_not_fail_the_others_of_its_batch(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     repos = _fleet(pipeline, tmp_path)
-    broken = next(
-        p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == "fleet/b"
-    )
+    broken = pipeline.gitlab.project("fleet/b")
     broken.default_branch_name = "gone"  # GitLab answers 404 for the branch
     heads = {k: _head(r) for k, r in repos.items()}
     result = pipeline.index_batch(heads)
@@ -415,9 +413,7 @@ def test_a_range_run_fails_for_its_failing_repository_alone(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     repos = _fleet(pipeline, tmp_path)
-    broken = next(
-        p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == "fleet/b"
-    )
+    broken = pipeline.gitlab.project("fleet/b")
     broken.default_branch_name = "gone"  # GitLab answers 404 for the branch
     other = _running_batch(pipeline, "fleet/c")  # and another run holds fleet/c
     result = pipeline.index_range("fleet/a", "fleet/c")

@@ -111,9 +111,7 @@ def test_a_removal_is_recorded_only_when_no_document_is_left(
     pipeline.discover()
     pipeline.index("team/keep")
     pipeline.index("team/gone")
-    gone = next(
-        p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == "team/gone"
-    )
+    gone = pipeline.gitlab.project("team/gone")
     del pipeline.gitlab.projects[gone.id]
     pipeline.es_options["bulk_initial_backoff_seconds"] = 0.05  # the wait between sweeps
     pipeline.es.faults.append(_delete_by_query_answers(kind, times=1))

@@ -54,7 +54,7 @@ def _fleet(pipeline: Pipeline, tmp_path: Path) -> list[tuple[str, Path, str]]:
     news = []
     for key, repo, _old in changed:
         commit_files(repo, {"x.txt": "changed\n"})
-        project = next(p for p in pipeline.gitlab.projects.values() if p.path_with_namespace == key)
+        project = pipeline.gitlab.project(key)
         project.record_push()
         news.append((key, repo, run_git(repo, "rev-parse", "HEAD").strip()))
     return news

@@ -152,6 +152,12 @@ class GitLabStandIn(StandInServer):
             self._next_id += 1
         return project
 
+    def project(self, path_with_namespace: str) -> StandInProject:
+        """A project added before, by its path (tests change its attributes)."""
+        return next(
+            p for p in self.projects.values() if p.path_with_namespace == path_with_namespace
+        )
+
     def requests_of_kind(self, kind: str) -> list[RecordedRequest]:
         from gitlab_es_pipeline.clients.gitlab import request_kind
 
