@@ -188,14 +188,17 @@ class Outcome:
 
     def check_result(self, asset_key: AssetKey, check_name: str) -> AssetCheckResult:
         """A range step's own result of a check: its repositories' results in one (each
-        partition's own is recorded as it is evaluated)."""
+        partition's own is recorded as it is evaluated). A range in which no repository got as
+        far as the check has not passed it."""
         results = self.checks.get(check_name, {})
         failing = sorted(k for k, passed in results.items() if not passed)
         return AssetCheckResult(
             asset_key=asset_key,
             check_name=check_name,
-            passed=not failing,
+            passed=bool(results) and not failing,
             severity=AssetCheckSeverity.ERROR,
+            description=f"{len(results)} of the range's {self.total} repositories checked, "
+            f"{len(failing)} failing",
             metadata={
                 "repositories_checked": len(results),
                 "repositories_failing": len(failing),

@@ -413,6 +413,15 @@ def test_a_range_run_fails_for_its_failing_repository_alone(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     repos = _fleet(pipeline, tmp_path)
+    # es_index alone before anything was read: each repository fails, naming what is missing,
+    # and the range's check, which no repository reached, has not passed.
+    unread = pipeline.index_range("fleet/a", "fleet/c", es_index_only=True)
+    assert not unread.success
+    error = unread.failure_data_for_node("es_index").error.message
+    assert error.count("no file_manifest is stored") == 3, error
+    assert _range_check(pipeline, unread.run_id)["passed"] is False
+    assert _range_check(pipeline, unread.run_id)["repositories_checked"] == 0
+
     broken = pipeline.gitlab.project("fleet/b")
     broken.default_branch_name = "gone"  # GitLab answers 404 for the branch
     other = _running_batch(pipeline, "fleet/c")  # and another run holds fleet/c
@@ -429,8 +438,9 @@ def test_a_range_run_fails_for_its_failing_repository_alone(
             "fleet/b",
             "fleet/c",
         }
-    assert [o[OUTCOME].value for o in _outcomes(pipeline, "fleet/b")] == ["failed"]
-    assert [o[OUTCOME].value for o in _outcomes(pipeline, "fleet/c")] == ["left"]
+    # The newest outcome of each (the es_index-only run's "failed" came before).
+    assert _outcomes(pipeline, "fleet/b")[0][OUTCOME].value == "failed"
+    assert _outcomes(pipeline, "fleet/c")[0][OUTCOME].value == "left"
     # The UI marks a failed run's planned partitions it did not record as failed: fleet/c too,
     # until the run that has it records it.
     assert failing_partitions(pipeline.instance, list(repos)) == ["fleet/b", "fleet/c"]

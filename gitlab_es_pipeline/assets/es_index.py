@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 from typing import Any
 
+from dagster import Any as DagsterAny
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -35,7 +36,12 @@ from gitlab_es_pipeline.state import ES_INDEX
 
 
 @asset(
-    ins={"file_manifest": AssetIn(), "line_documents": AssetIn()},
+    # A range's inputs are one file per partition (a dict), which Dagster's type from the
+    # annotation cannot say: its `Any` instead.
+    ins={
+        "file_manifest": AssetIn(dagster_type=DagsterAny),
+        "line_documents": AssetIn(dagster_type=DagsterAny),
+    },
     partitions_def=repository_partitions,
     backfill_policy=repository_backfill_policy(),  # as the manifest's, so they share runs
     output_required=False,  # a backfill's range run records each partition itself
@@ -57,8 +63,8 @@ def es_index(
     context: AssetExecutionContext,
     elasticsearch: ElasticsearchResource,
     indexing: IndexingResource,
-    file_manifest: ParquetFile,
-    line_documents: ParquetFile,
+    file_manifest: ParquetFile | dict[str, ParquetFile],  # a range's inputs: one per partition
+    line_documents: ParquetFile | dict[str, ParquetFile],
     parquet_io_manager: ResourceParam[ParquetStore],
 ) -> Iterator[Any]:
     """Writes the new documents, deletes exactly the stale ones, records the indexed commit.
