@@ -23,7 +23,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +32,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from fleet import running_daemon  # noqa: E402
+
 from gitlab_es_pipeline_tests.processes import (  # noqa: E402
     launch_backfill_of_all,
     serving_webserver,
-    stop,
 )
 
 CHROMIUM = "/usr/bin/chromium"
@@ -115,37 +115,26 @@ def form_runs(home: Path, env: dict[str, str], backfill_id: str, work: Path) -> 
         backfill.asset_backfill_data.target_subset.num_partitions_and_non_partitioned_assets
     )
     log = work / "daemon.log"
-    with log.open("wb") as sink:
-        daemon = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "dagster-daemon"),
-                "run",
-                "-w",
-                str(ROOT / "workspace.yaml"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     started = time.monotonic()
     try:
-        while True:
-            data = instance.get_backfill(backfill_id).asset_backfill_data
-            if data.requested_subset.num_partitions_and_non_partitioned_assets >= partitions:
-                break
-            if time.monotonic() - started > 1800 or daemon.poll() is not None:
-                raise RuntimeError(f"the backfill's runs were not formed; see {log}")
-            time.sleep(1)
-        formed = time.monotonic() - started
+        with running_daemon(env, log) as daemon:
+            while True:
+                data = instance.get_backfill(backfill_id).asset_backfill_data
+                if data.requested_subset.num_partitions_and_non_partitioned_assets >= partitions:
+                    break
+                if time.monotonic() - started > 1800 or daemon.poll() is not None:
+                    raise RuntimeError(f"the backfill's runs were not formed; see {log}")
+                time.sleep(1)
+            formed = time.monotonic() - started
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
+        sizes = sorted(
+            {
+                len(_keys_between(instance, r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]))
+                for r in runs
+            }
+        )
     finally:
-        stop(daemon)
         instance.dispose()
-    sizes = sorted(
-        {len(_keys_between(instance, r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG])) for r in runs}
-    )
     print(
         f"the daemon formed {len(runs)} runs of {'/'.join(map(str, sizes))} partitions "
         f"(ranges: every run tagged {RANGE_START_TAG}) in {formed:.1f} s from its start"
