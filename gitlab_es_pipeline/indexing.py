@@ -411,7 +411,7 @@ def write_repository(
     )
     with index.bulk_load() if new_index else nullcontext():
         written = index.write(
-            map(index_operations, line_documents.iter_batches()),
+            map(index_operations, line_documents.iter_batches(dictionary_columns=REPEATED_COLUMNS)),
             progress=lambda done: progress.update(done, total),
         )
     progress.finish()

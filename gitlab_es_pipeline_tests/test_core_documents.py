@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from upath import UPath
 
 from gitlab_es_pipeline.core.bulk import (
     BulkOperations,
@@ -19,12 +21,14 @@ from gitlab_es_pipeline.core.bulk import (
 )
 from gitlab_es_pipeline.core.documents import (
     LINE_DOCUMENT_SCHEMA,
+    REPEATED_COLUMNS,
     FileText,
     RepositorySnapshot,
     document_id,
     document_ids,
     line_document_batches,
 )
+from gitlab_es_pipeline.io_managers import ParquetFile, stage_parquet
 
 SNAPSHOT = RepositorySnapshot(
     7, "acme/backend", "main", "c" * 40, "https://gitlab.example.com/acme/backend"
@@ -143,6 +147,48 @@ def test_index_operations_of_awkward_paths_and_cut_lines_read_back_as_the_rows()
     expected = [{k: v for k, v in row.items() if k != "doc_id"} for row in rows.to_pylist()]
     assert [json.loads(line) for line in sources] == expected
     assert [row["line_truncated"] for row in expected] == [False, True, False, True, False]
+
+
+def test_index_operations_of_the_staged_file_read_with_dictionaries_are_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    """The write step reads the per-run and per-file columns as Parquet stores them, as
+    dictionaries: a column of one value in a batch becomes literal text, others are encoded
+    per distinct value. The bytes must not change, quotes and control characters included."""
+    snapshot = RepositorySnapshot(7, 'acme/"odd"', "tab\tbranch", "c" * 40, "https://x/acme")
+    texts = [
+        FileText(path, blob * 40, f'line "{path}"\n\tsecond\n')
+        for path, blob in (("a.py", "a"), ('q"uote\\s.py', "b"), ("\x01ctl.txt", "c"))
+    ]
+    batches = list(line_document_batches(snapshot, texts, 4096, rows=10**6))
+    staged = stage_parquet(
+        str(tmp_path / "docs.parquet"), LINE_DOCUMENT_SCHEMA, batches, REPEATED_COLUMNS
+    )
+    plain = b"".join(index_operations(b).body() for b in batches)
+    read_back = list(ParquetFile(UPath(staged.path)).iter_batches(3, REPEATED_COLUMNS))
+    assert pa.types.is_dictionary(read_back[0].schema.field("file_path").type)
+    assert [b.num_rows for b in read_back] == [3, 3]  # a file across the batches' end
+    assert b"".join(index_operations(b).body() for b in read_back) == plain
+    sources = [json.loads(line) for line in plain.split(b"\n")[1::2]]
+    assert sources[0]["repository_name"] == 'acme/"odd"' and sources[0]["branch"] == "tab\tbranch"
+    assert [s["file_path"] for s in sources] == [t.path for t in texts for _ in range(2)]
+
+
+def test_a_chunk_across_batches_gives_each_operation_its_origin_and_takes_retries() -> None:
+    batches = [_documents([("a.py", "1\n2\n3\n")]), _documents([("b.py", "4\n5\n")])]
+    (chunk,) = chunk_operations(map(index_operations, batches), max_bytes=10**6, max_docs=10)
+    assert len(chunk) == 5 and len(chunk.parts) == 2
+    assert [str(chunk.origin(i)) for i in range(5)] == [
+        "a.py:1",
+        "a.py:2",
+        "a.py:3",
+        "b.py:1",
+        "b.py:2",
+    ]
+    retry = chunk.take([1, 4])
+    body = b"".join(index_operations(b).body() for b in batches).split(b"\n")
+    assert retry.body().split(b"\n") == body[2:4] + body[8:10] + [b""]
+    assert [str(retry.origin(i)) for i in range(2)] == ["a.py:2", "b.py:2"]
 
 
 def _ids(chunks: list[BulkOperations]) -> list[str]:

@@ -26,7 +26,7 @@ from gitlab_es_pipeline.clients.engines import (
     EngineUnreachable,
     SearchEngine,
 )
-from gitlab_es_pipeline.core.bulk import BulkOperations, ItemFailure, chunk_operations
+from gitlab_es_pipeline.core.bulk import BulkChunk, BulkOperations, ItemFailure, chunk_operations
 from gitlab_es_pipeline.core.mapping import (
     concrete_index_name,
     fields_to_add,
@@ -178,7 +178,7 @@ class LineIndex:
                 return self.engine.bulk(self.name, body, BULK_FILTER_PATH)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write_chunk(self, chunk: BulkOperations) -> BulkReport:
+    def _write_chunk(self, chunk: BulkChunk) -> BulkReport:
         report = BulkReport()
         pending = chunk
         for attempt in range(self.max_retries + 1):

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -40,14 +41,17 @@ class BulkOperations(NamedTuple):
         """Where each operation starts in the data buffer, and where the last one ends."""
         return self._offsets().to_pylist()
 
-    def nbytes(self) -> int:
-        offsets = self._offsets()
-        return offsets[len(offsets) - 1].as_py() - offsets[0].as_py()
-
     def body(self) -> bytes:
-        offsets = self.byte_offsets()
+        return bytes(self.body_view())
+
+    def body_view(self) -> memoryview:
+        """The operations' bytes where they lie, not copied."""
         data = self.payloads.buffers()[2]
-        return b"" if data is None else data[offsets[0] : offsets[-1]].to_pybytes()
+        if data is None:
+            return memoryview(b"")
+        offsets = self._offsets()
+        start, end = offsets[0].as_py(), offsets[len(offsets) - 1].as_py()
+        return memoryview(data)[start:end]
 
     def slice(self, start: int, length: int | None = None) -> BulkOperations:
         return BulkOperations(self.doc_ids.slice(start, length), self.payloads.slice(start, length))
@@ -92,13 +96,39 @@ class ItemFailure(NamedTuple):
         return f"{self.origin}: HTTP {self.status} {self.error}"
 
 
-def concat_operations(parts: list[BulkOperations]) -> BulkOperations:
-    if len(parts) == 1:
-        return parts[0]
-    return BulkOperations(
-        pa.concat_arrays([p.doc_ids for p in parts]),
-        pa.concat_arrays([p.payloads for p in parts]),
-    )
+class BulkChunk(NamedTuple):
+    """The operations of one request: slices of the batches they were built in, side by side.
+
+    Not concatenated: the request body is the one copy of their bytes.
+    """
+
+    parts: tuple[BulkOperations, ...]
+
+    def __len__(self) -> int:
+        return sum(map(len, self.parts))
+
+    @property
+    def doc_ids(self) -> pa.ChunkedArray:
+        return pa.chunked_array([part.doc_ids for part in self.parts], pa.string())
+
+    def body(self) -> bytes:
+        return b"".join(part.body_view() for part in self.parts)
+
+    def _locate(self, position: int) -> tuple[BulkOperations, int]:
+        for part in self.parts:
+            if position < len(part):
+                return part, position
+            position -= len(part)
+        raise IndexError(position)
+
+    def origin(self, position: int) -> Origin:
+        part, at = self._locate(position)
+        return part.origin(at)
+
+    def take(self, positions: list[int]) -> BulkChunk:
+        """The operations to send again (items refused for a while): rare, and few."""
+        taken = [self._locate(position) for position in positions]
+        return BulkChunk(tuple(part.slice(at, 1) for part, at in taken))
 
 
 # What JSON must escape inside a string: backslash, quote and the control characters. None of
@@ -112,20 +142,30 @@ _SHORT_ESCAPES = {
     "\f": "\\f",
     "\r": "\\r",
 }
-_JSON_SPECIAL = frozenset(bytes(range(0x20)) + b'"\\')
 _JSON_BOOLEANS = pa.array(["false", "true"], pa.string())
-_NOT_JSON_SPECIAL = bytes(b for b in range(256) if b not in _JSON_SPECIAL)
+_QUOTE_AND_BACKSLASH = (ord('"'), ord("\\"))
+_FIRST_PRINTABLE = 0x20
 
 
 def _special_characters(values: pa.StringArray) -> list[str]:
-    """The characters of the column that JSON must escape, backslash first: one C-level pass
-    over the column's bytes, however many rows it has."""
+    """The characters of the column that JSON must escape, backslash first.
+
+    A few C-level passes over the column's bytes, however many rows it has: two memchr for
+    quote and backslash, and the minimum byte tells whether any control character occurs
+    (rarely any but tab).
+    """
     _, offsets, data = values.buffers()
     if data is None or len(values) == 0:
         return []
-    ends = memoryview(offsets).cast("i")
-    start, end = ends[values.offset], ends[values.offset + len(values)]
-    found = set(memoryview(data)[start:end].tobytes().translate(None, _NOT_JSON_SPECIAL))
+    ends = np.frombuffer(offsets, np.int32)
+    start, end = int(ends[values.offset]), int(ends[values.offset + len(values)])
+    if end == start:
+        return []
+    raw = memoryview(data)[start:end].tobytes()  # bytes.find is memchr: faster than a scan
+    found = {b for b in _QUOTE_AND_BACKSLASH if raw.find(b) >= 0}
+    column = np.frombuffer(raw, np.uint8)
+    if column.min() < _FIRST_PRINTABLE:
+        found.update(np.unique(column[column < _FIRST_PRINTABLE]).tolist())
     return sorted((chr(b) for b in found), key=lambda char: char != "\\")
 
 
@@ -141,16 +181,40 @@ def json_string_contents(values: pa.StringArray) -> pa.StringArray:
     return values
 
 
-def _json_fields(name: str, column: pa.Array, separator: str) -> list[pa.Array | str]:
-    """`"name":value` for every row, as parts of an element-wise join."""
-    key = f'{separator}"{name}":'
+def _json_values(column: pa.Array) -> pa.Array:
+    """Each row's value as JSON text (a string without its quotes)."""
     if pa.types.is_string(column.type):
-        return [key + '"', json_string_contents(column), '"']
+        return json_string_contents(column)
     if pa.types.is_boolean(column.type):
-        return [key, _JSON_BOOLEANS.take(pc.cast(column, pa.int8()))]
+        return _JSON_BOOLEANS.take(pc.cast(column, pa.int8()))
     if pa.types.is_integer(column.type):
-        return [key, pc.cast(column, pa.string())]
+        return pc.cast(column, pa.string())
     raise TypeError(f"no JSON encoding for {column.type}")
+
+
+def _json_fields(name: str, column: pa.Array, separator: str) -> list[pa.Array | str]:
+    """`"name":value` for every row, as parts of an element-wise join.
+
+    A dictionary column (the staged file's per-run and per-file columns) is encoded once per
+    distinct value, and a column of one value becomes part of the join's literal text.
+    """
+    quote = '"' if pa.types.is_string(column.type) or _is_string_dictionary(column) else ""
+    key = f'{separator}"{name}":{quote}'
+    if isinstance(column, pa.DictionaryArray):
+        values = _json_values(column.dictionary)
+        if column.null_count == 0 and _single_index(column.indices):
+            return [key + values[column.indices[0].as_py()].as_py() + quote]
+        return [key, values.take(column.indices), quote]
+    return [key, _json_values(column), quote]
+
+
+def _is_string_dictionary(column: pa.Array) -> bool:
+    return pa.types.is_dictionary(column.type) and pa.types.is_string(column.type.value_type)
+
+
+def _single_index(indices: pa.Array) -> bool:
+    extremes = pc.min_max(indices)
+    return len(indices) > 0 and extremes["min"].as_py() == extremes["max"].as_py()
 
 
 def _merge_literals(parts: list[pa.Array | str]) -> list[pa.Array | str]:
@@ -193,35 +257,30 @@ def delete_operations(doc_ids: Iterable[str], per_batch: int = 8192) -> Iterator
 
 def chunk_operations(
     operations: Iterable[BulkOperations], max_bytes: int, max_docs: int
-) -> Iterator[BulkOperations]:
+) -> Iterator[BulkChunk]:
     """Re-cut into chunks of at most max_bytes (a single larger operation goes alone) and
-    max_docs; a chunk may span input batches, and memory holds at most one chunk more."""
+    max_docs; a chunk may span input batches. Nothing is copied: a chunk holds slices of
+    the batches, so memory holds the batches a chunk spans, at most one chunk more."""
     carried: list[BulkOperations] = []
+    docs = size = 0
     for ops in operations:
-        if len(ops) == 0:
-            continue
-        carried.append(ops)
-        if sum(map(len, carried)) < max_docs and sum(c.nbytes() for c in carried) < max_bytes:
-            continue
-        merged = concat_operations(carried)
-        offsets = merged.byte_offsets()
+        offsets = ops.byte_offsets()
         start = 0
-        while True:
+        while start < len(ops):
+            # The most operations from `start` that fit beside what is carried.
             end = min(
-                bisect_right(offsets, offsets[start] + max_bytes, start + 1) - 1,
-                start + max_docs,
+                bisect_right(offsets, offsets[start] + max_bytes - size, start) - 1,
+                start + max_docs - docs,
             )
-            end = max(end, start + 1)  # an operation over max_bytes goes alone
-            if end >= len(merged) and not _full(offsets, start, end, max_bytes, max_docs):
-                break  # the rest waits for more operations
-            yield merged.slice(start, end - start)
-            start = end
-            if start == len(merged):
-                break
-        carried = [merged.slice(start)] if start < len(merged) else []
+            if end == start and not carried:
+                end = start + 1  # an operation over max_bytes goes alone
+            if end > start:
+                carried.append(ops.slice(start, end - start))
+                docs += end - start
+                size += offsets[end] - offsets[start]
+                start = end
+            if start < len(ops) or docs >= max_docs or size >= max_bytes:
+                yield BulkChunk(tuple(carried))
+                carried, docs, size = [], 0, 0
     if carried:
-        yield concat_operations(carried)
-
-
-def _full(offsets: list[int], start: int, end: int, max_bytes: int, max_docs: int) -> bool:
-    return end - start >= max_docs or offsets[end] - offsets[start] >= max_bytes
+        yield BulkChunk(tuple(carried))
