@@ -324,7 +324,7 @@ def index_each(
     are the planned materializations Dagster recorded for its partitions when it made it.
     """
     instance = context.instance
-    step = Step(context.log, instance, context.run_id)
+    step = Step(context.log, instance, context.run.run_id)
     step_key = context.get_step_execution_context().step.key
     partitions = set(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
     source = services.gitlab.source() if services.gitlab is not None else None

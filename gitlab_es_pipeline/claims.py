@@ -32,7 +32,7 @@ from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
 from gitlab_es_pipeline.indexing import Step
 from gitlab_es_pipeline.partitions import is_range_run
 from gitlab_es_pipeline.retries import step_failure
-from gitlab_es_pipeline.state import ES_INDEX, FILE_MANIFEST
+from gitlab_es_pipeline.state import ES_INDEX, FILE_MANIFEST, planned_materializations
 
 # The tag of a batch run, always with this value.
 BATCH_TAG = "gitlab_es_pipeline/batch"
@@ -89,7 +89,7 @@ def holders(
     first_claim: dict[str, int] = {}
     for asset_key in _CLAIMED:
         only = AssetRecordsFilter(asset_key=asset_key, asset_partitions=[key])
-        for record in instance.fetch_planned_materializations(only, limit=_RECENT_CLAIMS).records:
+        for record in planned_materializations(instance, only, limit=_RECENT_CLAIMS):
             other = record.event_log_entry.run_id
             if other != run_id:
                 first_claim[other] = min(

@@ -7,6 +7,7 @@ recorded: a materialization older than that observation no longer counts, so a r
 that comes back starts over. (Dagster's open-source storages cannot wipe one partition.)
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dagster import (
@@ -16,6 +17,7 @@ from dagster import (
     AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
+    EventLogRecord,
 )
 
 from gitlab_es_pipeline.partitions import repository_partitions
@@ -98,12 +100,27 @@ def fleet_state(instance: DagsterInstance) -> FleetState:
     return FleetState(indexed, removed_at)
 
 
+def planned_materializations(
+    instance: DagsterInstance, records_filter: AssetRecordsFilter, limit: int
+) -> Sequence[EventLogRecord]:
+    """The newest ASSET_MATERIALIZATION_PLANNED events first, from the event log storage.
+
+    DagsterInstance.fetch_planned_materializations does the same but is deprecated in 1.13
+    (with no replacement named), and its warning would print in every run's output.
+    """
+    return instance.event_log_storage.get_event_records(
+        records_filter.to_event_records_filter(DagsterEventType.ASSET_MATERIALIZATION_PLANNED),
+        limit=limit,
+        ascending=False,
+    )
+
+
 def attempted_elsewhere(instance: DagsterInstance, partition: str, run_id: str) -> bool:
     """Whether another run set out to write the partition's documents: one that failed or was
     killed may have written some that no manifest describes."""
-    planned = instance.fetch_planned_materializations(
-        AssetRecordsFilter(asset_key=ES_INDEX, asset_partitions=[partition]), limit=2
-    ).records
+    planned = planned_materializations(
+        instance, AssetRecordsFilter(asset_key=ES_INDEX, asset_partitions=[partition]), limit=2
+    )
     return any(record.event_log_entry.run_id != run_id for record in planned)
 
 

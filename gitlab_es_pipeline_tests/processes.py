@@ -108,3 +108,40 @@ def launch_backfill_of_all(url: str, assets: Sequence[str]) -> str:
     if launched["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(f"the backfill was not launched: {body}")
     return launched["backfillId"]
+
+
+# What the UI's "Materialize" sends for unpartitioned assets.
+LAUNCH_RUN = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def launch_materialization(url: str, assets: Sequence[str]) -> str:
+    """A run materializing these (unpartitioned) assets, through the webserver's GraphQL as the
+    UI's Materialize button launches it; its run id."""
+    params = {
+        "selector": {
+            "repositoryLocationName": "gitlab_es_pipeline.definitions",
+            "repositoryName": "__repository__",
+            "jobName": "__ASSET_JOB",
+            "assetSelection": [{"path": [a]} for a in assets],
+        },
+        "mode": "default",
+    }
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": LAUNCH_RUN, "variables": {"params": params}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        body = json.load(answer)
+    launched = body["data"]["launchRun"]
+    if launched["__typename"] != "LaunchRunSuccess":
+        raise RuntimeError(f"the run was not launched: {body}")
+    return launched["run"]["runId"]

@@ -106,7 +106,7 @@ def manifest_and_line_documents(
         fail_range(outcome)
         return
     key = context.partition_key
-    step = Step(context.log, context.instance, context.run_id)
+    step = Step(context.log, context.instance, context.run.run_id)
     wait_for_other_runs(step, key)
     with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
         # Documents go to a staged Parquet file as they are read; the IO manager moves it.

@@ -79,7 +79,7 @@ def es_index(
         yield outcome.check_result(ES_INDEX, DOCUMENT_COUNT_CHECK)
         fail_range(outcome)
         return
-    step = Step(context.log, context.instance, context.run_id)
+    step = Step(context.log, context.instance, context.run.run_id)
     try:
         written = write_repository(
             step,
