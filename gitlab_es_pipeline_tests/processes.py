@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 # Below Linux's ephemeral range (32768-60999): a port the kernel hands to a `bind(0)` (every
 # stand-in's) is one a server started later on a port chosen here cannot lose to it. A port
@@ -81,6 +82,22 @@ def serving_webserver(env: Mapping[str, str], log: Path) -> Iterator[str]:
         stop(server)
 
 
+def _launch(url: str, mutation: str, params: dict[str, Any], success: str) -> dict[str, Any]:
+    """One launching mutation through the webserver's GraphQL, as the UI sends it; its
+    answer, or an error with the whole body when it is not `success`."""
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": mutation, "variables": {"params": params}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        body = json.load(answer)
+    (launched,) = body["data"].values()
+    if launched["__typename"] != success:
+        raise RuntimeError(f"not launched: {body}")
+    return launched
+
+
 # What the UI's "Materialize all partitions" sends for the selected assets.
 LAUNCH_BACKFILL = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -94,20 +111,9 @@ mutation Launch($params: LaunchBackfillParams!) {
 
 
 def launch_backfill_of_all(url: str, assets: Sequence[str]) -> str:
-    """A backfill of every partition of these assets, through the webserver's GraphQL as the
-    UI launches one; its id."""
+    """A backfill of every partition of these assets, as the UI launches one; its id."""
     params = {"assetSelection": [{"path": [a]} for a in assets], "allPartitions": True}
-    request = urllib.request.Request(
-        f"{url}/graphql",
-        data=json.dumps({"query": LAUNCH_BACKFILL, "variables": {"params": params}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=600) as answer:
-        body = json.load(answer)
-    launched = body["data"]["launchPartitionBackfill"]
-    if launched["__typename"] != "LaunchBackfillSuccess":
-        raise RuntimeError(f"the backfill was not launched: {body}")
-    return launched["backfillId"]
+    return _launch(url, LAUNCH_BACKFILL, params, "LaunchBackfillSuccess")["backfillId"]
 
 
 # What the UI's "Materialize" sends for unpartitioned assets.
@@ -123,8 +129,8 @@ mutation Launch($params: ExecutionParams!) {
 
 
 def launch_materialization(url: str, assets: Sequence[str]) -> str:
-    """A run materializing these (unpartitioned) assets, through the webserver's GraphQL as the
-    UI's Materialize button launches it; its run id."""
+    """A run materializing these (unpartitioned) assets, as the UI's Materialize button
+    launches it; its run id."""
     params = {
         "selector": {
             "repositoryLocationName": "gitlab_es_pipeline.definitions",
@@ -134,14 +140,4 @@ def launch_materialization(url: str, assets: Sequence[str]) -> str:
         },
         "mode": "default",
     }
-    request = urllib.request.Request(
-        f"{url}/graphql",
-        data=json.dumps({"query": LAUNCH_RUN, "variables": {"params": params}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=600) as answer:
-        body = json.load(answer)
-    launched = body["data"]["launchRun"]
-    if launched["__typename"] != "LaunchRunSuccess":
-        raise RuntimeError(f"the run was not launched: {body}")
-    return launched["run"]["runId"]
+    return _launch(url, LAUNCH_RUN, params, "LaunchRunSuccess")["run"]["runId"]
