@@ -174,7 +174,7 @@ def main() -> None:
             )
         real_run = results["pipeline full (real source)"]
         per_million = {
-            name: results[name]["cpu_seconds"] / results[name]["lines"] * 1e6
+            name: _per_million(results[name])
             for name in ("pipeline full (big)", "pipeline full (real source)")
         }
         print(
