@@ -189,6 +189,13 @@ def test_a_chunk_across_batches_gives_each_operation_its_origin_and_takes_retrie
     body = b"".join(index_operations(b).body() for b in batches).split(b"\n")
     assert retry.body().split(b"\n") == body[2:4] + body[8:10] + [b""]
     assert [str(retry.origin(i)) for i in range(2)] == ["a.py:2", "b.py:2"]
+    # Refused whole: sent again as the two slices it was, not one slice per operation.
+    again = chunk.take(list(range(5)))
+    assert len(again.parts) == 2 and again.body() == chunk.body()
+    some = chunk.take([0, 1, 3, 4])
+    assert [len(part) for part in some.parts] == [2, 2]
+    assert some.body().split(b"\n") == body[0:4] + body[6:10] + [b""]
+    assert [str(some.origin(i)) for i in range(4)] == ["a.py:1", "a.py:2", "b.py:1", "b.py:2"]
 
 
 def _ids(chunks: list[BulkOperations]) -> list[str]:

@@ -126,9 +126,19 @@ class BulkChunk(NamedTuple):
         return part.origin(at)
 
     def take(self, positions: list[int]) -> BulkChunk:
-        """The operations to send again (items refused for a while): rare, and few."""
-        taken = [self._locate(position) for position in positions]
-        return BulkChunk(tuple(part.slice(at, 1) for part, at in taken))
+        """The operations to send again (items refused for a while), `positions` ascending.
+
+        Consecutive ones of a part stay one slice: a chunk refused whole (429 for every item)
+        is sent again as the slices it was, not as thousands of one-operation slices.
+        """
+        runs: list[tuple[BulkOperations, int, int]] = []  # part, start, length
+        for position in positions:
+            part, at = self._locate(position)
+            if runs and runs[-1][0] is part and runs[-1][1] + runs[-1][2] == at:
+                runs[-1] = (part, runs[-1][1], runs[-1][2] + 1)
+            else:
+                runs.append((part, at, 1))
+        return BulkChunk(tuple(part.slice(start, length) for part, start, length in runs))
 
 
 # What JSON must escape inside a string: backslash, quote and the control characters. None of
