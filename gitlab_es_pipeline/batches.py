@@ -40,15 +40,20 @@ from dagster import (
     job,
     op,
 )
-from dagster._core.definitions.data_version import (
-    DATA_VERSION_IS_USER_PROVIDED_TAG,
-    DATA_VERSION_TAG,
-)
 from pydantic import Field
 
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, claim, held_by_others
+from gitlab_es_pipeline.claims import (
+    BATCH_TAG,
+    BATCH_TAG_VALUE,
+    fence,
+    release,
+    run_is_alive,
+    settle,
+    try_take,
+)
 from gitlab_es_pipeline.clients.elasticsearch import LineIndex
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
+from gitlab_es_pipeline.dagster_private import record_planned, versioned
 from gitlab_es_pipeline.indexing import (
     DOCUMENT_COUNT_CHECK,
     MANIFEST_CHECK,
@@ -105,6 +110,10 @@ class _GatheredLog:
         self._say()
         self._log.warning(msg)
 
+    def error(self, msg: str) -> None:
+        self._say()
+        self._log.error(msg)
+
     def _say(self) -> None:
         if self._lines:
             self._log.info("\n".join(self._lines))
@@ -116,11 +125,6 @@ class _GatheredLog:
     def __exit__(self, *_: object) -> None:
         """Said also when the repository fails, before its error."""
         self._say()
-
-
-def _versioned(commit: str) -> dict[str, str]:
-    """The tags with which Dagster stores an output's user-provided data version."""
-    return {DATA_VERSION_TAG: commit, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
 
 
 def _record_outcome(context: OpExecutionContext, key: str, outcome: str, reason: str) -> None:
@@ -255,10 +259,15 @@ class _ManyRepositories:
         )
         self.outcome.checks.setdefault(check_name, {})[key] = passed
 
-    def _record(self, asset_key: AssetKey, key: str, commit: str, metadata: dict) -> None:
+    def _record(
+        self, step: Step, asset_key: AssetKey, key: str, commit: str, metadata: dict
+    ) -> None:
+        """Recorded only while the run holds the repository's lease (claims.py)."""
+        if step.lease is not None:
+            fence(step.lease)
         self.context.log_event(
             AssetMaterialization(
-                asset_key=asset_key, partition=key, metadata=metadata, tags=_versioned(commit)
+                asset_key=asset_key, partition=key, metadata=metadata, tags=versioned(commit)
             )
         )
 
@@ -272,8 +281,8 @@ class _ManyRepositories:
             )
             store.store_partition(FILE_MANIFEST, key, read.manifest)
             store.store_partition(LINE_DOCUMENTS, key, read.documents)
-        self._record(FILE_MANIFEST, key, read.commit_sha, read.manifest_metadata)
-        self._record(LINE_DOCUMENTS, key, read.commit_sha, read.documents_metadata)
+        self._record(step, FILE_MANIFEST, key, read.commit_sha, read.manifest_metadata)
+        self._record(step, LINE_DOCUMENTS, key, read.commit_sha, read.documents_metadata)
         self._check(FILE_MANIFEST, MANIFEST_CHECK, key, not read.problems, read.check_metadata)
         if read.problems:  # the check blocks: an incomplete manifest must not decide deletes
             raise Failure(
@@ -305,7 +314,7 @@ class _ManyRepositories:
             self._check(ES_INDEX, DOCUMENT_COUNT_CHECK, key, False, rejected.check_metadata)
             raise rejected.failure from None
         store.store_partition(ES_INDEX, key, written.present)
-        self._record(ES_INDEX, key, written.commit_sha, written.metadata)
+        self._record(step, ES_INDEX, key, written.commit_sha, written.metadata)
         self._check(
             ES_INDEX, DOCUMENT_COUNT_CHECK, key, written.count_matches, written.count_metadata
         )
@@ -316,15 +325,17 @@ def index_each(
     keys: list[str],
     services: Services,
     full_refresh: bool,
-    record_claims: bool,
+    record_plans: bool,
 ) -> Outcome:
     """Each repository in turn, as its own run would index it; one that fails is its own.
 
-    record_claims: claim each repository before touching it (a batch). A range run's claims
-    are the planned materializations Dagster recorded for its partitions when it made it.
+    Each is taken under its lease first (claims.py): one that another run holds is left to it.
+    record_plans: record each repository's planned materializations as it is taken (a batch;
+    Dagster records a range run's when it makes the run), for the UI's partition status.
     """
     instance = context.instance
     step = Step(context.log, instance, context.run.run_id)
+    run_is_alive(step)
     step_key = context.get_step_execution_context().step.key
     partitions = set(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
     source = services.gitlab.source() if services.gitlab is not None else None
@@ -334,20 +345,20 @@ def index_each(
         if key not in partitions:
             outcome.left[key] = "no longer a partition (removed by discovery)"
             continue
-        holding = (
-            claim(step, context.job_name, step_key, key, _ASSETS)
-            if record_claims
-            else held_by_others(step, key)
-        )
-        if holding:
-            outcome.left[key] = f"run {holding[0]} has it"
+        lease = try_take(step, key)
+        if isinstance(lease, str):
+            outcome.left[key] = f"run {lease} has it"
             _record_outcome(context, key, "left", outcome.left[key])
             continue
+        if record_plans:
+            record_planned(instance, context.run.run_id, context.job_name, step_key, key, _ASSETS)
         taken = f"{key}: {TAKEN} ({number} of {len(keys)})"
         try:
             with _GatheredLog(context.log, taken, services.indexing.progress_seconds) as gathered:
-                work.index(replace(step, log=gathered), key, source)
+                work.index(replace(step, log=gathered, lease=lease), key, source)
+            settle(step, lease)
         except Exception as exc:  # one repository's failure is its own
+            release(step, lease)
             message = (
                 exc.description
                 if isinstance(exc, Failure) and exc.description
@@ -368,7 +379,7 @@ def index_range(context: OpExecutionContext, services: Services, full_refresh: b
     """A backfill's partition-range run, in the step of the first selected asset of the range.
     The step yields its checks' results (`Outcome.check_result`), then `fail_range`."""
     return index_each(
-        context, list(context.partition_keys), services, full_refresh, record_claims=False
+        context, list(context.partition_keys), services, full_refresh, record_plans=False
     )
 
 
@@ -400,7 +411,7 @@ def index_batch(
 ) -> None:
     services = Services(gitlab, elasticsearch, indexing, parquet_io_manager)
     outcome = index_each(
-        context, list(config.repositories), services, config.full_refresh, record_claims=True
+        context, list(config.repositories), services, config.full_refresh, record_plans=True
     )
     failure = outcome.failure("the sensor asks for these again", count_left=False)
     if failure is not None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 from dagster import DagsterInstance, Failure, MetadataValue
 
+from gitlab_es_pipeline.claims import begin_writing, fence, run_works
 from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, LineIndex, SweepError
 from gitlab_es_pipeline.clients.engines import EngineSetupError
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
@@ -40,6 +41,7 @@ from gitlab_es_pipeline.core.manifest import (
 from gitlab_es_pipeline.core.progress import Progress
 from gitlab_es_pipeline.core.projects import Project
 from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore, StagedParquet, stage_parquet
+from gitlab_es_pipeline.leases import Lease
 from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
@@ -50,7 +52,6 @@ from gitlab_es_pipeline.state import (
     ES_INDEX,
     LINE_DOCUMENTS,
     STAGED,
-    attempted_elsewhere,
     last_indexed,
 )
 
@@ -67,6 +68,8 @@ class StepLog(Protocol):
 
     def warning(self, msg: str) -> None: ...
 
+    def error(self, msg: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class Step:
@@ -75,6 +78,7 @@ class Step:
     log: StepLog  # DagsterLogManager is one
     instance: DagsterInstance
     run_id: str
+    lease: Lease | None = None  # the repository's, once taken (claims.py)
 
 
 @dataclass
@@ -163,8 +167,9 @@ def _choose_mode(
     state = last_indexed(step.instance, key)
     if state is None:
         # Never indexed. A first load that failed or was killed may have left documents that
-        # no manifest describes (of files gone since): a full refresh sweeps them.
-        leftovers = attempted_elsewhere(step.instance, key, step.run_id)
+        # no manifest describes (of files gone since): a full refresh sweeps them. The lease
+        # says so: a write began under it and no state was recorded since.
+        leftovers = step.lease is not None and step.lease.dirty
         if leftovers and not full_refresh:
             step.log.info(
                 f"{snapshot.repository_name}: never indexed, but an earlier run set out to; "
@@ -364,7 +369,9 @@ def open_index(
     True when it was created now (its first load then runs with the bulk-load settings)."""
     try:
         index = elasticsearch.line_index()
-        created = index.ensure() == "created"
+        # A first load noted in the index is repaired only once its run no longer works.
+        ensured = index.ensure(load_alive=lambda run_id: run_works(step.instance, run_id))
+        created = ensured == "created"
     except (IndexSetupError, EngineSetupError) as exc:
         reason = exc.reason if isinstance(exc, EngineSetupError) else exc
         raise step_failure(f"{key}: {reason}", permanent=True) from exc
@@ -399,9 +406,14 @@ def write_repository(
     header = ManifestHeader.of(manifest)
     snapshot = header.snapshot
     summary = summarize(manifest)
+    lease = step.lease
+    if lease is not None:
+        begin_writing(step, lease)
     store.withdraw_partition(ES_INDEX, key)
     dead_before = store.read_partition(DEAD_LETTERS, key)
     index, new_index = opened or open_index(step, elasticsearch, snapshot.repository_name)
+    # Every request to the cluster, retries included, first checks that the lease still holds.
+    index.fence = (lambda: fence(lease)) if lease is not None else None
     total = line_documents.num_rows
     progress = Progress(
         f"{snapshot.repository_name}: write",
@@ -409,7 +421,7 @@ def write_repository(
         step.log.info,
         indexing.progress_seconds,
     )
-    with index.bulk_load() if new_index else nullcontext():
+    with index.bulk_load(owner=step.run_id) if new_index else nullcontext():
         written = index.write(
             map(index_operations, line_documents.iter_batches(dictionary_columns=REPEATED_COLUMNS)),
             progress=lambda done: progress.update(done, total),
@@ -478,6 +490,8 @@ def write_repository(
         store.withdraw_partition(LINE_DOCUMENTS, key)
     index.refresh()
     in_index = index.count(snapshot.project_id, snapshot.repository_name)
+    if lease is not None:  # what was written is recorded only by the lease's holder
+        fence(lease)
     return WriteResult(
         commit_sha=snapshot.commit_sha,
         present=present_rows(manifest),
@@ -493,6 +507,7 @@ def write_repository(
             "commit_sha": snapshot.commit_sha,
             "project_id": snapshot.project_id,
             "branch": snapshot.branch,
+            "visibility": snapshot.visibility,  # with branch and project: the identity indexed
             "project": MetadataValue.url(snapshot.web_url),
             "mode": header.mode.value,
             "base_commit": header.base_commit or "",

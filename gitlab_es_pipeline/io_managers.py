@@ -17,9 +17,10 @@ from dagster import (
     OutputContext,
     UPathIOManager,
 )
-from dagster._core.storage.upath_io_manager import escape_dotdot_segments
 from pydantic import Field
 from upath import UPath
+
+from gitlab_es_pipeline.dagster_private import escape_dotdot_segments
 
 
 @dataclass(frozen=True)

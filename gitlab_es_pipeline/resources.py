@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import Any
@@ -260,7 +261,21 @@ def _without_userinfo(url: str) -> str:
     return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
-_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+def _is_loopback(host: str) -> bool:
+    """A loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z; bracketed or not) or the name
+    `localhost`, judged by parsing the address: a name that merely starts like one
+    (127.attacker.example) is an ordinary name, resolved by DNS. Names under .localhost
+    (RFC 6761) are not taken: whether they resolve to loopback is up to the local resolver."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # Python < 3.13 says False for ::ffff:127.0.0.1
+    return address.is_loopback
 
 
 def _refuse_credentials_in_clear(
@@ -273,7 +288,7 @@ def _refuse_credentials_in_clear(
         return
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.scheme != "http" or host in _LOOPBACK or host.startswith("127."):
+    if parts.scheme != "http" or _is_loopback(host):
         return
     if not allowed:
         raise ValueError(

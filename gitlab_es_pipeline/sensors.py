@@ -2,10 +2,11 @@
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from dagster import (
+    AssetRecordsFilter,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -18,17 +19,25 @@ from dagster import (
 )
 
 from gitlab_es_pipeline.batches import BATCH_OP, batch_run_key, index_repositories_job
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE
+from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.batching import Request, form_runs
-from gitlab_es_pipeline.core.head_tracking import TrackerCursor, dedupe
+from gitlab_es_pipeline.core.head_tracking import TrackerCursor, Want, dedupe
 from gitlab_es_pipeline.jobs import index_repository_job
+from gitlab_es_pipeline.leases import lease_seconds, repository_name, run_name
 from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import ensure_pools
 from gitlab_es_pipeline.resources import GitLabResource
-from gitlab_es_pipeline.state import fleet_state, last_indexed
+from gitlab_es_pipeline.state import (
+    FILE_MANIFEST,
+    WANTED,
+    FleetState,
+    fleet_state,
+    last_indexed,
+)
 
 COMMIT_TAG = "gitlab_es_pipeline/commit"
+RUN_KEY_TAG = "dagster/run_key"  # Dagster's tag of a run a sensor asked for
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class SensorLimits:
     # Small repositories (at most batch_max_files tree entries) share runs of batch_size.
     batch_size: int = 50
     batch_max_files: int = 1000
+    # A requested run that Dagster has not made after this is asked for again.
+    request_grace_seconds: float = 600
 
     @classmethod
     def from_env(cls) -> "SensorLimits":
@@ -64,6 +75,7 @@ class Tick:
     cursor: TrackerCursor
     head_lookups: int
     errors: list[str]
+    dead_runs: list[str] = field(default_factory=list)  # marked failed this tick
 
     @property
     def requested(self) -> list[tuple[str, str, str]]:
@@ -75,6 +87,22 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass
+class _Wanted:
+    """What one tick found to ask for."""
+
+    runs: list[tuple[str, str]] = field(default_factory=list)
+    files: dict[str, int | None] = field(default_factory=dict)
+    alone: set[str] = field(default_factory=set)
+    forced: set[str] = field(default_factory=set)
+    lookups: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, key: str, commit: str, files: int | None = None) -> None:
+        self.runs.append((key, commit))
+        self.files.setdefault(key, files)
+
+
 def evaluate_tick(
     instance: DagsterInstance,
     source: GitLabSource,
@@ -83,71 +111,102 @@ def evaluate_tick(
     limits: SensorLimits,
     now: float,
 ) -> Tick:
-    """One tick: a listing of recently active projects, then HEAD only where it may have moved.
+    """One tick: a listing of recently active projects, then HEAD only where it may have moved;
+    the wants that discovery or hooks recorded; the outstanding requests followed up.
 
     Cost: the listing pages (active projects only) plus at most max_head_lookups_per_tick
-    requests; Dagster storage: two queries plus one per project looked up.
+    requests; Dagster storage: a few queries plus one per project looked up.
     """
     partitions = set(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
+    dead = fail_dead_runs(instance, now)
     fleet = fleet_state(instance)
     indexed = fleet.indexed
-    files: dict[str, int | None] = {}  # what is known of each requested repository's size
-    alone: set[str] = set()  # retries: on their own
-    runs: list[tuple[str, str]] = []
+    found = _Wanted()
     for key, commit, size in cursor.pending:
         if key in partitions:
-            runs.append((key, commit))
-            files[key] = size
+            found.add(key, commit, size)
     _note_failed_runs(instance, cursor, now, limits)
     for key, commit in cursor.due_retries(now):
         state = last_indexed(instance, key) if key in indexed else None
         if state is not None:
             cursor.forget_failure(key, state.timestamp)
         if key in partitions and key in cursor.retries:
-            runs.append((key, commit))
-            alone.add(key)
+            found.add(key, commit)
+            found.alone.add(key)
     budget = limits.max_head_lookups_per_tick
-    lookups = 0
-    errors: list[str] = []
-    for attrs in source.recently_active(groups, _iso(now - limits.activity_window_seconds)):
+
+    def look(key: str, project_id: int | None = None, branch: str | None = None) -> str | None:
+        """HEAD of the default branch, or None (no commits, or GitLab failed: kept unsure)."""
+        found.lookups += 1
+        try:
+            if project_id is not None and branch:
+                return source.head_commit(project_id, branch)
+            return source.default_branch_head(key)
+        except GitLabError as exc:
+            found.errors.append(f"{key}: {exc}")
+            if key not in cursor.unsure:
+                cursor.unsure.append(key)
+            return None
+
+    def compare(key: str, head: str) -> None:
+        """Asked for when HEAD is not what was indexed, nor what was already asked for."""
+        if key in cursor.unsure:
+            cursor.unsure.remove(key)
+        state = last_indexed(instance, key) if key in indexed else None
+        known = state.commit_sha if state else None
+        asked = cursor.requested_commit(key, fleet.epoch(key))
+        if head != known and head != asked:
+            size = state.files if state else _tree_size(source, key, head, limits, found.errors)
+            found.add(key, head, size)
+
+    for key in list(cursor.unsure):  # lookups that failed before: first, before they are lost
+        if found.lookups >= budget:
+            break
+        if key in partitions:
+            head = look(key)
+            if head:
+                compare(key, head)
+    # From the last listing on (less the window), however long the daemon was away.
+    since = now - limits.activity_window_seconds
+    if cursor.listed_at:
+        since = min(since, cursor.listed_at - limits.activity_window_seconds)
+    listed_at = now
+    for attrs in source.recently_active(groups, _iso(since)):
         key = attrs["path_with_namespace"]
         activity = attrs.get("last_activity_at") or ""
         if key not in partitions or not cursor.due(key, activity, now, limits.recheck_seconds):
             continue
-        if lookups >= budget:
+        if found.lookups >= budget:
+            listed_at = cursor.listed_at or now  # the rest is listed again next tick
             break
-        lookups += 1
-        try:
-            head = source.head_commit(attrs["id"], attrs["default_branch"])
-        except GitLabError as exc:
-            errors.append(f"{key}: {exc}")
+        head = look(key, attrs["id"], attrs["default_branch"])
+        if head is None:
             continue
         cursor.checked[key] = (activity, now)
-        state = last_indexed(instance, key) if key in indexed else None
-        known = state.commit_sha if state else cursor.requested_commit(key, fleet.epoch(key))
-        if head != known:
-            runs.append((key, head))
-            files[key] = state.files if state else _tree_size(source, key, head, limits, errors)
-            if state is None:
-                cursor.requested[key] = (head, fleet.epoch(key))
-    waiting = {k for k in cursor.requested if cursor.requested_commit(k, fleet.epoch(k))}
+        compare(key, head)
+    cursor.listed_at = listed_at
+    waiting = set(cursor.requested)
     for key in sorted(partitions - indexed - waiting):
-        if lookups >= budget:
+        if found.lookups >= budget:
             break
-        lookups += 1
-        try:
-            head = source.default_branch_head(key)
-        except GitLabError as exc:
-            errors.append(f"{key}: {exc}")
-            continue
+        head = look(key)
         if head:
-            runs.append((key, head))
-            files[key] = _tree_size(source, key, head, limits, errors)
-            cursor.requested[key] = (head, fleet.epoch(key))
+            found.add(key, head, _tree_size(source, key, head, limits, found.errors))
+    _read_signals(instance, cursor, partitions, found)
+    for key, commit in _follow_up(instance, cursor, fleet, partitions, now, limits):
+        found.add(key, commit)
     cursor.prune(partitions, now, limits.activity_window_seconds)
-    cursor.requested = {k: c for k, c in cursor.requested.items() if k not in indexed}
+    requested = dedupe(found.runs)
+    held = _held(instance, [k for k, _ in requested])
+    for key, commit in requested:  # another run has it: asked for once it lets go
+        if key in held:
+            _remember(cursor, fleet, key, commit, "", now, key in found.forced)
     formed = form_runs(
-        [Request(k, c, files.get(k), alone=k in alone) for k, c in dedupe(runs)],
+        [
+            Request(k, c, found.files.get(k), alone=k in found.alone)
+            for k, c in requested
+            if k not in held
+        ],
         limits.batch_size,
         limits.batch_max_files,
     )
@@ -156,18 +215,176 @@ def evaluate_tick(
     ]
 
     def keyed(request: Request) -> tuple[str, str, str]:
+        forced = request.key in found.forced
+        previous = cursor.requested.get(request.key)
         attempt = cursor.attempt(request.key, request.commit, now)
-        epoch = fleet.epoch(request.key)
-        return request.key, request.commit, run_key(request.key, request.commit, epoch, attempt)
+        key_ = run_key(request.key, request.commit, fleet.epoch(request.key), attempt)
+        if forced or (previous is not None and previous.reasks):
+            # Asked again at a commit that a run may already have had (a want, or a run that
+            # ended without indexing it): a key Dagster has never seen.
+            cursor.asks += 1
+            key_ += f"!{cursor.asks}"
+        _remember(cursor, fleet, request.key, request.commit, key_, now, forced)
+        return request.key, request.commit, key_
 
     chosen = formed[: limits.max_runs_per_tick]
     return Tick(
         [keyed(run[0]) for run in chosen if len(run) == 1],
         [[keyed(r) for r in run] for run in chosen if len(run) > 1],
         cursor,
-        lookups,
-        errors,
+        found.lookups,
+        found.errors,
+        dead,
     )
+
+
+def _remember(
+    cursor: TrackerCursor,
+    fleet: FleetState,
+    key: str,
+    commit: str,
+    key_: str,
+    now: float,
+    force: bool,
+) -> None:
+    previous = cursor.requested.get(key)
+    reasks = previous.reasks if previous is not None else 0
+    cursor.requested[key] = Want(
+        commit,
+        fleet.epoch(key),
+        key_,
+        now,
+        previous.since if previous is not None else fleet.latest.get(key, 0),
+        reasks,
+        force or (previous is not None and previous.force),
+    )
+
+
+def _held(instance: DagsterInstance, keys: list[str]) -> set[str]:
+    """The repositories among these that a run holds now (its lease is live)."""
+    if not keys:
+        return set()
+    store, _ = leases_of(instance)
+    names = {repository_name(k): k for k in keys}
+    return {names[n] for n in store.holders(list(names))}
+
+
+def _read_signals(
+    instance: DagsterInstance, cursor: TrackerCursor, partitions: set[str], found: _Wanted
+) -> None:
+    """Wants recorded in Dagster's storage since the last tick (discovery's identity changes):
+    each asked for again at its indexed commit, or HEAD when never indexed."""
+    page = instance.fetch_observations(
+        AssetRecordsFilter(asset_key=FILE_MANIFEST, after_storage_id=cursor.signals_after),
+        limit=1000,
+        ascending=True,
+    )
+    for record in page.records:
+        cursor.signals_after = max(cursor.signals_after, record.storage_id)
+        observation = record.asset_observation
+        key = record.partition_key
+        if observation is None or key is None or key not in partitions:
+            continue
+        if WANTED not in observation.metadata:
+            continue
+        state = last_indexed(instance, key)
+        if state is None:
+            continue  # never indexed: asked for at HEAD anyway
+        found.forced.add(key)
+        if key not in found.files:  # not already asked for at a newer HEAD this tick
+            found.add(key, state.commit_sha, state.files)
+
+
+def _follow_up(
+    instance: DagsterInstance,
+    cursor: TrackerCursor,
+    fleet: FleetState,
+    partitions: set[str],
+    now: float,
+    limits: SensorLimits,
+) -> list[tuple[str, str]]:
+    """Wants whose run ended without indexing them: asked for again (liveness).
+
+    Satisfied wants are dropped: an es_index record newer than the request. A failed run is
+    left to its backoff (`_note_failed_runs`); a run that succeeded without indexing the
+    repository (a batch or range that left it to another run) or was never made is asked for
+    again now, a cancelled one after the backoff, under a new run key, unless another run
+    holds the repository.
+    """
+    open_wants: dict[str, Want] = {}
+    for key, want in cursor.requested.items():
+        if key not in partitions:
+            continue
+        if fleet.latest.get(key, 0) > want.since and key in fleet.indexed:
+            # Indexed since it was asked for: at that commit, or at a HEAD read later (which
+            # the listing or the reconciliation compare again if it moved on).
+            continue
+        open_wants[key] = want
+    cursor.requested = open_wants
+    statuses: dict[str, DagsterRunStatus] = {}
+    run_keys = sorted({w.run_key for w in open_wants.values() if w.run_key})
+    for start in range(0, len(run_keys), 200):
+        for record in instance.get_run_records(
+            RunsFilter(tags={RUN_KEY_TAG: run_keys[start : start + 200]})
+        ):
+            statuses[record.dagster_run.tags[RUN_KEY_TAG]] = record.dagster_run.status
+    held = _held(instance, list(open_wants))
+    again = []
+    for key, want in open_wants.items():
+        if key in held:
+            continue
+        status = statuses.get(want.run_key) if want.run_key else None
+        if (
+            want.run_key
+            and status is None
+            and now - want.requested_at < limits.request_grace_seconds
+        ):
+            continue  # not made yet (or still in the daemon's hands)
+        if status in _UNFINISHED or status == DagsterRunStatus.FAILURE:
+            continue
+        if status == DagsterRunStatus.CANCELED and now - want.requested_at < limits.retry_seconds:
+            continue  # a person stopped it: not at once
+        if want.run_key:
+            want.reasks += 1
+        again.append((key, want.commit))
+    return again
+
+
+_UNFINISHED = {
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+}
+
+
+def fail_dead_runs(instance: DagsterInstance, now: float) -> list[str]:
+    """Runs still 'started' whose process stopped renewing its heartbeat more than a lease
+    ago: marked failed, so that Dagster frees what they held and the sensor's backoff asks
+    for their repositories again (the default run launcher cannot see a dead run worker)."""
+    records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]), limit=1000)
+    if not records:
+        return []
+    store, _ = leases_of(instance)
+    beats = store.last_beat([run_name(r.dagster_run.run_id) for r in records])
+    ttl = lease_seconds()
+    dead = []
+    for record in records:
+        run = record.dagster_run
+        expires = beats.get(run_name(run.run_id))
+        if expires is None or expires >= now:
+            continue  # never said it works (Dagster's own monitoring), or alive
+        latest = instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
+        if latest and latest[0].timestamp > now - ttl:
+            continue  # it still writes events: slow, not dead
+        instance.report_run_failed(
+            run,
+            message=f"its process stopped renewing its leases {now - expires + ttl:.0f} s ago "
+            "(killed, or its machine lost); its repositories are asked for again",
+        )
+        dead.append(run.run_id)
+    return dead
 
 
 def _tree_size(
@@ -257,10 +474,13 @@ def head_commit_sensor(context: SensorEvaluationContext, gitlab: GitLabResource)
     )
     for error in tick.errors:
         context.log.warning(error)
+    for run_id in tick.dead_runs:
+        context.log.warning(f"run {run_id}: its process is gone; marked failed")
     context.log.info(
         f"{len(tick.runs)} runs and {len(tick.batches)} batches of "
         f"{sum(len(b) for b in tick.batches)} repositories requested, "
-        f"{len(tick.cursor.pending)} carried over; {tick.head_lookups} HEAD lookups, GitLab "
+        f"{len(tick.cursor.pending)} carried over, {len(tick.cursor.requested)} awaited; "
+        f"{tick.head_lookups} HEAD lookups, GitLab "
         f"requests {dict(source.requests)}"
     )
     return SensorResult(

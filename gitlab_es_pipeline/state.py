@@ -7,8 +7,7 @@ recorded: a materialization older than that observation no longer counts, so a r
 that comes back starts over. (Dagster's open-source storages cannot wipe one partition.)
 """
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dagster import (
     AssetKey,
@@ -17,7 +16,6 @@ from dagster import (
     AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
-    EventLogRecord,
 )
 
 from gitlab_es_pipeline.partitions import repository_partitions
@@ -71,6 +69,7 @@ def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | No
 class FleetState:
     indexed: set[str]  # partitions with a materialization newer than any removal
     removed_at: dict[str, int]  # partition -> storage id of its newest removal
+    latest: dict[str, int] = field(default_factory=dict)  # partition -> newest es_index record
 
     def epoch(self, partition: str) -> str:
         """Changes each time a repository is removed, so that its comeback is a new run."""
@@ -97,31 +96,20 @@ def fleet_state(instance: DagsterInstance) -> FleetState:
             break
         cursor = page.cursor
     indexed = {key for key, sid in latest.items() if sid > removed_at.get(key, 0)}
-    return FleetState(indexed, removed_at)
+    return FleetState(indexed, removed_at, dict(latest))
 
 
-def planned_materializations(
-    instance: DagsterInstance, records_filter: AssetRecordsFilter, limit: int
-) -> Sequence[EventLogRecord]:
-    """The newest ASSET_MATERIALIZATION_PLANNED events first, from the event log storage.
+# The metadata key of a `file_manifest` observation that says the repository must be indexed
+# again (and why), whatever its indexed commit says: its identity changed (discovery), or a
+# hook heard of it. The HEAD-commit sensor reads these from its cursor on.
+WANTED = "wanted"
 
-    DagsterInstance.fetch_planned_materializations does the same but is deprecated in 1.13
-    (with no replacement named), and its warning would print in every run's output.
-    """
-    return instance.event_log_storage.get_event_records(
-        records_filter.to_event_records_filter(DagsterEventType.ASSET_MATERIALIZATION_PLANNED),
-        limit=limit,
-        ascending=False,
+
+def want(instance: DagsterInstance, partition: str, reason: str) -> None:
+    """Ask the sensor to index the repository again, through Dagster's storage."""
+    instance.report_runless_asset_event(
+        AssetObservation(asset_key=FILE_MANIFEST, partition=partition, metadata={WANTED: reason})
     )
-
-
-def attempted_elsewhere(instance: DagsterInstance, partition: str, run_id: str) -> bool:
-    """Whether another run set out to write the partition's documents: one that failed or was
-    killed may have written some that no manifest describes."""
-    planned = planned_materializations(
-        instance, AssetRecordsFilter(asset_key=ES_INDEX, asset_partitions=[partition]), limit=2
-    )
-    return any(record.event_log_entry.run_id != run_id for record in planned)
 
 
 def forget(instance: DagsterInstance, partition: str, documents_deleted: int) -> None:

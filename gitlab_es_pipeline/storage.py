@@ -4,6 +4,10 @@ dagster.yaml cannot choose between storages by itself, so it names this class as
 storage. With DAGSTER_PG_URL, or DAGSTER_PG_HOST (+ DAGSTER_PG_PORT, DAGSTER_PG_USER,
 DAGSTER_PG_PASSWORD, DAGSTER_PG_DB), runs, event logs and schedules go to PostgreSQL through
 dagster-postgres; otherwise to Dagster's embedded SQLite files under DAGSTER_HOME.
+
+Everything this module takes from Dagster's private API (``dagster._*`` names, private
+attributes and methods) is in one section below, "Dagster's private API", and nowhere else;
+test_storage.py fails when what the section relies on changes.
 """
 
 import os
@@ -14,11 +18,6 @@ from typing import Any
 from urllib.parse import quote
 
 from dagster import Field, StringSource
-from dagster._core.storage.base_storage import DagsterStorage
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
-from dagster._serdes import ConfigurableClass, ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
@@ -47,6 +46,37 @@ def with_psycopg2_driver(url: str) -> str:
     return url
 
 
+# == Dagster's private API ==================================================================
+# The only place in this module that uses it; Dagster's exact version is the one pinned in
+# constraints.txt, which CI and the image install with. What is relied on, and the test of
+# test_storage.py that fails when it changes:
+#
+# - DagsterStorage, ConfigurableClass(Data): a custom `storage:` class of dagster.yaml must be
+#   both. Test: the instance of the project's dagster.yaml has our storages, in this process
+#   and in another (as a run's process builds it).
+# - DagsterSqliteStorage.from_local, _event_logs_directory and the storage's private
+#   _event_log_storage attribute: Dagster's SQLite storage with the kept-engine event log in
+#   place of its own, over the same directory. Test: instance.event_log_storage is
+#   EngineKeepingSqliteEventLogStorage, its base directory Dagster's own, and Dagster's own
+#   SQLite storage, in another process, reads every event it wrote.
+# - SqliteEventLogStorage._connect(shard), the one method overridden, and what the override
+#   uses as Dagster's does (_db_lock, _initialized_dbs, _initdb, conn_string_for_shard,
+#   SQLITE_BUSY_TIMEOUT_SECONDS): every read and write of a run's or the index's database goes
+#   through _connect. Test: writing many events makes exactly one SQLAlchemy engine per
+#   database file, counted on SQLAlchemy's engines whoever made them; an override Dagster no
+#   longer calls shows as one engine per connection, as Dagster's own _connect makes.
+from dagster._core.storage.base_storage import DagsterStorage  # noqa: E402
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (  # noqa: E402
+    SqliteEventLogStorage,
+)
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS  # noqa: E402
+from dagster._core.storage.sqlite_storage import (  # noqa: E402
+    DagsterSqliteStorage,
+    _event_logs_directory,
+)
+from dagster._serdes import ConfigurableClass, ConfigurableClassData  # noqa: E402
+
+
 class EnvironmentSelectedStorage(DagsterStorage, ConfigurableClass):
     """Not a storage itself: from_config_value returns the storage the environment selects."""
 
@@ -67,15 +97,20 @@ class EnvironmentSelectedStorage(DagsterStorage, ConfigurableClass):
         base_dir = config_value.get("sqlite_base_dir") or os.environ.get("DAGSTER_HOME")
         if not base_dir:
             raise ValueError("set DAGSTER_HOME (or sqlite_base_dir) for the SQLite storage")
-        storage = DagsterSqliteStorage.from_local(base_dir, inst_data=inst_data)
-        storage._event_log_storage = EngineKeepingSqliteEventLogStorage(
-            _event_logs_directory(base_dir)
-        )
-        return storage
+        return sqlite_storage_keeping_engines(base_dir, inst_data)
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:  # pragma: no cover - never instantiated
         return None
+
+
+def sqlite_storage_keeping_engines(
+    base_dir: str, inst_data: ConfigurableClassData | None = None
+) -> DagsterStorage:
+    """Dagster's SQLite storage under base_dir, its event log keeping engines."""
+    storage = DagsterSqliteStorage.from_local(base_dir, inst_data=inst_data)
+    storage._event_log_storage = EngineKeepingSqliteEventLogStorage(_event_logs_directory(base_dir))
+    return storage
 
 
 class EngineKeepingSqliteEventLogStorage(SqliteEventLogStorage):
@@ -108,7 +143,7 @@ class EngineKeepingSqliteEventLogStorage(SqliteEventLogStorage):
         return engine
 
     @contextmanager
-    def _connect(self, shard: str) -> Iterator[Connection]:
+    def _connect(self, shard: str) -> Iterator[Connection]:  # Dagster's, overridden
         with self._db_lock:
             engine = self._engine(shard)
             if shard not in self._initialized_dbs:
@@ -116,3 +151,6 @@ class EngineKeepingSqliteEventLogStorage(SqliteEventLogStorage):
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+
+# == end of Dagster's private API ===========================================================

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,10 @@ from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A killed run's repositories are free after a lease (claims.py; 300 s in production): the
+# tests that kill runs wait that long, and the processes they start inherit it.
+os.environ.setdefault("LEASE_SECONDS", "10")
 
 
 @pytest.fixture(autouse=True)

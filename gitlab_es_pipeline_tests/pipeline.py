@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from dagster import (
 )
 
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
-from gitlab_es_pipeline.batches import BATCH_OP, index_repositories_job
+from gitlab_es_pipeline.batches import BATCH_OP, batch_run_key, index_repositories_job
+from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.io_managers import ParquetIOManager
 from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, REPOSITORIES_PARTITION
@@ -141,11 +143,49 @@ class Pipeline:
             launched.append(key)
         return launched
 
+    def run_tick(
+        self, limits: SensorLimits | None = None, before_launch: Callable[[], Any] | None = None
+    ) -> list[str]:
+        """A tick, then every run it asked for (batches too) as the daemon launches them: with
+        the sensor's tags, and never a run key that a run already had. The repositories of
+        the runs launched, in order. before_launch: what happens between the two."""
+        tick = evaluate_tick(
+            self.instance,
+            self.resources()["gitlab"].source(),
+            self.resources()["gitlab"].group_paths(),
+            TrackerCursor.from_json(self.sensor_cursor),
+            limits or SensorLimits(recheck_seconds=0),
+            time.time(),
+        )
+        self.sensor_cursor = tick.cursor.to_json()
+        if before_launch is not None:
+            before_launch()
+        launched: list[str] = []
+        for request in [*([run] for run in tick.runs), *tick.batches]:
+            run_key = (
+                request[0][2] if len(request) == 1 else batch_run_key([k for *_, k in request])
+            )
+            if self.instance.get_run_records(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1):
+                continue
+            if len(request) == 1:
+                key, commit, _ = request[0]
+                self.index(
+                    key, raise_on_error=False, tags={RUN_KEY_TAG: run_key, COMMIT_TAG: commit}
+                )
+            else:
+                self.index_batch(
+                    {k: c for k, c, _ in request},
+                    tags={RUN_KEY_TAG: run_key, BATCH_TAG: BATCH_TAG_VALUE},
+                )
+            launched.extend(k for k, _, _ in request)
+        return launched
+
     def index_batch(
         self,
         repositories: dict[str, str] | list[str],
         raise_on_error: bool = False,
         full_refresh: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> ExecuteInProcessResult:
         """A run of index_repositories, as the sensor asks for one (commits: informational)."""
         members = (
@@ -162,6 +202,7 @@ class Pipeline:
             instance=self.instance,
             resources=self.resources(),
             raise_on_error=raise_on_error,
+            tags=tags,
         )
 
     def index_range(

@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, RunsFilter
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, RunsFilter
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.execution.backfill import BulkActionStatus
 
+from gitlab_es_pipeline.batches import OUTCOME
 from gitlab_es_pipeline.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 from gitlab_es_pipeline.state import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS, last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.daemon
 PER_RUN = 3
 KEYS = [f"fleet/r{i}" for i in range(7)]
 BROKEN = "fleet/r4"
+SENSOR = "head_commit_sensor"
 
 
 @pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
@@ -46,9 +48,10 @@ def test_a_backfill_of_all_partitions_from_the_ui_runs_in_batches_of_partitions(
         "ELASTICSEARCH_API_KEY": pipeline.es.api_key or "",
         "PARQUET_STORAGE_URL": str(pipeline.storage),
         "BACKFILL_PARTITIONS_PER_RUN": str(PER_RUN),
-        # The sensor's first tick finds no partitions yet, and then waits an hour: the
-        # backfill alone indexes the fleet. Discovery only on New Year's Day.
-        "HEAD_SENSOR_INTERVAL_SECONDS": "3600",
+        # The sensor ticks every few seconds: its batches of the never-indexed repositories
+        # run beside the backfill's range runs, and each repository is indexed by one of them
+        # at a time. Discovery only on New Year's Day.
+        "HEAD_SENSOR_INTERVAL_SECONDS": "5",
         "DISCOVERY_CRON": "0 0 1 1 *",
         "DAGSTER_DISABLE_TELEMETRY": "yes",
     }
@@ -92,8 +95,12 @@ def test_a_backfill_of_all_partitions_from_the_ui_runs_in_batches_of_partitions(
         (KEYS[i], KEYS[min(i + PER_RUN, len(KEYS)) - 1]) for i in range(0, len(KEYS), PER_RUN)
     ]
     assert all(PARTITION_TAG not in r.tags for r in runs)
+    # The sensor's runs went on beside them.
+    sensor_runs = project_instance.get_runs(RunsFilter(tags={"dagster/sensor_name": SENSOR}))
+    assert sensor_runs
 
-    # Every repository but the broken one indexed exactly as git has it, with its own state.
+    # Every repository but the broken one indexed exactly as git has it, with its own state,
+    # by a range run or by a sensor's run.
     ids = {p.path_with_namespace: p.id for p in pipeline.gitlab.projects.values()}
     expected: dict[str, dict] = {}
     for key, repo in repos.items():
@@ -105,16 +112,54 @@ def test_a_backfill_of_all_partitions_from_the_ui_runs_in_batches_of_partitions(
         expected.update(expected_after_runs(repo, [head], ids[key], key, "main", url_of).documents)
         assert last_indexed(project_instance, key).commit_sha == head
     assert pipeline.es.documents(INDEX) == expected
+    # Each repository was read in full once: never by two runs at once (both would have, the
+    # mode being chosen from the indexed commit that the first records only when done).
+    for key in set(KEYS) - {BROKEN}:
+        only = AssetRecordsFilter(asset_key=FILE_MANIFEST, asset_partitions=[key])
+        reads = project_instance.fetch_materializations(only, limit=10).records
+        modes = sorted(
+            (
+                r.asset_materialization.metadata["mode"].value,
+                r.asset_materialization.metadata["files_read"].value,
+            )
+            for r in reads
+        )
+        assert [m for m in modes if m[1] > 0] in ([("full", 2)], [("full_refresh", 2)]), (
+            key,
+            modes,
+        )
 
     # The backfill's own account, as its page shows it: the broken repository's partitions
-    # failed, every other one materialized.
+    # failed, and so did any that a range run left to a sensor's run holding it; every other
+    # one materialized.
     backfill = project_instance.get_backfill(backfill_id)
     assert backfill.status == BulkActionStatus.COMPLETED_FAILED
     data = backfill.asset_backfill_data
+    left = _left_by(project_instance, [r.run_id for r in runs])
     for asset in (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX):
         materialized = _partitions(data.materialized_subset, asset)
         failed = _partitions(data.failed_and_downstream_subset, asset)
-        assert (asset, materialized, failed) == (asset, set(KEYS) - {BROKEN}, {BROKEN})
+        assert (asset, materialized, failed) == (
+            asset,
+            set(KEYS) - {BROKEN} - left,
+            {BROKEN} | left,
+        )
+
+
+def _left_by(instance: DagsterInstance, run_ids: list[str]) -> set[str]:
+    """The repositories these runs left to another run that held them."""
+    left = set()
+    for key in KEYS:
+        only = AssetRecordsFilter(asset_key=FILE_MANIFEST, asset_partitions=[key])
+        for record in instance.fetch_observations(only, limit=20).records:
+            metadata = record.asset_observation.metadata
+            if (
+                record.run_id in run_ids
+                and metadata.get(OUTCOME)
+                and metadata[OUTCOME].value == "left"
+            ):
+                left.add(key)
+    return left
 
 
 def _partitions(subset: AssetGraphSubset, asset: AssetKey) -> set[str]:

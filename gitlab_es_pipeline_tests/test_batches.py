@@ -22,8 +22,9 @@ from dagster import (
 from elasticsearch import Elasticsearch
 
 from gitlab_es_pipeline.batches import OUTCOME, TAKEN
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, record_claim
+from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
+from gitlab_es_pipeline.leases import lease_seconds, repository_name
 from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
 from gitlab_es_pipeline.sensors import SensorLimits, evaluate_tick
 from gitlab_es_pipeline.state import (
@@ -230,13 +231,21 @@ def _running_batch(pipeline: Pipeline, holding: str, kind: str = "batch") -> Dag
             tags=tags,
         )
     )
-    claimed = [ES_INDEX] if kind == "batch" else [FILE_MANIFEST, LINE_DOCUMENTS]
-    record_claim(pipeline.instance, run.run_id, run.job_name, "step", holding, claimed)
+    store, heartbeat = leases_of(pipeline.instance)
+    lease = store.acquire(repository_name(holding), run.run_id, lease_seconds())
+    assert lease is not None
+    heartbeat.hold(lease)  # renewed as its process would, for as long as the test needs
     return run
 
 
 def _end(pipeline: Pipeline, run: DagsterRun) -> None:
+    """The run fails, and its process lets go of what it held (as claims.release does)."""
     pipeline.instance.report_run_failed(run, "ended")
+    store, _ = leases_of(pipeline.instance)
+    for name in store.holders([repository_name(k) for k in KEYS]):
+        lease = store.acquire(name, run.run_id, lease_seconds())
+        assert lease is not None
+        store.release(lease)
 
 
 @pytest.mark.parametrize("holder", ["batch", "range"])
@@ -294,19 +303,27 @@ def test_two_batches_at_once_never_index_one_repository_together(
     project_pipeline: Pipeline, tmp_path: Path
 ) -> None:
     pipeline = project_pipeline
-    keys = [f"fleet/r{i}" for i in range(8)]
+    keys = [f"fleet/r{i}" for i in range(6)]
     repos = _fleet(pipeline, tmp_path, tuple(keys))
-    # Two processes, one going forwards and one backwards: they meet in the middle.
-    children = [start_batch(pipeline, keys), start_batch(pipeline, keys[::-1])]
+    # Each repository's tree listing takes a second, and both batches take the repositories in
+    # the same order: they start on the first one together and contend all the way.
+    pipeline.gitlab.faults.append(_slow_tree_listing)
+    children = [start_batch(pipeline, keys), start_batch(pipeline, keys)]
     assert [c.wait(timeout=300) for c in children] == [0, 0]
+    runs = pipeline.instance.get_run_records(RunsFilter(tags={BATCH_TAG: BATCH_TAG_VALUE}))
+    assert len(runs) == 2
+    # They did run at the same time, for most of their length.
+    (s1, e1), (s2, e2) = [(r.start_time, r.end_time) for r in runs]
+    assert s1 is not None and s2 is not None and e1 is not None and e2 is not None
+    overlap = min(e1, e2) - max(s1, s2)
+    assert overlap > 0.5 * max(e1 - s1, e2 - s2), (s1, e1, s2, e2)
     indexed = set()
+    left = 0
     for key in keys:
         # A batch that came to the repository after the other had indexed it found it up to
-        # date: an incremental read of nothing. Had the two overlapped, both would have read
-        # it in full, since the mode is chosen from the indexed commit that the first one
-        # records only when it is done. (The first reads in full, or rebuilds in full when
-        # the other's claim on it looks like an attempt that did not finish. Times cannot show
-        # it: a batch's claim is stored before it looks at the others', its log once done.)
+        # date: an incremental read of nothing. Had the two overlapped on it, both would have
+        # read it in full, since the mode is chosen from the indexed commit that the first one
+        # records only when it is done.
         reads = [
             (m.metadata["mode"].value, m.metadata["files_read"].value)
             for m in (
@@ -322,14 +339,21 @@ def test_two_batches_at_once_never_index_one_repository_together(
         if reads:
             indexed.add(key)
         # A batch that did not index it said so.
-        assert len(reads) + len(_outcomes(pipeline, key)) == 2
-    runs = pipeline.instance.get_run_records(RunsFilter(tags={BATCH_TAG: BATCH_TAG_VALUE}))
-    assert len(runs) == 2
-    # The repositories that were indexed are exactly as git has them; each batch's claims
-    # ended with the run, so a later batch takes the rest.
+        outcomes = _outcomes(pipeline, key)
+        assert len(reads) + len(outcomes) == 2
+        left += sum(o[OUTCOME].value == "left" for o in outcomes)
+    assert left > 0  # they met: one found a repository the other held
+    # The repositories that were indexed are exactly as git has them; each batch let go of
+    # its repositories when done, so a later batch takes the rest.
+    pipeline.gitlab.faults.remove(_slow_tree_listing)
     assert pipeline.es.documents(INDEX) == _expected(pipeline, {k: repos[k] for k in indexed})
     assert pipeline.index_batch(keys).success
     assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
+
+
+def _slow_tree_listing(request: object, path: str) -> None:
+    if path.endswith("/repository/tree"):
+        time.sleep(1.0)
 
 
 def _recorded_by(pipeline: Pipeline, run_id: str, asset: AssetKey, keys: list[str]) -> set[str]:

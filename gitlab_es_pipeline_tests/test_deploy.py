@@ -162,6 +162,7 @@ def test_everything_the_image_copies_exists_and_the_compose_file_builds_it(compo
     # The image needs the project's metadata, its package and the instance and workspace files.
     needed = {
         "pyproject.toml",
+        "constraints.txt",
         "gitlab_es_pipeline",
         "deploy/dagster.yaml",
         "deploy/workspace.yaml",
@@ -176,6 +177,103 @@ def test_everything_the_image_copies_exists_and_the_compose_file_builds_it(compo
     build = compose["services"]["code"]["build"]
     assert Path(build["context"]).resolve() == ROOT
     assert (ROOT / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+
+
+# The Elasticsearch client is left to the install command: its major must match the cluster's.
+_ES_CLIENT = {"elasticsearch", "elastic-transport"}
+_IMAGE_ONLY = {"dagster-k8s", "dagster-aws"}
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _constraints() -> dict[str, str]:
+    """constraints.txt as {package: version}: exact pins only."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            name, sep, version = requirement.partition("==")
+            assert sep and re.fullmatch(r"[\w.]+", version.strip()), line
+            pins[_normalized(name.strip())] = version.strip()
+    return pins
+
+
+def _pip_installs(script: str) -> list[str]:
+    """The `pip install` commands of a shell script or Dockerfile (lines joined), but pip's
+    own upgrade."""
+    lines = script.replace("\\\n", " ").splitlines()
+    return [
+        line
+        for line in lines
+        if re.search(r"\bpip install\b", line)
+        and not line.lstrip().startswith("#")
+        and "--upgrade pip" not in line
+    ]
+
+
+def _needed(project: str, extras: set[str]) -> set[str]:
+    """Every installed distribution the project needs with these extras, its own included."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    found: dict[str, set[str]] = {}
+    todo = [(project, set(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:  # a requirement not for this platform, or missing
+            continue
+        key = _normalized(dist.metadata["Name"])
+        if key in found and wanted <= found[key]:
+            continue
+        found[key] = found.get(key, set()) | wanted
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or any(
+                req.marker.evaluate({"extra": extra}) for extra in wanted or {""}
+            ):
+                todo.append((req.name, set(req.extras)))
+    return set(found)
+
+
+def test_ci_and_the_image_install_with_the_constraints_the_tests_ran_with() -> None:
+    """CI and the image install with constraints.txt, whose Dagster is the one installed here:
+    the Dagster that the tests ran with is the Dagster the image ships."""
+    from importlib.metadata import distributions, version
+
+    ci = _pip_installs((ROOT / ".ci" / "run").read_text())
+    image = _pip_installs(_dockerfile())
+    assert len(ci) == 2 and len(image) == 1, (ci, image)  # .venv and .venv-es8; the image
+    for command in ci + image:
+        assert "-c constraints.txt" in command, command
+    # The image copies the file into its working directory before installing.
+    dockerfile = _dockerfile()
+    copy = re.search(r"^COPY .*\bconstraints\.txt\b.* \./$", dockerfile, re.MULTILINE)
+    install = re.search(r"^RUN pip install\b", dockerfile, re.MULTILINE)
+    assert copy and install and copy.start() < install.start()
+    pins = _constraints()
+    installed = {_normalized(d.metadata["Name"]): d.version for d in distributions()}
+    # Every Dagster package installed here, and its SQL toolkit, pinned at its version.
+    family = {name for name in installed if name.startswith("dagster")} | {"sqlalchemy", "alembic"}
+    assert {"dagster", "dagster-webserver", "dagster-postgres", "dagster-graphql"} <= family
+    assert {"dagster-pipes", "dagster-shared"} <= family
+    assert {name: pins.get(name) for name in family} == {name: installed[name] for name in family}
+    assert pins["dagster"] == version("dagster")
+    # The image's own Dagster libraries are of the same release as dagster-postgres.
+    assert {pins[name] for name in _IMAGE_ONLY} == {version("dagster-postgres")}
+    # A full freeze: every package the project needs (its extras' too) is pinned at the
+    # version installed here, but the Elasticsearch client, which is not pinned at all (an
+    # 8.x client installs with the same file); nothing else is pinned.
+    needed = _needed("gitlab_es_pipeline", {"opensearch", "dev"}) - {"gitlab-es-pipeline"}
+    assert needed - set(pins) == _ES_CLIENT
+    assert set(pins) - needed == _IMAGE_ONLY
+    assert {name: pins[name] for name in needed - _ES_CLIENT} == {
+        name: installed[name] for name in needed - _ES_CLIENT
+    }
 
 
 def _instruction(name: str) -> list[str]:

@@ -9,6 +9,7 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterRunStatus, RunsFilter
 from dagster._daemon.monitoring.run_monitoring import check_run_timeout
 
+from gitlab_es_pipeline.leases import lease_seconds
 from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits
 from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs, expected_id
@@ -228,6 +229,8 @@ def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_con
     }
     assert new_docs == {written}  # written, but not recorded as indexed
     assert last_indexed(pipeline.instance, "team/app").commit_sha == indexed_before
+    # The killed run's lease holds the repository until it expires (claims.py).
+    time.sleep(lease_seconds())
 
     # new.txt (added by the killed run's commit) is gone again at HEAD: a comparison with the
     # last recorded commit would not name it, so only a full rebuild removes its documents.
@@ -261,11 +264,11 @@ def test_a_run_whose_process_died_is_failed_by_run_monitoring_and_retried_by_the
     _run_killed_inside_es_index(pipeline, key, {RUN_KEY_TAG: run_key, COMMIT_TAG: commit})
     (record,) = pipeline.instance.get_run_records(RunsFilter(tags={RUN_KEY_TAG: run_key}))
     assert record.dagster_run.status == DagsterRunStatus.STARTED  # nobody knows it died
-    assert fleet.sensor_round(limits) == []  # its run key is taken: Dagster would skip it
+    assert fleet.sensor_round(limits) == []  # its run key is taken, its lease still held
     check_run_timeout(pipeline.instance, record, logging.getLogger("test"), 0.001)
     record = pipeline.instance.get_run_record_by_id(record.dagster_run.run_id)
     assert record is not None and record.dagster_run.status == DagsterRunStatus.FAILURE
-    time.sleep(0.6)
+    time.sleep(lease_seconds())  # the lease of the dead run expires
     assert fleet.sensor_round(limits) == ["team/app"]
     fleet.indexed["team/app"] = [fleet.head("team/app")]  # a full rebuild after a dead run
     fleet.assert_exact()

@@ -2,6 +2,7 @@
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from dagster import (
@@ -20,7 +21,7 @@ from dagster import (
 from pydantic import Field
 
 from gitlab_es_pipeline.batches import Services, fail_range, index_range
-from gitlab_es_pipeline.claims import wait_for_other_runs
+from gitlab_es_pipeline.claims import fence, release, run_is_alive, take
 from gitlab_es_pipeline.indexing import MANIFEST_CHECK, Step, read_repository
 from gitlab_es_pipeline.io_managers import ParquetStore
 from gitlab_es_pipeline.partitions import (
@@ -107,36 +108,45 @@ def manifest_and_line_documents(
         return
     key = context.partition_key
     step = Step(context.log, context.instance, context.run.run_id)
-    wait_for_other_runs(step, key)
-    with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
-        # Documents go to a staged Parquet file as they are read; the IO manager moves it.
-        read = read_repository(
-            step,
-            key,
-            config.full_refresh,
-            gitlab.source(),
-            gitlab,
-            indexing,
-            parquet_io_manager,
-            staging,
+    run_is_alive(step)
+    lease = take(step, key)  # kept for this run's es_index step, or released below
+    step = replace(step, lease=lease)
+    try:
+        with tempfile.TemporaryDirectory(prefix="line_documents-") as staging:
+            # Documents go to a staged Parquet file as they are read; the IO manager moves it.
+            read = read_repository(
+                step,
+                key,
+                config.full_refresh,
+                gitlab.source(),
+                gitlab,
+                indexing,
+                parquet_io_manager,
+                staging,
+            )
+            version = DataVersion(read.commit_sha)
+            fence(lease)  # the stored read is this lease holder's alone
+            yield Output(
+                read.manifest,
+                output_name="file_manifest",
+                data_version=version,
+                metadata=read.manifest_metadata,
+            )
+            yield Output(
+                read.documents,
+                output_name="line_documents",
+                data_version=version,
+                metadata=read.documents_metadata,
+            )
+        yield AssetCheckResult(
+            check_name=MANIFEST_CHECK,
+            asset_key=AssetKey("file_manifest"),
+            passed=not read.problems,
+            severity=AssetCheckSeverity.ERROR,
+            metadata=read.check_metadata,
         )
-        version = DataVersion(read.commit_sha)
-        yield Output(
-            read.manifest,
-            output_name="file_manifest",
-            data_version=version,
-            metadata=read.manifest_metadata,
-        )
-        yield Output(
-            read.documents,
-            output_name="line_documents",
-            data_version=version,
-            metadata=read.documents_metadata,
-        )
-    yield AssetCheckResult(
-        check_name=MANIFEST_CHECK,
-        asset_key=AssetKey("file_manifest"),
-        passed=not read.problems,
-        severity=AssetCheckSeverity.ERROR,
-        metadata=read.check_metadata,
-    )
+    except BaseException:
+        release(step, lease)
+        raise
+    if read.problems or ES_INDEX not in context.job_def.asset_layer.selected_asset_keys:
+        release(step, lease)  # no es_index step follows in this run

@@ -1,6 +1,7 @@
 """es_index: the repository's documents in Elasticsearch, and the manifest of what is there."""
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from dagster import Any as DagsterAny
@@ -17,6 +18,7 @@ from dagster import (
 )
 
 from gitlab_es_pipeline.batches import Services, fail_range, index_range
+from gitlab_es_pipeline.claims import fence, release, run_is_alive, settle, take
 from gitlab_es_pipeline.indexing import (
     DOCUMENT_COUNT_CHECK,
     DocumentsRejected,
@@ -80,6 +82,11 @@ def es_index(
         fail_range(outcome)
         return
     step = Step(context.log, context.instance, context.run.run_id)
+    run_is_alive(step)
+    # This run's own lease from its manifest step, or (es_index alone) taken now: the stored
+    # manifest and documents are read under it, so they are one read's pair.
+    lease = take(step, context.partition_key)
+    step = replace(step, lease=lease)
     try:
         written = write_repository(
             step,
@@ -91,6 +98,7 @@ def es_index(
             line_documents,
         )
     except DocumentsRejected as rejected:
+        release(step, lease)
         yield AssetCheckResult(
             check_name=DOCUMENT_COUNT_CHECK,
             passed=False,
@@ -98,9 +106,18 @@ def es_index(
             metadata=rejected.check_metadata,
         )
         raise rejected.failure from None
-    yield Output(
-        written.present, data_version=DataVersion(written.commit_sha), metadata=written.metadata
-    )
+    except BaseException:
+        release(step, lease)
+        raise
+    try:
+        fence(lease)
+        yield Output(
+            written.present, data_version=DataVersion(written.commit_sha), metadata=written.metadata
+        )
+    except BaseException:
+        release(step, lease)
+        raise
+    settle(step, lease)
     yield AssetCheckResult(
         check_name=DOCUMENT_COUNT_CHECK,
         passed=written.count_matches,

@@ -4,8 +4,11 @@ Engine-neutral: the calls go through clients.engines (Elasticsearch or OpenSearc
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -34,8 +37,15 @@ from gitlab_es_pipeline.core.mapping import (
     missing_or_conflicting_fields,
 )
 
-# The mapping's _meta key under which a first load notes the settings to restore.
+# The mapping's _meta key under which a first load notes the settings to restore, who loads
+# (`owner`) and when that loader last said it was alive (`heartbeat`, Unix time).
 LOAD_NOTE = "gitlab_es_pipeline_first_load"
+# A loader renews its heartbeat at most this often, as its chunks are answered...
+LOAD_HEARTBEAT_SECONDS = 60.0
+# ...and, when no `load_alive` predicate is given, a note not renewed for this long is taken
+# for a load whose process is gone. Well above the longest pause between two chunks (a
+# chunk's retries back off up to a few minutes) and any clock skew between hosts.
+LOAD_STALE_AFTER_SECONDS = 600.0
 
 # Item statuses worth another try: the cluster is busy, not the document wrong.
 RETRYABLE_ITEM_STATUSES = frozenset({429, 502, 503, 504})
@@ -83,6 +93,23 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, EngineError) and exc.status in RETRYABLE_ITEM_STATUSES
 
 
+def default_load_owner() -> str:
+    """Who loads, when the caller does not say: this host and process, made unique."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Load:
+    """A first load that this LineIndex runs now."""
+
+    owner: str
+    restore: dict[str, dict[str, Any]]  # concrete index -> the settings to put back
+    heartbeat: float  # when the notes last said the loader was alive
+
+    def note(self, index: str) -> dict[str, Any]:
+        return {"restore": self.restore[index], "owner": self.owner, "heartbeat": self.heartbeat}
+
+
 def _error_text(error: Any) -> str:
     if isinstance(error, dict):
         return f"{error.get('type')}: {error.get('reason')}"
@@ -105,6 +132,8 @@ class LineIndex:
         sleep: Callable[[float], None] = time.sleep,
         keep_failures: int = 100,
         workers: int = 2,
+        heartbeat_seconds: float = LOAD_HEARTBEAT_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.name = name
@@ -115,8 +144,17 @@ class LineIndex:
         self.max_backoff = max_backoff
         self.keep_failures = keep_failures
         self.workers = max(1, workers)
+        self.heartbeat_seconds = heartbeat_seconds
         self._sleep = sleep
+        self._clock = clock
+        self._load: _Load | None = None
+        # What the last ensure() found: first loads it finished for a dead loader (index ->
+        # the settings put back), and those it left to a live one (index -> owner).
         self.restored_after_interrupted_load: dict[str, dict[str, Any]] = {}
+        self.loads_in_progress: dict[str, str] = {}
+        # Called before every request that changes documents (each bulk attempt, each sweep):
+        # raises when the writer may no longer write (its lease on the repository is gone).
+        self.fence: Callable[[], None] | None = None
 
     def _exists(self) -> bool:
         try:
@@ -126,17 +164,24 @@ class LineIndex:
                 raise
             raise IndexSetupError(exc.reason) from None
 
-    def ensure(self) -> str:
+    def ensure(
+        self,
+        load_alive: Callable[[str], bool] | None = None,
+        stale_after_seconds: float = LOAD_STALE_AFTER_SECONDS,
+    ) -> str:
         """Create `<name>-v<N>` with our mapping and `<name>` as its alias, unless it exists.
 
         An existing index or alias is checked: it must carry every field of our mapping (those
         added by later versions are put in), and an alias must point at one index. One whose
         first load was cut short (the process killed inside bulk_load) gets back the settings
-        it had before (`restored_after_interrupted_load` says which).
+        it had before (`restored_after_interrupted_load` says which); a first load still
+        running is left alone (`loads_in_progress`). Which is which: `load_alive(owner)`, given
+        the owner its bulk_load() was given; without it, a load whose heartbeat is older than
+        `stale_after_seconds` is taken for dead.
         """
         if self._exists():
             mappings = self.engine.get_mapping(self.name)
-            self._finish_interrupted_load(mappings)
+            self._finish_interrupted_load(mappings, load_alive, stale_after_seconds)
             if len(mappings) > 1:
                 raise IndexSetupError(
                     f"{self.name!r} is an alias of several indices "
@@ -175,6 +220,8 @@ class LineIndex:
             reraise=True,
         ):
             with attempt:
+                if self.fence is not None:
+                    self.fence()
                 return self.engine.bulk(self.name, body, BULK_FILTER_PATH)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -233,7 +280,8 @@ class LineIndex:
         chunks are in flight plus the one built, so memory is bounded by chunk size x
         (workers + 1).
         Items rejected for a while are re-sent alone, by the worker that sent them.
-        `progress` is told the operations done so far after each chunk.
+        `progress` is told the operations done so far after each chunk; inside bulk_load(),
+        the load's heartbeat is renewed as chunks are answered.
         """
         report = BulkReport()
         chunks = chunk_operations(operations, self.max_chunk_bytes, self.max_chunk_docs)
@@ -243,6 +291,7 @@ class LineIndex:
             for future in done:  # a report per chunk, as each is answered
                 in_flight.discard(future)
                 report.merge(future.result())
+                self._renew_heartbeat()
                 if progress is not None:
                     progress(report.succeeded + report.failed)
 
@@ -263,51 +312,108 @@ class LineIndex:
         return report
 
     @contextmanager
-    def bulk_load(self) -> Iterator[None]:
+    def bulk_load(self, owner: str | None = None) -> Iterator[None]:
         """No refreshes and no replicas while a new index is filled; restored even on failure.
 
         Elasticsearch's advice for initial loads: each refresh makes a segment, each replica
-        indexes everything again.
+        indexes everything again. `owner` says who loads (a run id: what ensure()'s
+        `load_alive` is asked about); by default this host and process.
         """
         current = self.engine.get_settings(self.name)
-        previous = {
-            index: {
-                "refresh_interval": body["settings"]["index"].get("refresh_interval"),
-                "number_of_replicas": body["settings"]["index"].get("number_of_replicas"),
-            }
-            for index, body in current.items()
-        }
-        # Written down in the index itself first: a process killed before the end cannot
-        # restore them, so the next run that finds this note does (ensure()).
-        for index, settings in previous.items():
-            self._note_load(index, settings)
-        self.engine.put_settings(
-            self.name, {"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
+        load = _Load(
+            owner or default_load_owner(),
+            {
+                index: {
+                    "refresh_interval": body["settings"]["index"].get("refresh_interval"),
+                    "number_of_replicas": body["settings"]["index"].get("number_of_replicas"),
+                }
+                for index, body in current.items()
+            },
+            self._clock(),
         )
+        # Written down in the index itself first: a process killed before the end cannot
+        # restore them, so the next run that finds this note, its loader dead, does (ensure()).
+        for index in load.restore:
+            self._note_load(index, load.note(index))
+        self._load = load
         try:
+            self.engine.put_settings(
+                self.name, {"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
+            )
             yield
         finally:
-            for index, settings in previous.items():
+            self._load = None
+            for index, settings in load.restore.items():
                 # None resets a setting to the cluster's default.
                 self.engine.put_settings(index, {"index": settings})
                 self._note_load(index, None)
 
-    def _note_load(self, index: str, settings: dict[str, Any] | None) -> None:
-        note = {LOAD_NOTE: {"restore": settings}} if settings is not None else {}
-        self.engine.put_mapping(index, meta=note)
+    def _renew_heartbeat(self) -> None:
+        """Inside bulk_load, at most every `heartbeat_seconds`: the notes say we are alive."""
+        load = self._load
+        now = self._clock()
+        if load is None or now - load.heartbeat < self.heartbeat_seconds:
+            return
+        load.heartbeat = now
+        try:
+            for index in load.restore:
+                self._note_load(index, load.note(index))
+        except (EngineError, EngineUnreachable):
+            pass  # the load goes on; the next heartbeat tries again
 
-    def _finish_interrupted_load(self, mappings: dict[str, Any]) -> None:
-        """Puts back the settings of indices whose first load never ended; notes them."""
-        restored = {}
+    def _note_load(self, index: str, note: dict[str, Any] | None) -> None:
+        """Sets (None: removes) the LOAD_NOTE entry of the index's mapping `_meta`.
+
+        A mapping update replaces `_meta` whole, so the other entries are read and sent back.
+        (Not atomic: an entry someone else changes between the two requests is lost.)
+        """
+        mappings = self.engine.get_mapping(index)
+        body = mappings.get(index) or next(iter(mappings.values()), {})
+        meta = dict(body.get("mappings", {}).get("_meta") or {})
+        if note is not None:
+            meta[LOAD_NOTE] = note
+        elif meta.pop(LOAD_NOTE, None) is None:
+            return
+        self.engine.put_mapping(index, meta=meta)
+
+    def _loader_alive(
+        self,
+        note: dict[str, Any],
+        load_alive: Callable[[str], bool] | None,
+        stale_after_seconds: float,
+    ) -> bool:
+        owner = note.get("owner")
+        if self._load is not None and owner == self._load.owner:
+            return True  # our own load
+        if load_alive is not None:
+            return isinstance(owner, str) and load_alive(owner)
+        heartbeat = note.get("heartbeat")
+        if not isinstance(heartbeat, (int, float)):
+            return False  # noted by a version without heartbeats: long gone
+        return self._clock() - heartbeat <= stale_after_seconds
+
+    def _finish_interrupted_load(
+        self,
+        mappings: dict[str, Any],
+        load_alive: Callable[[str], bool] | None,
+        stale_after_seconds: float,
+    ) -> None:
+        """Puts back the settings of indices whose first load died; says which, and which
+        loads still run."""
+        restored, in_progress = {}, {}
         for index, body in mappings.items():
             note = (body.get("mappings", {}).get("_meta") or {}).get(LOAD_NOTE)
-            if note is None:
+            if not isinstance(note, dict):
+                continue
+            if self._loader_alive(note, load_alive, stale_after_seconds):
+                in_progress[index] = str(note.get("owner"))
                 continue
             settings = note.get("restore") or {}
             self.engine.put_settings(index, {"index": settings})
             self._note_load(index, None)
             restored[index] = settings
         self.restored_after_interrupted_load = restored
+        self.loads_in_progress = in_progress
 
     def refresh(self) -> None:
         self.engine.refresh(self.name)
@@ -324,6 +430,8 @@ class LineIndex:
         deleted = 0
         for attempt in range(self.max_retries + 1):
             self.refresh()  # the sweep must see what this run just wrote
+            if self.fence is not None:
+                self.fence()
             response = self.engine.delete_by_query(
                 self.name, query, conflicts="proceed", refresh=True, slices="auto"
             )
@@ -362,6 +470,43 @@ class LineIndex:
     def delete_repository(self, project_id: int | None, repository_name: str) -> int:
         """Every document of a repository that left the fleet (deleted, archived, moved)."""
         return self._delete_by_query(_repository_query(project_id, repository_name))
+
+    def repositories_in_index(self, page_size: int = 1000) -> list[tuple[str, int, int]] | None:
+        """Every (repository_name, project_id, documents) the index holds, in that order: a
+        `composite` aggregation of the two fields (keyword and long, both with doc values),
+        paged with its `after_key`, no hits (size 0). None when there is no index yet.
+
+        Each page is one search that reads the two fields' doc values of every document, so
+        the cost follows the documents, not the pages: keep pages large.
+        """
+        sources = [
+            {"repository_name": {"terms": {"field": "repository_name"}}},
+            {"project_id": {"terms": {"field": "project_id"}}},
+        ]
+        found: list[tuple[str, int, int]] = []
+        after: dict[str, Any] | None = None
+        while True:
+            composite: dict[str, Any] = {"size": page_size, "sources": sources}
+            if after is not None:
+                composite["after"] = after
+            aggs = {"pairs": {"composite": composite}}
+            body = {"size": 0, "track_total_hits": False, "aggs": aggs}
+            try:
+                response = self.engine.search(self.name, body)
+            except EngineError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            aggregation = response["aggregations"]["pairs"]
+            buckets = aggregation.get("buckets") or []
+            found.extend(
+                (str(key["repository_name"]), int(key["project_id"]), int(b["doc_count"]))
+                for b in buckets
+                for key in [b["key"]]
+            )
+            after = aggregation.get("after_key")
+            if after is None or len(buckets) < page_size:
+                return found
 
 
 def _repository_query(project_id: int | None, repository_name: str | None) -> dict[str, Any]:

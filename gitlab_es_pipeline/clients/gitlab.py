@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import gitlab
 import requests
@@ -58,6 +59,60 @@ class GitLabError(Exception):
         return self.status in (401, 403, 404)
 
 
+def token_may_follow(old_url: str, new_url: str) -> bool:
+    """Whether a redirect from old_url to new_url stays where the token may go: the same host,
+    with the same scheme and port or the upgrade from http to https on the standard ports.
+    It is the rule requests applies to an Authorization header (Session.should_strip_auth)."""
+    return not _REQUESTS_RULES.should_strip_auth(old_url, new_url)
+
+
+_REQUESTS_RULES = requests.Session()  # only its redirect rule is used: it never connects
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL, as it may be shown: no user info, path or query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+class _SameOriginSession(requests.Session):
+    """A session that follows a redirect only where the GitLab token may go with it.
+
+    python-gitlab sends the token as a PRIVATE-TOKEN header. On a redirect requests copies
+    every header of the request into the next one and strips only Authorization when the
+    redirect leaves the origin (rebuild_auth): PRIVATE-TOKEN would go to whatever host the
+    redirect names. So a redirect to another origin is not followed at all; it fails, before
+    anything is sent there, with a GitLabError that names both origins, not the token.
+
+    Refused rather than followed without the token (as sending the token as
+    `Authorization: Bearer`, which GitLab also accepts, would make requests do):
+    - Nothing the pipeline fetches is served by another host: API answers, repository
+      archives and raw blobs all come from GitLab itself (LFS objects, which object storage
+      may serve, are never asked for: include_lfs_blobs=false). A redirect elsewhere means
+      GITLAB_URL is out of date or something between us and GitLab is rewriting answers.
+    - Followed without the token, the other host's answer would be taken for GitLab's: a 401
+      blamed on GITLAB_TOKEN, or content from there indexed as if it were the repository's.
+    - It holds whatever header carries the credentials, and it keeps PRIVATE-TOKEN: the header
+      GitLab documents for personal, project and group access tokens (older GitLab documents
+      only that one for them; Bearer is the OAuth 2.0 header), which the tests' stand-in checks.
+    Redirects within the origin (a renamed project's 301) keep working, token included, as
+    does the upgrade from http:// to https:// on the same host, as before; the downgrade from
+    https:// to http:// is refused, since the token would then cross the network readable.
+    """
+
+    def rebuild_auth(self, prepared_request: Any, response: requests.Response) -> None:
+        source, target = response.request.url or "", prepared_request.url or ""
+        if not token_may_follow(source, target):
+            raise GitLabError(
+                f"GitLab answered HTTP {response.status_code} with a redirect from "
+                f"{_origin(source)} to {_origin(target)}, another host, port or scheme: not "
+                "followed, so that GitLab's credentials do not go there. If GitLab has moved, "
+                "set GITLAB_URL to its new address",
+                response.status_code,
+            )
+        super().rebuild_auth(prepared_request, response)
+
+
 def _explain(exc: GitlabError, what: str) -> GitLabError:
     status = exc.response_code
     hint = {
@@ -83,7 +138,7 @@ class GitLabSource:
     ) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
-        session = requests.Session()
+        session = _SameOriginSession()  # the token never follows a redirect elsewhere
         session.hooks["response"].append(self._count)
         self.gl = gitlab.Gitlab(
             url,
@@ -93,6 +148,9 @@ class GitLabSource:
             ssl_verify=ssl_verify,
             session=session,
             per_page=100,
+            # Next-page links stay on GITLAB_URL even when GitLab's external_url names another
+            # host: the token goes nowhere else.
+            keep_base_url=True,
         )
         self.max_retries = max_retries
 

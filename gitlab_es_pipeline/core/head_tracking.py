@@ -11,15 +11,34 @@ time: Dagster never launches a run key twice.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
+
+
+@dataclass
+class Want:
+    """A repository the sensor asked for, until Dagster's storage records it indexed.
+
+    A request can end without indexing: a batch left the repository to another run, a run was
+    cancelled, failed or killed, Dagster skipped a run key it had seen. Each tick looks at the
+    outstanding wants and asks again for those whose run ended without indexing the commit,
+    under a new run key (`reasks`), so no run key ever hides a repository for good.
+    """
+
+    commit: str  # the commit asked for (its HEAD then)
+    epoch: str  # the removal epoch then (a repository that came back is asked anew)
+    run_key: str  # of the run asked for; "" while waiting for another run that holds it
+    requested_at: float
+    since: int  # the newest es_index record of the partition when asked (storage id)
+    reasks: int = 0  # times asked again after a run ended without indexing it
+    force: bool = False  # indexed again even at the same commit (its identity changed)
 
 
 @dataclass
 class TrackerCursor:
     # partition -> (last_activity_at seen, unix time of the last HEAD lookup)
     checked: dict[str, tuple[str, float]] = field(default_factory=dict)
-    # never-indexed partition -> (commit a run was requested for, removal epoch then)
-    requested: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # partition -> what was asked for it, until it is recorded indexed
+    requested: dict[str, Want] = field(default_factory=dict)
     # (partition, commit, tree entries if known) requests over the per-tick cap, sent first
     # next tick
     pending: list[tuple[str, str, int | None]] = field(default_factory=list)
@@ -28,15 +47,25 @@ class TrackerCursor:
     retries: dict[str, tuple[str, int, float, float]] = field(default_factory=dict)
     # unix time up to which failed runs have been looked at
     failures_seen_until: float = 0.0
+    # unix time of the last listing of recently active projects: the next lists from there
+    # (less the activity window), however long the daemon was away
+    listed_at: float = 0.0
+    # partitions whose HEAD lookup failed: looked up again before anything else
+    unsure: list[str] = field(default_factory=list)
+    # storage id of the last file_manifest observation read (wants, batch outcomes)
+    signals_after: int = 0
+    # requests made again at a commit a run may already have had: each gets a run key of its
+    # own (`!<n>`), since Dagster never launches a run key twice
+    asks: int = 0
 
     def due(self, key: str, last_activity_at: str, now: float, recheck_seconds: float) -> bool:
         seen = self.checked.get(key)
         return seen is None or seen[0] != last_activity_at or now - seen[1] >= recheck_seconds
 
     def requested_commit(self, key: str, epoch: str) -> str | None:
-        """The commit already requested for a never-indexed partition in this epoch."""
+        """The commit already requested for the partition in this epoch."""
         entry = self.requested.get(key)
-        return entry[0] if entry is not None and entry[1] == epoch else None
+        return entry.commit if entry is not None and entry.epoch == epoch else None
 
     def record_failure(
         self, key: str, commit: str, ended: float, backoff_seconds: float, cap_seconds: float
@@ -77,15 +106,20 @@ class TrackerCursor:
         self.requested = {k: v for k, v in self.requested.items() if k in live}
         self.pending = [p for p in self.pending if p[0] in live]
         self.retries = {k: v for k, v in self.retries.items() if k in live}
+        self.unsure = [k for k in self.unsure if k in live]
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "checked": {k: list(v) for k, v in self.checked.items()},
-                "requested": {k: list(v) for k, v in self.requested.items()},
+                "requested": {k: list(astuple(v)) for k, v in self.requested.items()},
                 "pending": [list(p) for p in self.pending],
                 "retries": {k: list(v) for k, v in self.retries.items()},
                 "failures_seen_until": self.failures_seen_until,
+                "listed_at": self.listed_at,
+                "unsure": self.unsure,
+                "signals_after": self.signals_after,
+                "asks": self.asks,
             },
             sort_keys=True,
         )
@@ -97,7 +131,7 @@ class TrackerCursor:
         raw = json.loads(text)
         return cls(
             checked={k: (v[0], float(v[1])) for k, v in raw.get("checked", {}).items()},
-            requested={k: (v[0], v[1]) for k, v in raw.get("requested", {}).items()},
+            requested={k: _want(v) for k, v in raw.get("requested", {}).items()},
             # Cursors written before sizes were kept have two fields: size unknown.
             pending=[(p[0], p[1], p[2] if len(p) > 2 else None) for p in raw.get("pending", [])],
             retries={
@@ -105,7 +139,20 @@ class TrackerCursor:
                 for k, v in raw.get("retries", {}).items()
             },
             failures_seen_until=float(raw.get("failures_seen_until", 0.0)),
+            listed_at=float(raw.get("listed_at", 0.0)),
+            unsure=list(raw.get("unsure", [])),
+            signals_after=int(raw.get("signals_after", 0)),
+            asks=int(raw.get("asks", 0)),
         )
+
+
+def _want(raw: list) -> Want:
+    """Cursors written before wants were kept held (commit, epoch) of never-indexed
+    partitions only: such a want is looked at again at once."""
+    if len(raw) == 2:
+        return Want(raw[0], raw[1], "", 0.0, 0)
+    commit, epoch, run_key, requested_at, since, reasks, force = raw
+    return Want(commit, epoch, run_key, float(requested_at), int(since), int(reasks), bool(force))
 
 
 def dedupe(requests: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cmp_to_key
 from typing import Any
 from urllib.parse import unquote
 
@@ -687,6 +688,17 @@ class ElasticsearchStandIn(StandInServer):
 
     def _search(self, targets: list[Index], body: dict[str, Any]) -> Response:
         hits = self._matching(targets, body.get("query"))
+        aggs = body.get("aggs", body.get("aggregations"))
+        aggregations = None
+        if aggs is not None:
+            mappings = {i.name: i.mappings for i in targets}
+            try:
+                aggregations = {
+                    name: _aggregate(spec, [(mappings[i], d) for i, _, d in hits])
+                    for name, spec in aggs.items()
+                }
+            except _AggregationError as exc:
+                return _error(400, "illegal_argument_exception", str(exc))
         sort = [
             (name, order.get("order", "asc") if isinstance(order, dict) else order)
             for spec in body.get("sort") or []
@@ -723,6 +735,7 @@ class ElasticsearchStandIn(StandInServer):
                         for i, d, s in page
                     ],
                 },
+                **({"aggregations": aggregations} if aggregations is not None else {}),
             },
         )
 
@@ -901,6 +914,107 @@ def _merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
             _merge(target[key], value)
         else:
             target[key] = value
+
+
+# -- aggregations ----------------------------------------------------------------------------
+class _AggregationError(Exception):
+    """What Elasticsearch refuses with a 400 (a field without doc values, say)."""
+
+
+_NUMERIC = {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float"}
+
+
+def _field_mapping(mappings: dict[str, Any], field_name: str) -> dict[str, Any] | None:
+    """A field's mapping, subfields (`file_path.parts`) included; None when unmapped."""
+    base, _, sub = field_name.partition(".")
+    spec = mappings.get("properties", {}).get(base)
+    if spec is not None and sub:
+        spec = spec.get("fields", {}).get(sub)
+    return spec
+
+
+def _doc_values(mappings: dict[str, Any], field_name: str) -> Callable[[Any], Any]:
+    """How a field's values read for aggregations, refusing what Elasticsearch refuses."""
+    spec = _field_mapping(mappings, field_name)
+    if spec is None:
+        return lambda v: None  # unmapped: no values, as Elasticsearch answers
+    kind = spec.get("type", "object")
+    if kind == "text":
+        raise _AggregationError(
+            f"Fielddata is disabled on [{field_name}]. Text fields are not optimised for "
+            "operations that require per-document field data like aggregations and sorting, "
+            "so these operations are disabled by default. Please use a keyword field instead."
+        )
+    if spec.get("doc_values") is False or kind in ("wildcard", "object"):
+        raise _AggregationError(
+            f"Can't load fielddata on [{field_name}] because fielddata is unsupported on "
+            f"fields of type [{kind}]. Use doc values instead."
+        )
+    if kind in _NUMERIC:
+        return lambda v: int(float(v)) if kind in ("long", "integer", "short", "byte") else float(v)
+    if kind == "keyword":
+        above = spec.get("ignore_above")
+        return lambda v: None if above is not None and len(str(v)) > above else str(v)
+    if kind == "boolean":
+        return lambda v: v in (True, "true")
+    raise _AggregationError(f"aggregations on [{kind}] fields are not supported by the stand-in")
+
+
+def _aggregate(spec: dict[str, Any], docs: list[tuple[dict[str, Any], dict[str, Any]]]) -> Any:
+    """A `composite` aggregation of `terms` sources, as Elasticsearch answers it: buckets in
+    the sources' order (asc or desc each), `size` of them after `after`, and `after_key` (the
+    last bucket's key) whenever there are buckets. Documents missing a source's field make no
+    bucket unless it has `missing_bucket` (null sorts first)."""
+    ((kind, body),) = spec.items()
+    if kind != "composite":
+        raise ValueError(f"aggregation [{kind}] is not supported by the stand-in")
+    sources = []
+    for source in body["sources"]:
+        ((name, definition),) = source.items()
+        ((source_kind, options),) = definition.items()
+        if source_kind != "terms" or "field" not in options:
+            raise ValueError(f"composite source [{source_kind}] is not supported by the stand-in")
+        sources.append(
+            (name, options["field"], options.get("order", "asc"), options.get("missing_bucket"))
+        )
+    counts: Counter[tuple[Any, ...]] = Counter()
+    for mappings, doc in docs:
+        per_source: list[list[Any]] = []
+        for _, field_name, _, missing_bucket in sources:
+            read = _doc_values(mappings, field_name)
+            raw, _ = _field_value(doc, field_name)  # a subfield reads its parent's value
+            values = {read(v) for v in (raw if isinstance(raw, list) else [raw]) if v is not None}
+            values.discard(None)
+            if not values and not missing_bucket:
+                break
+            per_source.append(sorted(values) or [None])
+        else:
+            keys: list[tuple[Any, ...]] = [()]
+            for values_of_source in per_source:
+                keys = [(*k, v) for k in keys for v in values_of_source]
+            counts.update(keys)
+    directions = [direction for _, _, direction, _ in sources]
+
+    def compare(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
+        """Source by source, each in its order; null (missing_bucket) before any value."""
+        for direction, x, y in zip(directions, a, b, strict=True):
+            if x == y:
+                continue
+            result = -1 if x is None or (y is not None and x < y) else 1
+            return result if direction == "asc" else -result
+        return 0
+
+    ordered = sorted(counts, key=cmp_to_key(compare))
+    after = body.get("after")
+    if after is not None:
+        bound = tuple(after.get(name) for name, *_ in sources)
+        ordered = [k for k in ordered if compare(k, bound) > 0]
+    names = [name for name, *_ in sources]
+    buckets = [
+        {"key": dict(zip(names, k, strict=True)), "doc_count": counts[k]}
+        for k in ordered[: int(body.get("size", 10))]
+    ]
+    return {"after_key": buckets[-1]["key"], "buckets": buckets} if buckets else {"buckets": []}
 
 
 # -- queries ---------------------------------------------------------------------------------
