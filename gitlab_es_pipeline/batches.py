@@ -248,7 +248,8 @@ class _ManyRepositories:
         metadata: dict[str, Any],
     ) -> None:
         self.context.log_event(
-            AssetCheckEvaluation(
+            # log_event takes check evaluations too; its UserEvent annotation leaves them out.
+            AssetCheckEvaluation(  # type: ignore[arg-type]
                 asset_key=asset_key,
                 check_name=check_name,
                 passed=passed,

@@ -151,12 +151,12 @@ def fence(lease: Lease) -> None:
 
 
 def run_works(instance: DagsterInstance, run_id: str) -> bool:
-    """Whether a run may still be working: its process renews its heartbeat, or (it never
-    said it works) Dagster has not seen it finish. Unsure is yes."""
+    """Whether a run may still be working: Dagster has not seen it finish, and its process
+    renews its heartbeat (if it ever said it works: older runs did not). Unsure is yes."""
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.is_finished:
+        return False
     store, _ = leases_of(instance)
     name = run_name(run_id)
     beats = store.last_beat([name])
-    if name in beats:
-        return beats[name] >= time.time()
-    run = instance.get_run_by_id(run_id)
-    return run is not None and not run.is_finished
+    return name not in beats or beats[name] >= time.time()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from dagster import ConfigurableResource, EnvVar, get_dagster_logger
@@ -327,13 +327,19 @@ def _flag(name: str, default: bool) -> bool:
     return default if not value else value not in ("0", "false", "no", "off")
 
 
+@overload
+def _optional_env(name: str, default: str) -> EnvVar | str: ...
+@overload
+def _optional_env(name: str, default: None = None) -> EnvVar | str | None: ...
 def _optional_env(name: str, default: str | None = None) -> EnvVar | str | None:
     """EnvVar when the variable is set (its value stays out of the run config), else default."""
     return EnvVar(name) if os.environ.get(name) else default
 
 
-def _set_in_env(**fields: str) -> dict[str, str]:
-    """Resource fields whose variables are set; the others keep the field's own default."""
+def _set_in_env(**fields: str) -> dict[str, Any]:
+    """Resource fields whose variables are set; the others keep the field's own default.
+
+    The values are the variables' strings: the fields' validation converts them."""
     return {field: os.environ[name] for field, name in fields.items() if os.environ.get(name)}
 
 

@@ -2,8 +2,10 @@
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from dagster import (
     AssetRecordsFilter,
@@ -119,6 +121,7 @@ def evaluate_tick(
     """
     partitions = set(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
     dead = fail_dead_runs(instance, now)
+    leases_of(instance)[0].prune(older_than=now - 86400)  # rows free for a day carry nothing
     fleet = fleet_state(instance)
     indexed = fleet.indexed
     found = _Wanted()
@@ -444,7 +447,8 @@ def _repositories_of(
         return [(key, commit)]
     if run.tags.get(BATCH_TAG) != BATCH_TAG_VALUE:
         return []
-    members = run.run_config.get("ops", {}).get(BATCH_OP, {}).get("config", {})
+    run_config: Mapping[str, Any] = run.run_config  # nested mappings, as the run was given
+    members = run_config.get("ops", {}).get(BATCH_OP, {}).get("config", {})
     left = []
     for key, commit in (members.get("repositories") or {}).items():
         state = last_indexed(instance, key)

@@ -8,6 +8,7 @@ that comes back starts over. (Dagster's open-source storages cannot wipe one par
 """
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from dagster import (
     AssetKey,
@@ -55,13 +56,14 @@ def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | No
     project = metadata.get("project_id")
     lines = metadata.get("lines")
     files = metadata.get("files_indexed", metadata.get("files"))  # "files" before the rename
+    # Integer entries, all three (a metadata value's type is the union of every kind).
     return IndexedState(
         commit_sha=str(commit.value),
-        project_id=int(project.value) if project is not None else None,
+        project_id=int(cast(int, project.value)) if project is not None else None,
         storage_id=record.storage_id,
         timestamp=record.timestamp,
-        lines=int(lines.value) if lines is not None else None,
-        files=int(files.value) if files is not None else None,
+        lines=int(cast(int, lines.value)) if lines is not None else None,
+        files=int(cast(int, files.value)) if files is not None else None,
     )
 
 

@@ -85,7 +85,7 @@ class EnvironmentSelectedStorage(DagsterStorage, ConfigurableClass):
         return {"sqlite_base_dir": Field(StringSource, is_required=False)}
 
     @classmethod
-    def from_config_value(
+    def from_config_value(  # type: ignore[override]  # another class by design, not Self
         cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
     ) -> DagsterStorage:
         url = postgres_url_from_env()

@@ -192,3 +192,23 @@ def test_a_live_holder_keeps_its_lease_and_a_killed_one_loses_it_within_the_leas
         assert time.monotonic() - killed_at <= 3.5
     finally:
         child.kill()
+
+
+@pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
+def test_rows_free_for_long_are_pruned_and_a_dirty_one_is_kept(
+    project_instance: DagsterInstance,
+) -> None:
+    clock = Clock()
+    store = _store(project_instance, clock)
+    for name in ("repository:clean", "repository:dirty", "repository:held"):
+        lease = store.acquire(name, "run-a", 60)
+        assert lease is not None
+        if name == "repository:dirty":
+            store.set_dirty(lease, True)
+        if name != "repository:held":
+            store.release(lease)
+    clock.now += 30
+    assert store.prune(older_than=clock.now) == 1  # the clean free one; the held one is live
+    assert store.holders(["repository:held"])
+    again = store.acquire("repository:dirty", "run-b", 60)
+    assert again is not None and again.dirty  # what the dirty mark says is not lost

@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from dagster import Any as DagsterAny
 from dagster import (
@@ -94,8 +94,9 @@ def es_index(
             elasticsearch,
             indexing,
             parquet_io_manager,
-            file_manifest.read(),
-            line_documents,
+            # One partition's run: one file per input, not a range's dict.
+            cast(ParquetFile, file_manifest).read(),
+            cast(ParquetFile, line_documents),
         )
     except DocumentsRejected as rejected:
         release(step, lease)

@@ -368,7 +368,7 @@ class LineIndex:
         (Not atomic: an entry someone else changes between the two requests is lost.)
         """
         mappings = self.engine.get_mapping(index)
-        body = mappings.get(index) or next(iter(mappings.values()), {})
+        body: dict[str, Any] = mappings.get(index) or next(iter(mappings.values()), {})
         meta = dict(body.get("mappings", {}).get("_meta") or {})
         if note is not None:
             meta[LOAD_NOTE] = note

@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import gitlab
@@ -285,9 +285,11 @@ class GitLabSource:
         """Direct comparison of two commits' trees (straight=true: no merge base involved)."""
         project = self.gl.projects.get(project_id, lazy=True)
         try:
-            return project.repository_compare(
+            # Not streamed, so the JSON body (the annotation's Response is for streamed answers).
+            compared = project.repository_compare(
                 from_sha, to_sha, straight="true", max_retries=self.max_retries
             )
+            return cast("dict[str, Any]", compared)
         except GitlabError as exc:
             raise _explain(
                 exc, f"the comparison {from_sha}..{to_sha} of project {project_id}"

@@ -71,23 +71,24 @@ def _strip_prefix(name: str) -> str:
     return rest
 
 
-def iter_archive_files(stream: IO[bytes]) -> Iterator[ArchiveFile]:
+def iter_archive_files(stream: io.RawIOBase | io.BufferedIOBase) -> Iterator[ArchiveFile]:
     """Regular files of a tar or tar.gz stream, paths relative to the repository root.
 
     Member names are only ever used as dictionary keys, never as file system paths.
     """
-    buffered = io.BufferedReader(stream, buffer_size=1 << 16)  # type: ignore[arg-type]
+    buffered = io.BufferedReader(stream, buffer_size=1 << 16)
     cut_off = False
 
     class CheckedTarInfo(tarfile.TarInfo):
         # tarfile ends iteration quietly when the stream stops between two members; a real
         # archive ends with zero blocks instead, so a short header read means it was cut off.
         @classmethod
-        def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        def fromtarfile(cls, tar: tarfile.TarFile) -> CheckedTarInfo:
             nonlocal cut_off
             try:
                 return super().fromtarfile(tar)
-            except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+            # Both HeaderErrors are undocumented, so typeshed leaves them out.
+            except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]
                 cut_off = True
                 raise
 
@@ -98,7 +99,7 @@ def iter_archive_files(stream: IO[bytes]) -> Iterator[ArchiveFile]:
             while (member := tar.next()) is not None:
                 # tarfile keeps every header it read in `members` (for random access, which a
                 # stream has not): dropped, so memory does not grow with the archive.
-                tar.members.clear()
+                tar.members.clear()  # type: ignore[attr-defined]  # not in typeshed
                 if not member.isfile():
                     continue
                 path = _strip_prefix(member.name)

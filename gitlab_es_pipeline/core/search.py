@@ -134,12 +134,11 @@ def search_body(options: SearchOptions) -> dict[str, Any]:
         raise SearchError("nothing to search for")
     if options.limit < 1:
         raise SearchError("the result count must be at least 1")
+    text: dict[str, Any]
     if options.exact:
         text = _substring(options.text, options.ignore_case)
     else:
-        text: dict[str, Any] = {
-            "match": {"line_content": {"query": options.text, "operator": "and"}}
-        }
+        text = {"match": {"line_content": {"query": options.text, "operator": "and"}}}
     filters: list[dict[str, Any]] = []
     if options.repositories:
         filters.append(
