@@ -65,6 +65,7 @@ from gitlab_es_pipeline.indexing import (
     write_repository,
 )
 from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore
+from gitlab_es_pipeline.leases import Lease
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import GITLAB_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
@@ -280,6 +281,8 @@ class _ManyRepositories:
             read = read_repository(
                 step, key, self.full_refresh, source, gitlab, self.services.indexing, store, staging
             )
+            if step.lease is not None:  # the stored read is the lease holder's alone
+                fence(step.lease)
             store.store_partition(FILE_MANIFEST, key, read.manifest)
             store.store_partition(LINE_DOCUMENTS, key, read.documents)
         self._record(step, FILE_MANIFEST, key, read.commit_sha, read.manifest_metadata)
@@ -346,20 +349,27 @@ def index_each(
         if key not in partitions:
             outcome.left[key] = "no longer a partition (removed by discovery)"
             continue
-        lease = try_take(step, key)
-        if isinstance(lease, str):
-            outcome.left[key] = f"run {lease} has it"
-            _record_outcome(context, key, "left", outcome.left[key])
-            continue
-        if record_plans:
-            record_planned(instance, context.run.run_id, context.job_name, step_key, key, _ASSETS)
-        taken = f"{key}: {TAKEN} ({number} of {len(keys)})"
+        lease: Lease | str | None = None
         try:
+            lease = try_take(step, key)
+            if isinstance(lease, str):
+                outcome.left[key] = f"run {lease} has it"
+                _record_outcome(context, key, "left", outcome.left[key])
+                continue
+            if record_plans:
+                record_planned(
+                    instance, context.run.run_id, context.job_name, step_key, key, _ASSETS
+                )
+            taken = f"{key}: {TAKEN} ({number} of {len(keys)})"
             with _GatheredLog(context.log, taken, services.indexing.progress_seconds) as gathered:
                 work.index(replace(step, log=gathered, lease=lease), key, source)
-            settle(step, lease)
+            if services.elasticsearch is not None:
+                settle(step, lease)  # its state is recorded
+            else:
+                release(step, lease)  # read only: a half-done write stays marked
         except Exception as exc:  # one repository's failure is its own
-            release(step, lease)
+            if isinstance(lease, Lease):
+                release(step, lease)
             message = (
                 exc.description
                 if isinstance(exc, Failure) and exc.description

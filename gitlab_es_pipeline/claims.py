@@ -33,6 +33,7 @@ from gitlab_es_pipeline.leases import (
     Lease,
     LeaseStore,
     lease_seconds,
+    project_name,
     repository_name,
     run_name,
     write_margin_seconds,
@@ -81,9 +82,14 @@ def leases_of(instance: DagsterInstance) -> tuple[LeaseStore, Heartbeat]:
         found = _stores.get(instance)
         if found is None:
             store = LeaseStore(lambda: _connect(instance))
-            found = (store, Heartbeat(store, lease_seconds()))
+            found = (store, Heartbeat(store, lease_seconds(), lambda r: _finished(instance, r)))
             _stores[instance] = found
         return found
+
+
+def _finished(instance: DagsterInstance, run_id: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.is_finished
 
 
 def run_is_alive(step: Step) -> None:
@@ -122,6 +128,22 @@ def take(step: Step, key: str, timeout_seconds: float = 900, poll_seconds: float
             step.log.info(f"{key}: run {lease} is indexing this repository; waiting for it")
             told = True
         time.sleep(poll_seconds)
+
+
+def take_project(step: Step, project_id: int) -> Lease:
+    """The project's lease, for a write: documents are the project's, and during a rename two
+    partitions name one project. Held by another run: the write fails, to be tried again."""
+    store, heartbeat = leases_of(step.instance)
+    lease = store.acquire(project_name(project_id), step.run_id, lease_seconds())
+    if lease is None:
+        holder = store.holders([project_name(project_id)]).get(project_name(project_id))
+        raise step_failure(
+            f"project {project_id} is being written by run {holder[0] if holder else '?'} "
+            "under another path (renamed or moved?); trying again later",
+            permanent=False,
+        )
+    heartbeat.hold(lease)
+    return lease
 
 
 def settle(step: Step, lease: Lease) -> None:

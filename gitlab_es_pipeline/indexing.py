@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 from dagster import DagsterInstance, Failure, MetadataValue
 
-from gitlab_es_pipeline.claims import begin_writing, fence, run_works
+from gitlab_es_pipeline.claims import begin_writing, fence, release, run_works, take_project
 from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, LineIndex, SweepError
 from gitlab_es_pipeline.clients.engines import EngineSetupError
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
@@ -400,7 +400,41 @@ def write_repository(
     The stored es_index value (the manifest of what the index holds) is withdrawn before the
     first write: a run that dies or fails part-way leaves documents no manifest describes, and
     the missing manifest makes the next run rebuild in full instead of trusting a stale base.
+
+    Documents are the project's (their ids are project id, path and line), and two partitions
+    can name one project for a while (a rename between a run's read and its write): the write
+    also holds the project's lease, and fails, to be tried again, while another run holds it.
     """
+    if step.lease is None:
+        return _write(step, key, elasticsearch, indexing, store, manifest, line_documents, opened)
+    project = take_project(step, ManifestHeader.of(manifest).snapshot.project_id)
+    try:
+        if not step.instance.has_dynamic_partition(REPOSITORIES_PARTITION, key):
+            # Removed (renamed or moved: its new path may be written already): writing would
+            # overwrite the new path's documents, which have the same ids.
+            raise step_failure(
+                f"{key}: discovery removed this repository before the run wrote; nothing "
+                "written, nothing recorded",
+                permanent=True,
+            )
+        return _write(
+            step, key, elasticsearch, indexing, store, manifest, line_documents, opened, project
+        )
+    finally:
+        release(step, project)
+
+
+def _write(
+    step: Step,
+    key: str,
+    elasticsearch: ElasticsearchResource,
+    indexing: IndexingResource,
+    store: ParquetStore,
+    manifest: pa.Table,
+    line_documents: ParquetFile,
+    opened: tuple[LineIndex, bool] | None,
+    project: Lease | None = None,
+) -> WriteResult:
     started = time.monotonic()
     use_returning_memory_pool()
     header = ManifestHeader.of(manifest)
@@ -412,8 +446,14 @@ def write_repository(
     store.withdraw_partition(ES_INDEX, key)
     dead_before = store.read_partition(DEAD_LETTERS, key)
     index, new_index = opened or open_index(step, elasticsearch, snapshot.repository_name)
-    # Every request to the cluster, retries included, first checks that the lease still holds.
-    index.fence = (lambda: fence(lease)) if lease is not None else None
+    # Every request to the cluster, retries included, first checks that the leases still hold.
+    held = [h for h in (lease, project) if h is not None]
+
+    def fenced() -> None:
+        for h in held:
+            fence(h)
+
+    index.fence = fenced if held else None
     total = line_documents.num_rows
     progress = Progress(
         f"{snapshot.repository_name}: write",
@@ -490,8 +530,7 @@ def write_repository(
         store.withdraw_partition(LINE_DOCUMENTS, key)
     index.refresh()
     in_index = index.count(snapshot.project_id, snapshot.repository_name)
-    if lease is not None:  # what was written is recorded only by the lease's holder
-        fence(lease)
+    fenced()  # what was written is recorded only by the leases' holder
     return WriteResult(
         commit_sha=snapshot.commit_sha,
         present=present_rows(manifest),

@@ -223,14 +223,18 @@ class LeaseStore:
 
     def last_beat(self, names: list[str]) -> dict[str, float]:
         """name -> expires_at of these heartbeat rows, live or not."""
-        found: dict[str, float] = {}
+        return {name: expires for name, (_, expires) in self.beats(names).items()}
+
+    def beats(self, names: list[str]) -> dict[str, tuple[str, float]]:
+        """name -> (holder, expires_at) of these heartbeat rows, live or not."""
+        found: dict[str, tuple[str, float]] = {}
         for start in range(0, len(names), 500):
             rows = self._select(
-                sa.select(LEASES.c.name, LEASES.c.expires_at).where(
+                sa.select(LEASES.c.name, LEASES.c.holder, LEASES.c.expires_at).where(
                     LEASES.c.name.in_(names[start : start + 500])
                 )
             )
-            found.update({r.name: float(r.expires_at) for r in rows})
+            found.update({r.name: (str(r.holder), float(r.expires_at)) for r in rows})
         return found
 
     def prune(self, older_than: float) -> int:
@@ -244,20 +248,34 @@ class LeaseStore:
 class Heartbeat:
     """Renews, from one daemon thread, every lease and heartbeat row this process holds.
 
-    Started by the first lease a run takes; stops with the process, which is the point: a
-    killed run stops renewing and its leases expire.
+    Started by the first lease a run takes. A killed run's process stops renewing, which is
+    the point: its leases expire. A run that finished (`finished` says so) is no longer beaten
+    for, and the thread ends when nothing is left to renew: a process that lives on after its
+    runs (a script's or a test's `materialize`) does not beat for them for ever.
     """
 
-    def __init__(self, store: LeaseStore, ttl: float) -> None:
+    def __init__(
+        self,
+        store: LeaseStore,
+        ttl: float,
+        finished: Callable[[str], bool] = lambda run_id: False,
+    ) -> None:
         self._store = store
         self._ttl = ttl
+        self._finished = finished
+        self.steps_only = os.environ.get("RUN_EXECUTOR", "").strip().lower() == "multiprocess"
         # Until released or lost: a manifest step's lease is renewed until its run's es_index
         # step takes it over.
         self._leases: set[Lease] = set()
         self._runs: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+
+    def _beat_holder(self, run_id: str) -> str:
+        """The run's id, marked when the run's steps run in processes of their own: then no
+        process beats between two steps (a step retry's wait, a wait for a pool slot), and the
+        sensor allows for it (sensors.fail_dead_runs)."""
+        return f"{STEPS_ONLY}{run_id}" if self.steps_only else run_id
 
     @property
     def interval(self) -> float:
@@ -266,23 +284,20 @@ class Heartbeat:
     def hold(self, lease: Lease) -> None:
         with self._lock:
             self._leases.add(lease)
-        self._start()
+            self._start()
 
     def run_alive(self, run_id: str) -> None:
-        """This process works for the run: say so now and every interval."""
-        self._store.beat(run_name(run_id), run_id, self._ttl)
+        """This process works for the run: say so now and every interval until it finishes."""
+        self._store.beat(run_name(run_id), self._beat_holder(run_id), self._ttl)
         with self._lock:
             self._runs.add(run_id)
-        self._start()
+            self._start()
 
     def _start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(
-                    target=self._loop, name="lease-heartbeat", daemon=True
-                )
-                self._thread.start()
+        """Under the lock: the loop decides to end under it too, so nothing added is missed."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lease-heartbeat", daemon=True)
+            self._thread.start()
 
     def beat_once(self) -> None:
         with self._lock:
@@ -290,23 +305,44 @@ class Heartbeat:
             leases = list(self._leases)
             runs = list(self._runs)
         for lease in leases:
-            self._store.renew(lease, self._ttl)
+            if self._finished(lease.holder):
+                # Its run ended without letting go (Dagster stopped the step's generator
+                # before its release ran): free it now, not when the process ends.
+                self._store.release(lease)
+            else:
+                self._store.renew(lease, self._ttl)
         for run_id in runs:
-            self._store.beat(run_name(run_id), run_id, self._ttl)
+            if self._finished(run_id):
+                with self._lock:
+                    self._runs.discard(run_id)
+            else:
+                self._store.beat(run_name(run_id), self._beat_holder(run_id), self._ttl)
 
     def _loop(self) -> None:
         failing_since: float | None = None
-        while not self._stop.wait(self.interval):
+        while True:
+            time.sleep(self.interval)
             try:
                 self.beat_once()
                 failing_since = None
             except Exception:  # the database away for a moment: the next beat tries again
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > 2 * self._ttl:
-                    return  # gone for good (its instance disposed): what it held has expired
+                    with self._lock:  # gone for good (its instance disposed): all expired
+                        self._leases.clear()
+                        self._runs.clear()
+            with self._lock:
+                if not self._leases and not self._runs:
+                    self._thread = None
+                    return
 
-    def stop(self) -> None:
-        self._stop.set()
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._thread is not None
+
+
+STEPS_ONLY = "steps-only:"  # a heartbeat holder whose run's steps each have a process
 
 
 def run_name(run_id: str) -> str:
@@ -315,3 +351,7 @@ def run_name(run_id: str) -> str:
 
 def repository_name(partition: str) -> str:
     return f"repository:{partition}"
+
+
+def project_name(project_id: int) -> str:
+    return f"project:{project_id}"

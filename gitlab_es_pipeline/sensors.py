@@ -26,7 +26,7 @@ from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.batching import Request, form_runs
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor, Want, dedupe
 from gitlab_es_pipeline.jobs import index_repository_job
-from gitlab_es_pipeline.leases import lease_seconds, repository_name, run_name
+from gitlab_es_pipeline.leases import STEPS_ONLY, lease_seconds, repository_name, run_name
 from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import ensure_pools
 from gitlab_es_pipeline.resources import GitLabResource
@@ -128,6 +128,8 @@ def evaluate_tick(
     for key, commit, size in cursor.pending:
         if key in partitions:
             found.add(key, commit, size)
+            if key in cursor.forced:
+                found.forced.add(key)
     _note_failed_runs(instance, cursor, now, limits)
     for key, commit in cursor.due_retries(now):
         state = last_indexed(instance, key) if key in indexed else None
@@ -216,10 +218,11 @@ def evaluate_tick(
     cursor.pending = [
         (r.key, r.commit, r.files) for run in formed[limits.max_runs_per_tick :] for r in run
     ]
+    cursor.forced = [key for key, _, _ in cursor.pending if key in found.forced]
 
     def keyed(request: Request) -> tuple[str, str, str]:
-        forced = request.key in found.forced
         previous = cursor.requested.get(request.key)
+        forced = request.key in found.forced or (previous is not None and previous.force)
         attempt = cursor.attempt(request.key, request.commit, now)
         key_ = run_key(request.key, request.commit, fleet.epoch(request.key), attempt)
         if forced or (previous is not None and previous.reasks):
@@ -231,9 +234,14 @@ def evaluate_tick(
         return request.key, request.commit, key_
 
     chosen = formed[: limits.max_runs_per_tick]
+    batches = [[keyed(r) for r in run] for run in chosen if len(run) > 1]
+    for members in batches:  # a member's run is its batch's: followed up by that run key
+        batch_key = batch_run_key([key_ for _, _, key_ in members])
+        for key, _, _ in members:
+            cursor.requested[key].run_key = batch_key
     return Tick(
         [keyed(run[0]) for run in chosen if len(run) == 1],
-        [[keyed(r) for r in run] for run in chosen if len(run) > 1],
+        batches,
         cursor,
         found.lookups,
         found.errors,
@@ -319,29 +327,36 @@ def _follow_up(
         if key not in partitions:
             continue
         if fleet.latest.get(key, 0) > want.since and key in fleet.indexed:
-            # Indexed since it was asked for: at that commit, or at a HEAD read later (which
-            # the listing or the reconciliation compare again if it moved on).
-            continue
+            state = last_indexed(instance, key)
+            if state is not None and (want.force or state.commit_sha == want.commit):
+                continue  # indexed since it was asked for
+            if state is not None:
+                # Another commit recorded since (a run that read an older or a newer HEAD):
+                # HEAD is looked up again at the next tick, and asked for if it differs.
+                if key not in cursor.unsure:
+                    cursor.unsure.append(key)
+                continue
         open_wants[key] = want
     cursor.requested = open_wants
-    statuses: dict[str, DagsterRunStatus] = {}
+    statuses: dict[str, tuple[DagsterRunStatus, float]] = {}
     run_keys = sorted({w.run_key for w in open_wants.values() if w.run_key})
     for start in range(0, len(run_keys), 200):
         for record in instance.get_run_records(
             RunsFilter(tags={RUN_KEY_TAG: run_keys[start : start + 200]})
         ):
-            statuses[record.dagster_run.tags[RUN_KEY_TAG]] = record.dagster_run.status
+            created = record.create_timestamp.replace(tzinfo=timezone.utc).timestamp()
+            statuses[record.dagster_run.tags[RUN_KEY_TAG]] = (record.dagster_run.status, created)
     held = _held(instance, list(open_wants))
     again = []
     for key, want in open_wants.items():
         if key in held:
             continue
-        status = statuses.get(want.run_key) if want.run_key else None
-        if (
-            want.run_key
-            and status is None
-            and now - want.requested_at < limits.request_grace_seconds
-        ):
+        status, created = statuses.get(want.run_key, (None, 0.0))
+        fresh = now - want.requested_at < limits.request_grace_seconds
+        if status is not None and created < want.requested_at - 1:
+            # A run made before the request: Dagster skipped the request as its duplicate.
+            status, fresh = None, False
+        if want.run_key and status is None and fresh:
             continue  # not made yet (or still in the daemon's hands)
         if status in _UNFINISHED or status == DagsterRunStatus.FAILURE:
             continue
@@ -370,16 +385,21 @@ def fail_dead_runs(instance: DagsterInstance, now: float) -> list[str]:
     if not records:
         return []
     store, _ = leases_of(instance)
-    beats = store.last_beat([run_name(r.dagster_run.run_id) for r in records])
+    beats = store.beats([run_name(r.dagster_run.run_id) for r in records])
     ttl = lease_seconds()
     dead = []
     for record in records:
         run = record.dagster_run
-        expires = beats.get(run_name(run.run_id))
-        if expires is None or expires >= now:
+        holder, expires = beats.get(run_name(run.run_id), ("", now))
+        if expires >= now:
             continue  # never said it works (Dagster's own monitoring), or alive
+        # Steps in processes of their own: nothing beats between two steps (a retry's wait of
+        # up to 6 minutes, a pool slot's, re-logged every 5): allow for it.
+        quiet = ttl if not holder.startswith(STEPS_ONLY) else max(4 * ttl, 1200)
+        if expires > now - quiet + ttl:
+            continue
         latest = instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
-        if latest and latest[0].timestamp > now - ttl:
+        if latest and latest[0].timestamp > now - quiet:
             continue  # it still writes events: slow, not dead
         instance.report_run_failed(
             run,

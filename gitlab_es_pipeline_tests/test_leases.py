@@ -12,14 +12,22 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import psycopg2
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from gitlab_es_pipeline.claims import leases_of
-from gitlab_es_pipeline.leases import LEASES, Lease, LeaseLost, LeaseStore
+from gitlab_es_pipeline.leases import (
+    LEASES,
+    Lease,
+    LeaseLost,
+    LeaseStore,
+    lease_seconds,
+    run_name,
+)
 from gitlab_es_pipeline_tests.conftest import ROOT
 
 
@@ -105,7 +113,7 @@ def test_an_expired_lease_is_anyones_and_its_old_holder_stops_writing(
 _RACER = textwrap.dedent(
     """
     import sys, time
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
     from gitlab_es_pipeline.claims import leases_of
     instance = DagsterInstance.get()
     store, _ = leases_of(instance)
@@ -154,7 +162,7 @@ def test_processes_racing_for_the_same_repositories_never_both_win(
 _HOLDER = textwrap.dedent(
     """
     import time
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
     from gitlab_es_pipeline.claims import leases_of
     instance = DagsterInstance.get()
     store, heartbeat = leases_of(instance)
@@ -212,3 +220,32 @@ def test_rows_free_for_long_are_pruned_and_a_dirty_one_is_kept(
     assert store.holders(["repository:held"])
     again = store.acquire("repository:dirty", "run-b", 60)
     assert again is not None and again.dirty  # what the dirty mark says is not lost
+
+
+def test_a_process_stops_beating_for_a_run_once_it_finished_and_its_thread_ends(
+    instance: DagsterInstance,
+) -> None:
+    """A process that lives on after its runs (a script's, a test's) does not keep them
+    looking alive, nor a thread busy for ever."""
+    store, heartbeat = leases_of(instance)
+    run = instance.add_run(
+        DagsterRun(
+            job_name="index_repository", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED
+        )
+    )
+    heartbeat.run_alive(run.run_id)
+    lease = store.acquire("repository:z", run.run_id, lease_seconds())
+    assert lease is not None
+    heartbeat.hold(lease)
+    time.sleep(3 * heartbeat.interval)
+    name = run_name(run.run_id)
+    assert heartbeat.running and store.last_beat([name])[name] > time.time()
+    store.release(lease)
+    instance.report_run_failed(run, "ended")
+    deadline = time.monotonic() + 10 * heartbeat.interval
+    while heartbeat.running and time.monotonic() < deadline:
+        time.sleep(heartbeat.interval / 2)
+    assert not heartbeat.running
+    last = store.last_beat([name])[name]
+    time.sleep(2 * heartbeat.interval)
+    assert store.last_beat([name])[name] == last  # no longer renewed

@@ -57,6 +57,8 @@ class TrackerCursor:
     # requests made again at a commit a run may already have had: each gets a run key of its
     # own (`!<n>`), since Dagster never launches a run key twice
     asks: int = 0
+    # partitions of `pending` asked for even at their indexed commit (a want)
+    forced: list[str] = field(default_factory=list)
 
     def due(self, key: str, last_activity_at: str, now: float, recheck_seconds: float) -> bool:
         seen = self.checked.get(key)
@@ -120,6 +122,7 @@ class TrackerCursor:
                 "unsure": self.unsure,
                 "signals_after": self.signals_after,
                 "asks": self.asks,
+                "forced": self.forced,
             },
             sort_keys=True,
         )
@@ -143,6 +146,7 @@ class TrackerCursor:
             unsure=list(raw.get("unsure", [])),
             signals_after=int(raw.get("signals_after", 0)),
             asks=int(raw.get("asks", 0)),
+            forced=list(raw.get("forced", [])),
         )
 
 
