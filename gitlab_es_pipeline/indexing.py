@@ -165,6 +165,15 @@ def _choose_mode(
 ) -> tuple[BuildMode, ManifestHeader | None, Any]:
     """Incremental against the indexed manifest when there is a trustworthy one."""
     state = last_indexed(step.instance, key)
+    if state is not None and state.project_id not in (None, snapshot.project_id):
+        # The path names another project now (deleted and made again, another one moved in)
+        # and discovery has not seen it yet: the old project's manifest is no base for this
+        # one (document ids carry the project id). Discovery removes the old one's documents.
+        step.log.warning(
+            f"{snapshot.repository_name}: the path now names project {snapshot.project_id}, "
+            f"not {state.project_id}, which was indexed here; indexing it from scratch"
+        )
+        return BuildMode.FULL_REFRESH, None, None
     if state is None:
         # Never indexed. A first load that failed or was killed may have left documents that
         # no manifest describes (of files gone since): a full refresh sweeps them. The lease
