@@ -14,8 +14,7 @@ quiescing the fleet and comparing the index and Dagster's records with what git 
 stand-in say. Examples run in rounds of `--examples-per-round` (a seed each, from `--seed`)
 until `--steps` steps have run; a round that finds a violation stops there, shrinks it to a
 minimal sequence (unless `--no-shrink`; Hypothesis shrinks for at most 5 minutes), prints it,
-and the next round goes on. Sequences of known bugs (test_interleavings.py, `# BUG:`) are not
-made unless `--explore-known-bugs`.
+and the next round goes on.
 
 Prints, per storage: steps, examples, wall time, and the invariant violations found (0
 expected); exits 1 if any. The pipeline's own output (Dagster's logs, the stand-ins') goes to
@@ -121,7 +120,8 @@ def soak(
         if postgres is not None:
             postgres.stop()
     print(
-        f"[{storage}] {machine_class.stats.get('runs killed', 0)} runs killed; steps by rule: "
+        f"[{storage}] {machine_class.stats.get('runs killed', 0)} runs killed, "
+        f"{machine_class.stats.get('force-pushes', 0)} force-pushes; steps by rule: "
         f"{rule_counts(machine_class.stats)}",
         file=out,
     )
@@ -144,20 +144,10 @@ def main() -> None:
     parser.add_argument("--examples-per-round", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="of the first round (then +1)")
     parser.add_argument("--no-shrink", action="store_true", help="report violations unshrunk")
-    parser.add_argument(
-        "--explore-known-bugs",
-        action="store_true",
-        help="let the machine make the sequences of known bugs too "
-        "(test_interleavings.AVOID_KNOWN_BUG_PATH_REUSE off)",
-    )
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args()
     # Stopped (SIGTERM), it still stops its PostgreSQL server and removes its folders.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.explore_known_bugs:
-        from gitlab_es_pipeline_tests import test_interleavings
-
-        test_interleavings.AVOID_KNOWN_BUG_PATH_REUSE = False
     storages = args.storage or ["sqlite", "postgres"]
     work = Path(tempfile.mkdtemp(prefix="gitlab-es-soak-"))
     work.chmod(0o755)  # mkdtemp's 0700 keeps out the `postgres` user that runs it as root

@@ -45,7 +45,7 @@ from pydantic import Field
 from gitlab_es_pipeline.claims import (
     BATCH_TAG,
     BATCH_TAG_VALUE,
-    fence,
+    confirm,
     release,
     run_is_alive,
     settle,
@@ -266,7 +266,7 @@ class _ManyRepositories:
     ) -> None:
         """Recorded only while the run holds the repository's lease (claims.py)."""
         if step.lease is not None:
-            fence(step.lease)
+            confirm(step, step.lease)
         self.context.log_event(
             AssetMaterialization(
                 asset_key=asset_key, partition=key, metadata=metadata, tags=versioned(commit)
@@ -282,7 +282,7 @@ class _ManyRepositories:
                 step, key, self.full_refresh, source, gitlab, self.services.indexing, store, staging
             )
             if step.lease is not None:  # the stored read is the lease holder's alone
-                fence(step.lease)
+                confirm(step, step.lease)
             store.store_partition(FILE_MANIFEST, key, read.manifest)
             store.store_partition(LINE_DOCUMENTS, key, read.documents)
         self._record(step, FILE_MANIFEST, key, read.commit_sha, read.manifest_metadata)

@@ -9,8 +9,9 @@ Every step that reads or writes a repository first takes the repository's lease
 - the manifest step keeps it for the run's es_index step (the same run takes its own live
   lease again under the same token), and it is released when the state is recorded, or the
   step fails;
-- every write to Elasticsearch is fenced by it (`Lease.check` before each request), and so
-  is every recorded state: a run that lost its lease records nothing.
+- every write to Elasticsearch is fenced by it (`Lease.check` before each request), and
+  every stored read and recorded state by the database itself (`confirm`): a run that lost
+  its lease records nothing.
 
 The run's process renews what it holds (`Heartbeat`): a killed run's repositories are free
 within `LEASE_SECONDS` (300), and the sensor reads the run's own heartbeat to mark it failed.
@@ -146,6 +147,19 @@ def take_project(step: Step, project_id: int) -> Lease:
     return lease
 
 
+def last_writer(step: Step, project_id: int) -> tuple[str, int]:
+    """The partition that last wrote the project's documents, and its count of writes."""
+    store, _ = leases_of(step.instance)
+    return store.last_writer(project_id)
+
+
+def note_writer(step: Step, project: Lease, project_id: int, key: str) -> None:
+    """This partition writes the project now: under the project's lease, before the write."""
+    fence(project)
+    store, _ = leases_of(step.instance)
+    store.note_writer(project_id, key)
+
+
 def settle(step: Step, lease: Lease) -> None:
     """The state is recorded: nothing is left half-written, and the repository is free."""
     store, _ = leases_of(step.instance)
@@ -170,6 +184,17 @@ def begin_writing(step: Step, lease: Lease) -> None:
 def fence(lease: Lease) -> None:
     """Before each request to Elasticsearch and before the state is recorded."""
     lease.check(write_margin_seconds())
+
+
+def confirm(step: Step, lease: Lease) -> None:
+    """The fence, asked of the database as well: before what the next holder takes as true
+    (the stored read, the recorded state). `fence` trusts this process's clock and its
+    heartbeat's last word; a takeover since the last beat (a pause longer than the lease)
+    is seen only here. Renewing leaves the write the whole lease to finish in."""
+    fence(lease)
+    store, _ = leases_of(step.instance)
+    if not store.renew(lease, lease_seconds()):
+        lease.check(0)  # raises: renew marked it lost
 
 
 def run_works(instance: DagsterInstance, run_id: str) -> bool:

@@ -16,7 +16,15 @@ from typing import Any, Protocol
 import pyarrow as pa
 from dagster import DagsterInstance, Failure, MetadataValue
 
-from gitlab_es_pipeline.claims import begin_writing, fence, release, run_works, take_project
+from gitlab_es_pipeline.claims import (
+    begin_writing,
+    fence,
+    last_writer,
+    note_writer,
+    release,
+    run_works,
+    take_project,
+)
 from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, LineIndex, SweepError
 from gitlab_es_pipeline.clients.engines import EngineSetupError
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
@@ -133,6 +141,14 @@ def snapshot_of(source: GitLabSource, key: str) -> RepositorySnapshot:
             exc.status == 404
         )
         raise step_failure(f"{key}: {exc}.{hint}", permanent=exc.permanent) from exc
+    if project.path_with_namespace != key:
+        # GitLab answers an old path with the project that left it (it follows its redirect
+        # routes). Indexed here, its documents would belong to two partitions at once.
+        raise step_failure(
+            f"{key}: GitLab has this project at {project.path_with_namespace} now (renamed or "
+            "moved); nothing indexed here: discovery replaces this partition with that one",
+            permanent=True,
+        )
     branch = project.default_branch
     if not branch:
         raise step_failure(
@@ -162,6 +178,7 @@ def _choose_mode(
     full_refresh: bool,
     snapshot: RepositorySnapshot,
     store: ParquetStore,
+    writer: str,
 ) -> tuple[BuildMode, ManifestHeader | None, Any]:
     """Incremental against the indexed manifest when there is a trustworthy one."""
     state = last_indexed(step.instance, key)
@@ -196,6 +213,14 @@ def _choose_mode(
             f"{snapshot.repository_name}: no stored manifest for indexed commit "
             f"{state.commit_sha} (an earlier run stopped while writing to Elasticsearch?); "
             "rebuilding in full"
+        )
+        return BuildMode.FULL_REFRESH, header, stored
+    if writer not in ("", key) and not full_refresh:
+        # Renamed away and back before discovery saw it: the run of the other path rewrote the
+        # project's documents (another name, another commit) since this manifest was indexed.
+        step.log.warning(
+            f"{key}: project {snapshot.project_id} was written under {writer} since it was "
+            "indexed here; rebuilding in full"
         )
         return BuildMode.FULL_REFRESH, header, stored
     mode = BuildMode.FULL_REFRESH if full_refresh else BuildMode.INCREMENTAL
@@ -256,7 +281,8 @@ def read_repository(
         archive_retry_seconds=gitlab.archive_retry_seconds,
         max_files_fetched_alone=indexing.max_files_fetched_alone,
     )
-    mode, base_header, base_table = _choose_mode(step, key, full_refresh, snapshot, store)
+    writer, writes_seen = last_writer(step, snapshot.project_id)
+    mode, base_header, base_table = _choose_mode(step, key, full_refresh, snapshot, store, writer)
     progress = Progress(
         f"{snapshot.repository_name}: read", "files", step.log.info, indexing.progress_seconds
     )
@@ -301,6 +327,7 @@ def read_repository(
         mode=mode,
         base_commit=base_header.snapshot.commit_sha if base_header else None,
         settings=settings.fingerprint(),
+        writes_seen=writes_seen,
     )
     try:
         documents = stage_parquet(
@@ -413,6 +440,9 @@ def write_repository(
     Documents are the project's (their ids are project id, path and line), and two partitions
     can name one project for a while (a rename between a run's read and its write): the write
     also holds the project's lease, and fails, to be tried again, while another run holds it.
+    Under that lease it counts itself as the project's latest writer: a read made before
+    another partition wrote the project (the project left this path for that one, maybe
+    came back) is not written, and `_choose_mode` reads this path in full next time.
     """
     if step.lease is None:
         return _write(step, key, elasticsearch, indexing, store, manifest, line_documents, opened)
@@ -426,6 +456,16 @@ def write_repository(
                 "written, nothing recorded",
                 permanent=True,
             )
+        header = ManifestHeader.of(manifest)
+        writer, writes = last_writer(step, header.snapshot.project_id)
+        if writer != key and header.writes_seen not in (None, writes):
+            raise step_failure(
+                f"{key}: project {header.snapshot.project_id} was written under {writer} after "
+                "this read (renamed or moved?): nothing written, nothing recorded; the next "
+                "run reads it again",
+                permanent=True,
+            )
+        note_writer(step, project, header.snapshot.project_id, key)
         return _write(
             step, key, elasticsearch, indexing, store, manifest, line_documents, opened, project
         )

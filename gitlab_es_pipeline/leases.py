@@ -44,6 +44,17 @@ LEASES = sa.Table(
     sa.Column("dirty", sa.Integer, nullable=False, server_default="0"),
 )
 
+# The partition that last wrote each project's documents. Two partitions can name one project
+# (renamed away and back before discovery saw it): an indexed manifest is a base for the next
+# incremental run only while no other partition has written the project since.
+WRITERS = sa.Table(
+    "gitlab_es_pipeline_project_writers",
+    _METADATA,
+    sa.Column("project_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("partition", sa.Text, nullable=False),
+    sa.Column("writes", sa.BigInteger, nullable=False),  # grows by one at each write
+)
+
 Connect = Callable[[], AbstractContextManager[Connection]]
 
 
@@ -107,15 +118,35 @@ class LeaseStore:
             return list(conn.execute(statement))
 
     def _create_table(self) -> None:
-        try:
-            with self._connect() as conn:
-                LEASES.create(conn, checkfirst=True)
-        except (OperationalError, ProgrammingError, IntegrityError):
-            # Another process created it between the check and the create.
-            with self._connect() as conn:
-                if not sa.inspect(conn).has_table(LEASES.name):
-                    raise
+        for table in (LEASES, WRITERS):
+            try:
+                with self._connect() as conn:
+                    table.create(conn, checkfirst=True)
+            except (OperationalError, ProgrammingError, IntegrityError):
+                # Another process created it between the check and the create.
+                with self._connect() as conn:
+                    if not sa.inspect(conn).has_table(table.name):
+                        raise
         self._ready = True
+
+    def last_writer(self, project_id: int) -> tuple[str, int]:
+        """The partition that last wrote the project's documents, and the project's count of
+        writes; ("", 0) before any."""
+        c = WRITERS.c
+        rows = self._select(sa.select(c.partition, c.writes).where(c.project_id == project_id))
+        return (str(rows[0].partition), int(rows[0].writes)) if rows else ("", 0)
+
+    def note_writer(self, project_id: int, partition: str) -> None:
+        """Before a write of the project's documents (under the project's lease)."""
+        c = WRITERS.c
+        bump = sa.update(WRITERS).where(c.project_id == project_id)
+        if self._execute(bump.values(partition=partition, writes=c.writes + 1)) == 0:
+            try:
+                self._execute(
+                    sa.insert(WRITERS).values(project_id=project_id, partition=partition, writes=1)
+                )
+            except IntegrityError:  # inserted in between: by a holder of the lease before us
+                self._execute(bump.values(partition=partition, writes=c.writes + 1))
 
     def acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
         """The lease, if it is free, expired or already this holder's; else None.

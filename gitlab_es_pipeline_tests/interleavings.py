@@ -389,25 +389,27 @@ class World:
         holds exactly the lines of the recorded commit under the recorded identity (branch,
         web URL, visibility of its es_index record), as git says. Left out: a partition a
         killed run may have written since its record (its lease is dirty until a run records
-        it again), and partitions whose records name the same project (a rename that
-        discovery has half done: the documents' ids are the project's, shared by both)."""
+        it again), and a partition whose project moved since its record (deleted, renamed or
+        moved, maybe back again): documents' ids are the project's, so a run of the project's
+        new path rightly takes them over, and this record is stale until a run of this path."""
         documents = self.es.documents(INDEX)
+        at_path = {p.path_with_namespace: p for p in self.gitlab.projects.values()}
         states = {}
         for key in self.partitions():
             state = last_indexed(self.instance, key)
-            if state is None or state.project_id is None:
+            project = at_path.get(key)
+            if state is None or project is None or project.id != state.project_id:
+                continue
+            if project.moved_at > state.timestamp:
                 continue
             if key in self.unsettled and state.storage_id <= self.unsettled[key]:
                 continue
             states[key] = state
-        owners: dict[int, list[str]] = {}
-        for key, state in states.items():
-            owners.setdefault(state.project_id, []).append(key)  # type: ignore[arg-type]
         out = []
         for key, state in sorted(states.items()):
             project_id = state.project_id
             repo = self.repos.get(project_id)  # type: ignore[arg-type]
-            if repo is None or len(owners[project_id]) > 1:  # type: ignore[index]
+            if repo is None:
                 continue
             meta = self.pipeline.latest_metadata("es_index", key)
             want = expected_documents(

@@ -337,11 +337,12 @@ def test_discovery_follows_additions_deletions_archiving_renames_and_branches(
     # Renamed: the same project id, documents under the new path only.
     before = docs_of("team/app")
     fleet.app.path_with_namespace = "team/app-renamed"
-    # A run of the old partition before discovery noticed: a clear failure, nothing touched.
+    # A run of the old partition before discovery noticed: GitLab answers the old path with
+    # the project (its redirect route); a clear failure naming the new path, nothing touched.
     stale_run = pipeline.index("team/app", raise_on_error=False)
     assert not stale_run.success
     message = stale_run.get_step_failure_events()[0].step_failure_data.error.message
-    assert "'team/app'" in message and "404" in message
+    assert "team/app: GitLab has this project at team/app-renamed" in message
     assert docs_of("team/app") == before
     pipeline.discover()
     assert "team/app" not in pipeline.partitions() and "team/app-renamed" in pipeline.partitions()

@@ -22,6 +22,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 from gitlab_es_pipeline.claims import leases_of
 from gitlab_es_pipeline.leases import (
     LEASES,
+    WRITERS,
     Lease,
     LeaseLost,
     LeaseStore,
@@ -50,16 +51,25 @@ def test_the_lease_table_is_in_the_run_storages_own_database(
 ) -> None:
     store, _ = leases_of(project_instance)
     assert store.acquire("repository:a/b", "run-1", 60) is not None
+    store.note_writer(7, "a/b")
+    store.note_writer(7, "a/c")
+    leases = f"SELECT name, holder FROM {LEASES.name}"
+    writers = f"SELECT project_id, partition, writes FROM {WRITERS.name}"
     url = os.environ.get("DAGSTER_PG_URL")
     if url:
         with psycopg2.connect(url) as conn, conn.cursor() as cursor:
-            cursor.execute(f"SELECT name, holder FROM {LEASES.name}")
+            cursor.execute(leases)
             rows = cursor.fetchall()
+            cursor.execute(writers)
+            written = cursor.fetchall()
     else:
         runs_db = Path(os.environ["DAGSTER_HOME"]) / "history" / "runs.db"
         with sqlite3.connect(runs_db) as conn:
-            rows = conn.execute(f"SELECT name, holder FROM {LEASES.name}").fetchall()
+            rows = conn.execute(leases).fetchall()
+            written = conn.execute(writers).fetchall()
     assert rows == [("repository:a/b", "run-1")]
+    assert written == [(7, "a/c", 2)] and store.last_writer(7) == ("a/c", 2)
+    assert store.last_writer(8) == ("", 0)
 
 
 @pytest.mark.parametrize("project_instance", ["sqlite", "postgres"], indirect=True)

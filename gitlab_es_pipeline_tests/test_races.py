@@ -31,7 +31,7 @@ from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, rep
 from gitlab_es_pipeline.batches import batch_run_key
 from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
-from gitlab_es_pipeline.leases import LEASES, LeaseStore, lease_seconds, repository_name
+from gitlab_es_pipeline.leases import LEASES, Lease, LeaseStore, lease_seconds, repository_name
 from gitlab_es_pipeline.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 from gitlab_es_pipeline.sensors import (
     COMMIT_TAG,
@@ -382,9 +382,22 @@ def test_a_read_only_range_run_does_not_clear_the_dirty_mark(
 
 
 # -- 5. a batch stores its read without a fence ------------------------------------------------------
+class _HeartbeatPausedFor:
+    """The lease store as one paused run's heartbeat sees it: its renewals never happen."""
+
+    def __init__(self, store: LeaseStore, run_id: str) -> None:
+        self._store, self._run_id = store, run_id
+
+    def renew(self, lease: Lease, ttl: float) -> bool:
+        return True if lease.holder == self._run_id else self._store.renew(lease, ttl)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
 @pytest.mark.parametrize("batch_stores", ["between_the_steps", "after_the_run_holds"])
 def test_a_batch_that_lost_its_lease_does_not_overwrite_the_holders_stored_read(
-    pipeline: Pipeline, tmp_path: Path, batch_stores: str
+    pipeline: Pipeline, tmp_path: Path, batch_stores: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """runs.md, What you can rely on: 'a write made under a lease that was lost is never
     recorded as the current state'. A batch's _read stores file_manifest and line_documents
@@ -413,8 +426,11 @@ def test_a_batch_that_lost_its_lease_does_not_overwrite_the_holders_stored_read(
     batch = threading.Thread(target=lambda: batch_results.append(pipeline.index_batch(["fleet/a"])))
     batch.start()
     assert batch_reading.wait(60)
-    # The batch's process stalls past its lease: the row expires; its heartbeat cannot renew.
-    store, _ = leases_of(pipeline.instance)
+    # The batch's process stalls past its lease: its heartbeat beats no more for it (it would
+    # find the lease lost, by luck of timing, before the batch goes on), and the row expires.
+    store, heartbeat = leases_of(pipeline.instance)
+    batch_run = store.holders([name])[name][0]
+    monkeypatch.setattr(heartbeat, "_store", _HeartbeatPausedFor(store, batch_run))
     with store._connect() as conn:
         conn.execute(sa.update(LEASES).where(LEASES.c.name == name).values(expires_at=0.0))
     c2 = commit_files(repo, {"src/main.py": "NAME = 'c2'\n"})

@@ -21,7 +21,7 @@ from dagster import (
 from pydantic import Field
 
 from gitlab_es_pipeline.batches import Services, fail_range, index_range
-from gitlab_es_pipeline.claims import fence, release, run_is_alive, take
+from gitlab_es_pipeline.claims import confirm, release, run_is_alive, take
 from gitlab_es_pipeline.indexing import MANIFEST_CHECK, Step, read_repository
 from gitlab_es_pipeline.io_managers import ParquetStore
 from gitlab_es_pipeline.partitions import (
@@ -125,7 +125,7 @@ def manifest_and_line_documents(
                 staging,
             )
             version = DataVersion(read.commit_sha)
-            fence(lease)  # the stored read is this lease holder's alone
+            confirm(step, lease)  # the stored read is this lease holder's alone
             yield Output(
                 read.manifest,
                 output_name="file_manifest",

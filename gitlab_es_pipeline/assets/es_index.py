@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from gitlab_es_pipeline.batches import Services, fail_range, index_range
-from gitlab_es_pipeline.claims import fence, release, run_is_alive, settle, take
+from gitlab_es_pipeline.claims import confirm, release, run_is_alive, settle, take
 from gitlab_es_pipeline.indexing import (
     DOCUMENT_COUNT_CHECK,
     DocumentsRejected,
@@ -111,7 +111,7 @@ def es_index(
         release(step, lease)
         raise
     try:
-        fence(lease)
+        confirm(step, lease)
         yield Output(
             written.present, data_version=DataVersion(written.commit_sha), metadata=written.metadata
         )

@@ -98,12 +98,17 @@ class ManifestHeader:
     mode: BuildMode
     base_commit: str | None
     settings: str
+    # The project's count of writes when it was read (any partition's): a write of this
+    # manifest is refused if another partition wrote the project since. None: not known.
+    writes_seen: int | None = None
 
     def as_metadata(self) -> dict[str, str]:
         meta = {key: str(getattr(self.snapshot, key)) for key in _SNAPSHOT_KEYS}
         meta.update(
             mode=self.mode.value, base_commit=self.base_commit or "", settings=self.settings
         )
+        if self.writes_seen is not None:
+            meta["writes_seen"] = str(self.writes_seen)
         return meta
 
     @classmethod
@@ -123,6 +128,7 @@ class ManifestHeader:
             mode=BuildMode(meta.get("mode", BuildMode.FULL.value)),
             base_commit=meta.get("base_commit") or None,
             settings=meta.get("settings", ""),
+            writes_seen=int(meta["writes_seen"]) if "writes_seen" in meta else None,
         )
 
 

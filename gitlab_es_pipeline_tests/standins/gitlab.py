@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import math
 import subprocess
@@ -39,6 +40,9 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+_moves = itertools.count()
+
+
 @dataclass
 class StandInProject:
     id: int
@@ -49,6 +53,18 @@ class StandInProject:
     default_branch_name: str = "main"
     last_activity_at: str = field(default_factory=_now_iso)
     created_at: str = field(default_factory=_now_iso)
+    # Paths it left (renamed or moved), with when: GitLab keeps a redirect route for each, and
+    # its API answers an old path with the project (find_by_full_path, follow_redirects).
+    former_paths: dict[str, int] = field(default_factory=dict)
+    moved_at: float = 0.0  # time.time() of its last move (0: never)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        old = self.__dict__.get(name)
+        if name == "path_with_namespace" and old is not None and old != value:
+            self.former_paths[old.lower()] = next(_moves)
+            self.former_paths.pop(value.lower(), None)
+            self.__dict__["moved_at"] = time.time()
+        super().__setattr__(name, value)
 
     def record_push(self, throttle_seconds: float = 3600) -> None:
         """What a push does to last_activity_at: GitLab updates it at most once an hour."""
@@ -244,7 +260,9 @@ class GitLabStandIn(StandInServer):
         for project in self.projects.values():
             if project.path_with_namespace.lower() == ident.lower():
                 return project
-        return None
+        # No project has the path: the redirect route of the last project that left it.
+        left = [p for p in self.projects.values() if ident.lower() in p.former_paths]
+        return max(left, key=lambda p: p.former_paths[ident.lower()], default=None)
 
     def _project_route(
         self, request: Request, project: StandInProject, rest: list[str]
