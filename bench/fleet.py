@@ -186,6 +186,7 @@ def index_fleet(
         "RUN_EXECUTOR": executor,
         "INDEX_BATCH_SIZE": str(batch_size if mode == "batched" else default_batch),
         "HEAD_SENSOR_INTERVAL_SECONDS": "5",
+        "HEAD_SENSOR_POLL_SECONDS": "5",
         "HEAD_SENSOR_MAX_RUNS_PER_TICK": str(len(keys)),
         **({"DAGSTER_PG_URL": postgres_url} if postgres_url else {}),
     }

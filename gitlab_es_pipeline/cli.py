@@ -283,7 +283,86 @@ def parser() -> argparse.ArgumentParser:
         "any further arguments go to `dagster dev` (e.g. -p 3001; --help for its options).",
     )
     start.set_defaults(run=_dev)
+
+    receive = commands.add_parser(
+        "receiver",
+        help="the hook receiver GitLab posts to (docs/operations.md, Hooks)",
+        description="Listens for GitLab's webhooks and system hooks and records what they say "
+        "in Dagster's storage (DAGSTER_HOME) for the HEAD-commit sensor. GITLAB_HOOK_SECRET "
+        "is required unless it listens on loopback only.",
+    )
+    receive.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    receive.add_argument("--port", type=int, default=8765, help="port (8765)")
+    receive.set_defaults(run=_receiver)
+
+    hooks = commands.add_parser("hooks", help="connect GitLab to the receiver")
+    hook_commands = hooks.add_subparsers(dest="hooks_command", required=True)
+    install = hook_commands.add_parser(
+        "install",
+        help="register the receiver's URL as a hook",
+        description="Adds (or updates) a hook to --url with the push and repository-update "
+        "events and the secret of GITLAB_HOOK_SECRET: a system hook (--system, self-managed "
+        "GitLab, an admin token; also brings project events), or webhooks of groups or "
+        "projects (push events only).",
+    )
+    install.add_argument("--url", required=True, help="the receiver's URL, ending in /hooks")
+    install.add_argument("--system", action="store_true", help="a system hook (admin token)")
+    install.add_argument("--group", action="append", help="a group's webhook; repeat for several")
+    install.add_argument("--project", action="append", help="a project's webhook; repeat")
+    install.set_defaults(run=install_hooks)
     return top
+
+
+def _receiver(args: argparse.Namespace, out: TextIO) -> int:
+    from gitlab_es_pipeline.receiver import serve
+
+    _dagster_home()
+    serve(args.host, args.port)
+    return FOUND
+
+
+_HOOK_EVENTS = {"push_events": True, "repository_update_events": True, "tag_push_events": False}
+
+
+def install_hooks(args: argparse.Namespace, out: TextIO) -> int:
+    """Registers the receiver's URL with GitLab, once per owner (a hook with the same URL is
+    updated, not doubled), with the secret of GITLAB_HOOK_SECRET."""
+    secret = os.environ.get("GITLAB_HOOK_SECRET")
+    if not secret:
+        raise Trouble("GITLAB_HOOK_SECRET not set: the receiver refuses hooks without it")
+    gl = _resource("gitlab").source().gl
+    attrs = {"url": args.url, "token": secret, "enable_ssl_verification": True, **_HOOK_EVENTS}
+    owners: list[tuple[str, Any]] = []
+    try:
+        if args.system:
+            owners.append(("system", gl.hooks))
+        for group in args.group or []:
+            owners.append((f"group {group}", gl.groups.get(group, lazy=True).hooks))
+        for project in args.project or []:
+            owners.append((f"project {project}", gl.projects.get(project, lazy=True).hooks))
+        if not owners:
+            raise Trouble("say where: --system, --group G or --project P")
+        for name, hooks in owners:
+            existing = [h for h in hooks.list(get_all=True) if h.url == args.url]
+            if existing:
+                for hook in existing:
+                    if hasattr(hooks, "update"):
+                        hooks.update(hook.id, attrs)
+                    else:  # python-gitlab's system hooks cannot be updated: made again
+                        hooks.delete(hook.id)
+                        hooks.create(attrs)
+                print(f"{name}: hook to {args.url} updated", file=out)
+            else:
+                hooks.create(attrs)
+                print(f"{name}: hook to {args.url} added", file=out)
+    except GitLabError as exc:
+        raise Trouble(str(exc)) from None
+    except Exception as exc:  # python-gitlab's errors: status and message, never the token
+        code = getattr(exc, "response_code", None)
+        if code is None:
+            raise
+        raise Trouble(f"GitLab refused: HTTP {code} {getattr(exc, 'error_message', '')}") from None
+    return FOUND
 
 
 def _dev(args: argparse.Namespace, out: TextIO) -> int:

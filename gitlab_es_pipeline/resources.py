@@ -261,7 +261,7 @@ def _without_userinfo(url: str) -> str:
     return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """A loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z; bracketed or not) or the name
     `localhost`, judged by parsing the address: a name that merely starts like one
     (127.attacker.example) is an ordinary name, resolved by DNS. Names under .localhost
@@ -288,7 +288,7 @@ def _refuse_credentials_in_clear(
         return
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.scheme != "http" or _is_loopback(host):
+    if parts.scheme != "http" or is_loopback(host):
         return
     if not allowed:
         raise ValueError(

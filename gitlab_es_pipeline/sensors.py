@@ -2,12 +2,13 @@
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from dagster import (
+    AddDynamicPartitionsRequest,
     AssetRecordsFilter,
     DagsterInstance,
     DagsterRun,
@@ -25,7 +26,10 @@ from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
 from gitlab_es_pipeline.core.batching import Request, form_runs
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor, Want, dedupe
-from gitlab_es_pipeline.jobs import index_repository_job
+from gitlab_es_pipeline.core.hooks import ZERO_SHA, ProjectNews, coalesce, in_groups
+from gitlab_es_pipeline.core.projects import is_indexable
+from gitlab_es_pipeline.heard import heard_since
+from gitlab_es_pipeline.jobs import discover_repositories_job, index_repository_job
 from gitlab_es_pipeline.leases import STEPS_ONLY, lease_seconds, repository_name, run_name
 from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import ensure_pools
@@ -57,6 +61,9 @@ class SensorLimits:
     batch_max_files: int = 1000
     # A requested run that Dagster has not made after this is asked for again.
     request_grace_seconds: float = 600
+    # The listing and the follow-ups at most this often; ticks between them read only what
+    # the hooks heard (0: every tick polls).
+    poll_seconds: float = 0
 
     @classmethod
     def from_env(cls) -> "SensorLimits":
@@ -67,6 +74,7 @@ class SensorLimits:
             retry_seconds=float(os.environ.get("HEAD_SENSOR_RETRY_SECONDS", 300)),
             batch_size=int(os.environ.get("INDEX_BATCH_SIZE", 50)),
             batch_max_files=int(os.environ.get("INDEX_BATCH_MAX_FILES", 1000)),
+            poll_seconds=float(os.environ.get("HEAD_SENSOR_POLL_SECONDS", 60)),
         )
 
 
@@ -78,6 +86,8 @@ class Tick:
     head_lookups: int
     errors: list[str]
     dead_runs: list[str] = field(default_factory=list)  # marked failed this tick
+    added: list[str] = field(default_factory=list)  # partitions of projects hooks told of
+    discover: str | None = None  # the run key of a discovery run to ask for (hooks)
 
     @property
     def requested(self) -> list[tuple[str, str, str]]:
@@ -99,6 +109,7 @@ class _Wanted:
     forced: set[str] = field(default_factory=set)
     lookups: int = 0
     errors: list[str] = field(default_factory=list)
+    hooked: list[tuple[str, str]] = field(default_factory=list)  # compared like a listing's
 
     def add(self, key: str, commit: str, files: int | None = None) -> None:
         self.runs.append((key, commit))
@@ -119,9 +130,16 @@ def evaluate_tick(
     Cost: the listing pages (active projects only) plus at most max_head_lookups_per_tick
     requests; Dagster storage: a few queries plus one per project looked up.
     """
+    heard = heard_since(instance, cursor.heard_after)
+    cursor.heard_after = heard.after
+    poll = now - cursor.polled_at >= limits.poll_seconds
+    if not (poll or heard.events or cursor.pending or cursor.discover):
+        return Tick([], [], cursor, 0, [])  # between polls, nothing heard: no GitLab request
     partitions = set(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
-    dead = fail_dead_runs(instance, now)
-    leases_of(instance)[0].prune(older_than=now - 86400)  # rows free for a day carry nothing
+    dead = fail_dead_runs(instance, now) if poll else []
+    if poll:
+        cursor.polled_at = now
+        leases_of(instance)[0].prune(older_than=now - 86400)  # rows free a day carry nothing
     fleet = fleet_state(instance)
     indexed = fleet.indexed
     found = _Wanted()
@@ -130,15 +148,15 @@ def evaluate_tick(
             found.add(key, commit, size)
             if key in cursor.forced:
                 found.forced.add(key)
-    _note_failed_runs(instance, cursor, now, limits)
-    for key, commit in cursor.due_retries(now):
+    if poll:
+        _note_failed_runs(instance, cursor, now, limits)
+    for key, commit in cursor.due_retries(now) if poll else []:
         state = last_indexed(instance, key) if key in indexed else None
         if state is not None:
             cursor.forget_failure(key, state.timestamp)
         if key in partitions and key in cursor.retries:
             found.add(key, commit)
             found.alone.add(key)
-    budget = limits.max_head_lookups_per_tick
 
     def look(key: str, project_id: int | None = None, branch: str | None = None) -> str | None:
         """HEAD of the default branch, or None (no commits, or GitLab failed: kept unsure)."""
@@ -164,42 +182,13 @@ def evaluate_tick(
             size = state.files if state else _tree_size(source, key, head, limits, found.errors)
             found.add(key, head, size)
 
-    for key in list(cursor.unsure):  # lookups that failed before: first, before they are lost
-        if found.lookups >= budget:
-            break
-        if key in partitions:
-            head = look(key)
-            if head:
-                compare(key, head)
-    # From the last listing on (less the window), however long the daemon was away.
-    since = now - limits.activity_window_seconds
-    if cursor.listed_at:
-        since = min(since, cursor.listed_at - limits.activity_window_seconds)
-    listed_at = now
-    for attrs in source.recently_active(groups, _iso(since)):
-        key = attrs["path_with_namespace"]
-        activity = attrs.get("last_activity_at") or ""
-        if key not in partitions or not cursor.due(key, activity, now, limits.recheck_seconds):
-            continue
-        if found.lookups >= budget:
-            listed_at = cursor.listed_at or now  # the rest is listed again next tick
-            break
-        head = look(key, attrs["id"], attrs["default_branch"])
-        if head is None:
-            continue
-        cursor.checked[key] = (activity, now)
-        compare(key, head)
-    cursor.listed_at = listed_at
-    waiting = set(cursor.requested)
-    for key in sorted(partitions - indexed - waiting):
-        if found.lookups >= budget:
-            break
-        head = look(key)
-        if head:
-            found.add(key, head, _tree_size(source, key, head, limits, found.errors))
-    _read_signals(instance, cursor, partitions, found)
-    for key, commit in _follow_up(instance, cursor, fleet, partitions, now, limits):
-        found.add(key, commit)
+    added = _hooked(source, groups, coalesce(heard.events), partitions, cursor, found, look)
+    for key, commit in found.hooked:
+        compare(key, commit)
+    if poll:
+        _poll(
+            instance, source, groups, cursor, fleet, partitions, found, look, compare, now, limits
+        )
     cursor.prune(partitions, now, limits.activity_window_seconds)
     requested = dedupe(found.runs)
     held = _held(instance, [k for k, _ in requested])
@@ -239,6 +228,9 @@ def evaluate_tick(
         batch_key = batch_run_key([key_ for _, _, key_ in members])
         for key, _, _ in members:
             cursor.requested[key].run_key = batch_key
+    discover = None
+    if cursor.discover and not _discovery_in_progress(instance):
+        discover, cursor.discover = f"hooked-discovery-{cursor.heard_after}", False
     return Tick(
         [keyed(run[0]) for run in chosen if len(run) == 1],
         batches,
@@ -246,7 +238,128 @@ def evaluate_tick(
         found.lookups,
         found.errors,
         dead,
+        added,
+        discover,
     )
+
+
+def _poll(
+    instance: DagsterInstance,
+    source: GitLabSource,
+    groups: list[str],
+    cursor: TrackerCursor,
+    fleet: FleetState,
+    partitions: set[str],
+    found: "_Wanted",
+    look: Callable[..., str | None],
+    compare: Callable[[str, str], None],
+    now: float,
+    limits: SensorLimits,
+) -> None:
+    """The backstop of the hooks: recently active projects listed, HEAD looked up where it may
+    have moved, never-indexed repositories, wants recorded in storage, runs followed up."""
+    budget = limits.max_head_lookups_per_tick
+    for key in list(cursor.unsure):  # lookups that failed before: first, before they are lost
+        if found.lookups >= budget:
+            break
+        if key in partitions:
+            head = look(key)
+            if head:
+                compare(key, head)
+    # From the last listing on (less the window), however long the daemon was away.
+    since = now - limits.activity_window_seconds
+    if cursor.listed_at:
+        since = min(since, cursor.listed_at - limits.activity_window_seconds)
+    listed_at = now
+    for attrs in source.recently_active(groups, _iso(since)):
+        key = attrs["path_with_namespace"]
+        activity = attrs.get("last_activity_at") or ""
+        if key not in partitions or not cursor.due(key, activity, now, limits.recheck_seconds):
+            continue
+        if found.lookups >= budget:
+            listed_at = cursor.listed_at or now  # the rest is listed again next tick
+            break
+        head = look(key, attrs["id"], attrs["default_branch"])
+        if head is None:
+            continue
+        cursor.checked[key] = (activity, now)
+        compare(key, head)
+    cursor.listed_at = listed_at
+    waiting = set(cursor.requested) | set(found.files)
+    for key in sorted(partitions - fleet.indexed - waiting):
+        if found.lookups >= budget:
+            break
+        head = look(key)
+        if head:
+            found.add(key, head, _tree_size(source, key, head, limits, found.errors))
+    _read_signals(instance, cursor, partitions, found)
+    for key, commit in _follow_up(instance, cursor, fleet, partitions, now, limits):
+        found.add(key, commit)
+
+
+def _hooked(
+    source: GitLabSource,
+    groups: list[str],
+    news: list[ProjectNews],
+    partitions: set[str],
+    cursor: TrackerCursor,
+    found: "_Wanted",
+    look: Callable[..., str | None],
+) -> list[str]:
+    """What the hooks heard, one API lookup per project (the payload is trusted for its
+    project id and commit only): a push to the default branch is wanted at its commit; a
+    changed project is looked up, indexed under its current path (a partition added for a
+    new one), and, when a path may have gone (destroyed, renamed, moved, out of scope),
+    discovery is asked for. The partitions added, for the sensor to request."""
+    added = []
+    for item in news:
+        try:
+            attrs = source.project(item.project_id)
+        except GitLabError as exc:
+            if exc.status == 404:  # destroyed, or no longer visible to the token
+                cursor.discover = True
+            else:  # the poll still sees it
+                found.errors.append(f"project {item.project_id} (heard of): {exc}")
+            continue
+        key = attrs["path_with_namespace"]
+        if not (is_indexable(attrs) and in_groups(key, groups)):
+            # Archived, emptied or out of scope: discovery removes its partition (or the
+            # partition of the path it left); a new empty project waits for its first push.
+            cursor.discover |= key in partitions or bool(item.changes & _PATH_CHANGES)
+            continue
+        if item.changes & _PATH_CHANGES:
+            cursor.discover = True  # the old path's partition goes
+        if key not in partitions:
+            partitions.add(key)
+            added.append(key)
+        branch = attrs["default_branch"]
+        commit = item.pushes.get(f"refs/heads/{branch}")
+        if commit == ZERO_SHA or (commit is None and item.changes):
+            commit = look(key, item.project_id, branch)
+        if commit is None:
+            continue
+        if "project_update" in item.changes:  # visibility or branch: every document again
+            found.forced.add(key)
+            found.add(key, commit)
+        found.hooked.append((key, commit))
+    return added
+
+
+_PATH_CHANGES = {"project_destroy", "project_rename", "project_transfer"}
+_IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def _discovery_in_progress(instance: DagsterInstance) -> bool:
+    runs = instance.get_run_records(
+        RunsFilter(job_name=discover_repositories_job.name, statuses=_IN_PROGRESS),
+        limit=1,
+    )
+    return bool(runs)
 
 
 def _remember(
@@ -478,8 +591,8 @@ def _repositories_of(
 
 
 @sensor(
-    jobs=[index_repository_job, index_repositories_job],
-    minimum_interval_seconds=int(os.environ.get("HEAD_SENSOR_INTERVAL_SECONDS", 60)),
+    jobs=[index_repository_job, index_repositories_job, discover_repositories_job],
+    minimum_interval_seconds=int(os.environ.get("HEAD_SENSOR_INTERVAL_SECONDS", 5)),
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests runs of the repositories whose default-branch HEAD differs from "
     "their last indexed commit (or that were never indexed): small ones in batches "
@@ -519,7 +632,15 @@ def head_commit_sensor(context: SensorEvaluationContext, gitlab: GitLabResource)
                 for key, commit, key_ in tick.runs
             ),
             *(batch_request(batch) for batch in tick.batches),
+            *(
+                [RunRequest(job_name=discover_repositories_job.name, run_key=tick.discover)]
+                if tick.discover
+                else []
+            ),
         ],
+        dynamic_partitions_requests=(
+            [AddDynamicPartitionsRequest(REPOSITORIES_PARTITION, tick.added)] if tick.added else []
+        ),
         cursor=tick.cursor.to_json(),
     )
 

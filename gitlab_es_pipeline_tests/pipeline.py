@@ -158,9 +158,14 @@ class Pipeline:
             time.time(),
         )
         self.sensor_cursor = tick.cursor.to_json()
+        if tick.added:  # as Dagster applies a SensorResult's partition requests: first
+            self.instance.add_dynamic_partitions(REPOSITORIES_PARTITION, tick.added)
         if before_launch is not None:
             before_launch()
         launched: list[str] = []
+        if tick.discover is not None:
+            self.discover()
+            launched.append("(discovery)")
         for request in [*([run] for run in tick.runs), *tick.batches]:
             run_key = (
                 request[0][2] if len(request) == 1 else batch_run_key([k for *_, k in request])

@@ -52,6 +52,7 @@ def test_a_backfill_of_all_partitions_from_the_ui_runs_in_batches_of_partitions(
         # run beside the backfill's range runs, and each repository is indexed by one of them
         # at a time. Discovery only on New Year's Day.
         "HEAD_SENSOR_INTERVAL_SECONDS": "5",
+        "HEAD_SENSOR_POLL_SECONDS": "5",  # every tick polls: the never-indexed are seen
         "DISCOVERY_CRON": "0 0 1 1 *",
         "DAGSTER_DISABLE_TELEMETRY": "yes",
     }

@@ -215,3 +215,21 @@ def test_search_can_keep_to_projects_of_some_visibilities(
     code, _ = run("search", "parse_config", "--visibility", "private")
     assert code == 0
     assert run("search", "parse_config", "--visibility", "secret")[0] == 2
+
+
+@ON_SQLITE
+def test_hooks_install_registers_each_owner_once_with_the_secret(
+    fleet: dict[str, Path], pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "https://hooks.example/hooks"
+    code, _ = run("hooks", "install", "--url", url, "--system")
+    assert code == 2  # no GITLAB_HOOK_SECRET: refused before any request
+    assert not pipeline.gitlab.hooks.hooks
+    monkeypatch.setenv("GITLAB_HOOK_SECRET", "s3cret")
+    for _ in range(2):  # a second install updates, never doubles
+        found("hooks", "install", "--url", url, "--system", "--project", "team/app")
+    hooks = pipeline.gitlab.hooks.hooks
+    project = pipeline.gitlab.project("team/app")
+    assert sorted(h.scope for h in hooks) == sorted(["system", f"project:{project.id}"])
+    assert all(h.url == url and h.token == "s3cret" and h.push_events for h in hooks)
+    assert all(h.repository_update_events for h in hooks)

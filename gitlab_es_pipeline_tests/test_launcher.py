@@ -67,7 +67,7 @@ def test_dev_prepares_the_instance_folder_and_its_first_hour_prints_no_warning_t
     log = tmp_path / "dev.log"
     env = _new_shell_env(gitlab_server, es_server)
     # Sooner ticks, and a run per repository (the single-partition assets' code).
-    env.update(HEAD_SENSOR_INTERVAL_SECONDS="5", INDEX_BATCH_SIZE="1")
+    env.update(HEAD_SENSOR_INTERVAL_SECONDS="5", HEAD_SENSOR_POLL_SECONDS="5", INDEX_BATCH_SIZE="1")
     with log.open("wb") as sink:
         server = subprocess.Popen(
             [str(SCRIPT), "dev", "-h", "127.0.0.1", "-p", str(port)],

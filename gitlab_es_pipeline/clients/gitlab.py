@@ -228,7 +228,8 @@ class GitLabSource:
             raise _explain(exc, f"the commits of {path_with_namespace!r}") from exc
         return commits[0].id if commits else None
 
-    def project(self, path_with_namespace: str) -> dict[str, Any]:
+    def project(self, path_with_namespace: str | int) -> dict[str, Any]:
+        """One project, by its path or its id."""
         try:
             return self.gl.projects.get(
                 path_with_namespace, max_retries=self.max_retries

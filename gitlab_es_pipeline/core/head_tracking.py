@@ -59,6 +59,13 @@ class TrackerCursor:
     asks: int = 0
     # partitions of `pending` asked for even at their indexed commit (a want)
     forced: list[str] = field(default_factory=list)
+    # storage id of the last hook event read (heard.py)
+    heard_after: int = 0
+    # unix time of the last poll (the listing and the follow-ups); hook events between polls
+    polled_at: float = 0.0
+    # a hook said a project was destroyed, renamed, moved or left the scope: discovery asked
+    # for as soon as none is in progress
+    discover: bool = False
 
     def due(self, key: str, last_activity_at: str, now: float, recheck_seconds: float) -> bool:
         seen = self.checked.get(key)
@@ -123,6 +130,9 @@ class TrackerCursor:
                 "signals_after": self.signals_after,
                 "asks": self.asks,
                 "forced": self.forced,
+                "heard_after": self.heard_after,
+                "polled_at": self.polled_at,
+                "discover": self.discover,
             },
             sort_keys=True,
         )
@@ -147,6 +157,9 @@ class TrackerCursor:
             signals_after=int(raw.get("signals_after", 0)),
             asks=int(raw.get("asks", 0)),
             forced=list(raw.get("forced", [])),
+            heard_after=int(raw.get("heard_after", 0)),
+            polled_at=float(raw.get("polled_at", 0.0)),
+            discover=bool(raw.get("discover", False)),
         )
 
 

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
+from gitlab_es_pipeline_tests.standins.hooks import Hooks
 from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
 
 API = "/api/v4"
@@ -156,6 +158,7 @@ class GitLabStandIn(StandInServer):
         self._next_id = 1
         # Fault injection: each callable may return a Response to send instead of the real one.
         self.faults: list[Callable[[Request, str], Response | None]] = []
+        self.hooks = Hooks()  # registered through the API, delivered when a test says so
         self._tree_cache: dict[
             tuple[str, str, str, bool], tuple[list[dict[str, str]], dict[str, int]]
         ] = {}
@@ -237,6 +240,19 @@ class GitLabStandIn(StandInServer):
             injected = fault(request, path)
             if injected is not None:
                 return injected
+        if path.startswith(API + "/") and path.endswith("/hooks"):
+            return self._hooks_route(request, path[len(API) + 1 : -len("/hooks")])
+        one_hook = re.match(rf"^{API}/(.*/)?hooks/(\d+)$", path)
+        if one_hook and request.method == "DELETE":
+            self.hooks.hooks = [h for h in self.hooks.hooks if h.id != int(one_hook[2])]
+            return Response(204, b"")
+        if one_hook and request.method == "PUT":
+            hook = next((h for h in self.hooks.hooks if h.id == int(one_hook[2])), None)
+            if hook is None:
+                return Response(404, {"message": "404 Not found"})
+            return Response(
+                200, self.hooks.update(hook, {**(request.json() or {}), **request.query}).as_json()
+            )
         if request.method not in ("GET", "HEAD") or not path.startswith(API + "/"):
             return Response(404, {"error": "404 Not Found"})
         parts = path[len(API) + 1 :].split("/")
@@ -253,6 +269,39 @@ class GitLabStandIn(StandInServer):
         except BadRequest as exc:
             return Response(400, {"error": str(exc)})
         return Response(404, {"error": "404 Not Found"})
+
+    def _hooks_route(self, request: Request, owner: str) -> Response:
+        """System hooks (/hooks), group and project webhooks (/groups|projects/:id/hooks)."""
+        if owner == "":
+            scope = "system"
+        elif owner.startswith("groups/"):
+            scope = f"group:{unquote(owner[len('groups/') :])}"
+        elif owner.startswith("projects/"):
+            project = self._find_project(unquote(owner[len("projects/") :]))
+            if project is None:
+                return Response(404, {"message": "404 Project Not Found"})
+            scope = f"project:{project.id}"
+        else:
+            return Response(404, {"error": "404 Not Found"})
+        if request.method == "POST":
+            attrs = request.json() or {}
+            attrs.update(request.query)
+            if not attrs.get("url"):
+                return Response(400, {"error": "url is missing"})
+            return Response(201, self.hooks.add(scope, attrs).as_json())
+        return Response(200, [h.as_json() for h in self.hooks.of(scope)])
+
+    def push_hook(
+        self, project: StandInProject, before: str, after: str, ref: str = ""
+    ) -> list[int]:
+        """GitLab's hooks for a push that a test made: what each hook answered."""
+        return self.hooks.push(project, self.url, before, after, ref)
+
+    def project_hook(
+        self, project: StandInProject, event_name: str, old_path: str = ""
+    ) -> list[int]:
+        """GitLab's system hooks for a project event a test made."""
+        return self.hooks.project_event(project, self.url, event_name, old_path)
 
     def _find_project(self, ident: str) -> StandInProject | None:
         if ident.isdigit():
