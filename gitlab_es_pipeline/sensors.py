@@ -109,7 +109,6 @@ class _Wanted:
     forced: set[str] = field(default_factory=set)
     lookups: int = 0
     errors: list[str] = field(default_factory=list)
-    hooked: list[tuple[str, str]] = field(default_factory=list)  # compared like a listing's
 
     def add(self, key: str, commit: str, files: int | None = None) -> None:
         self.runs.append((key, commit))
@@ -182,9 +181,9 @@ def evaluate_tick(
             size = state.files if state else _tree_size(source, key, head, limits, found.errors)
             found.add(key, head, size)
 
-    added = _hooked(source, groups, coalesce(heard.events), partitions, cursor, found, look)
-    for key, commit in found.hooked:
-        compare(key, commit)
+    added = _hooked(
+        source, groups, coalesce(heard.events), partitions, cursor, found, look, compare
+    )
     if poll:
         _poll(
             instance, source, groups, cursor, fleet, partitions, found, look, compare, now, limits
@@ -305,6 +304,7 @@ def _hooked(
     cursor: TrackerCursor,
     found: "_Wanted",
     look: Callable[..., str | None],
+    compare: Callable[[str, str], None],
 ) -> list[str]:
     """What the hooks heard, one API lookup per project (the payload is trusted for its
     project id and commit only): a push to the default branch is wanted at its commit; a
@@ -341,7 +341,8 @@ def _hooked(
         if "project_update" in item.changes:  # visibility or branch: every document again
             found.forced.add(key)
             found.add(key, commit)
-        found.hooked.append((key, commit))
+        else:
+            compare(key, commit)
     return added
 
 

@@ -25,7 +25,7 @@ from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.io_managers import ParquetIOManager
 from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
-from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits, evaluate_tick
+from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits, Tick, evaluate_tick
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
@@ -116,7 +116,7 @@ class Pipeline:
             },
         )
 
-    def sensor_tick(self, limits: SensorLimits | None = None) -> list[tuple[str, str, str]]:
+    def _evaluate(self, limits: SensorLimits | None) -> Tick:
         """One evaluation of the HEAD-commit sensor; its cursor is kept between calls."""
         tick = evaluate_tick(
             self.instance,
@@ -127,7 +127,11 @@ class Pipeline:
             time.time(),
         )
         self.sensor_cursor = tick.cursor.to_json()
-        return tick.requested
+        return tick
+
+    def sensor_tick(self, limits: SensorLimits | None = None) -> list[tuple[str, str, str]]:
+        """One evaluation of the HEAD-commit sensor: what it asked for."""
+        return self._evaluate(limits).requested
 
     def run_sensor_requests(
         self, limits: SensorLimits | None = None, raise_on_error: bool = True
@@ -149,15 +153,7 @@ class Pipeline:
         """A tick, then every run it asked for (batches too) as the daemon launches them: with
         the sensor's tags, and never a run key that a run already had. The repositories of
         the runs launched, in order. before_launch: what happens between the two."""
-        tick = evaluate_tick(
-            self.instance,
-            self.resources()["gitlab"].source(),
-            self.resources()["gitlab"].group_paths(),
-            TrackerCursor.from_json(self.sensor_cursor),
-            limits or SensorLimits(recheck_seconds=0),
-            time.time(),
-        )
-        self.sensor_cursor = tick.cursor.to_json()
+        tick = self._evaluate(limits)
         if tick.added:  # as Dagster applies a SensorResult's partition requests: first
             self.instance.add_dynamic_partitions(REPOSITORIES_PARTITION, tick.added)
         if before_launch is not None:

@@ -9,6 +9,7 @@ the stand-in saw, never from the code under test.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -173,44 +174,40 @@ def test_the_door_refuses_what_it_must_and_records_nothing(
 def test_a_duplicate_and_a_burst_of_1000_events_for_10_projects_are_10_looks(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
+    """Two pushes to each of 10 projects, delivered over and over (1,000 deliveries, each of
+    its own id): recorded once per commit (20), then one lookup and one run's worth of work
+    per project, at its latest commit."""
     repos = _fleet(pipeline, tmp_path, 10)
     projects = {k: pipeline.gitlab.project(k) for k in repos}
+
+    def body(key: str, after: str) -> bytes:
+        push = {"object_kind": "push", "project_id": projects[key].id, "after": after}
+        return json.dumps({**push, "ref": "refs/heads/main", "before": "0" * 40}).encode()
+
     with receiving(pipeline.instance) as (url, receiver):
         _register(pipeline, url)
-        hook = pipeline.gitlab.hooks.hooks[0]
-        heads = {}
+        pushed = {}
         for key, repo in repos.items():
-            heads[key] = commit_files(repo, {"src/new.py": f"BURST = '{key}'\n"})
-        body = {
-            k: json.dumps(
-                {
-                    "object_kind": "push",
-                    "project_id": projects[k].id,
-                    "ref": "refs/heads/main",
-                    "before": "0" * 40,
-                    "after": heads[k],
-                }
-            ).encode()
-            for k in repos
-        }
+            first = commit_files(repo, {"src/new.py": f"FIRST = '{key}'\n"})
+            pushed[key] = (first, commit_files(repo, {"src/new.py": f"BURST = '{key}'\n"}))
         # The same delivery twice (GitLab's retry): recorded once.
         for _ in range(2):
-            assert _post(url, body["team/r0"], _headers(delivery="d-0")) == 202
+            assert _post(url, body("team/r0", pushed["team/r0"][0]), _headers("d-0")) == 202
         assert len(heard_since(pipeline.instance, 0).events) == 1
-        for i in range(1000):
+        for i in range(1000):  # the second push of each project last
             key = f"team/r{i % 10}"
-            assert _post(url, body[key], _headers(delivery=f"burst-{i}")) == 202
-        assert hook is not None and receiver.counts["recorded"] == 10
+            after = pushed[key][(i // 10) % 2]
+            assert _post(url, body(key, after), _headers(f"burst-{i}")) == 202
+        assert receiver.counts["recorded"] == 20
         pipeline.gitlab.requests.clear()
         assert sorted(pipeline.run_tick(replace(HOOKED, batch_size=50))) == sorted(repos)
-    looks = [
-        r
-        for r in pipeline.gitlab.requests
-        if r.path.startswith("/projects/") and r.path.count("/") == 2
-    ]
-    assert len(looks) <= 10 + 10  # one lookup per project, and a batch's one read each
+    looks = [r for r in pipeline.gitlab.requests if re.fullmatch(r"/projects/\d+", r.path)]
+    assert len(looks) == 10
     for key in repos:
-        assert f"BURST = '{key}'" in _lines(pipeline, key)
+        state = last_indexed(pipeline.instance, key)
+        assert state is not None and state.commit_sha == pushed[key][1]
+        lines = _lines(pipeline, key)
+        assert f"BURST = '{key}'" in lines and f"FIRST = '{key}'" not in lines
 
 
 def _headers(delivery: str) -> dict[str, str]:
