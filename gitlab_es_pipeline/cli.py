@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from gitlab_es_pipeline.core.search import (
     search_body,
     verify,
 )
+from gitlab_es_pipeline.heard import last_deliveries
 from gitlab_es_pipeline.launcher import dev, home_folder
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, resources_from_env
 from gitlab_es_pipeline.status import RepositoryStatus, repository_status, selected_repositories
@@ -217,6 +219,7 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
             repository_status(instance, repository, head_of, documents_of)
             for repository in repositories
         ]
+        deliveries = last_deliveries(instance)
     if args.json:
         json.dump([s.as_dict() for s in statuses], out, indent=2)
         out.write("\n")
@@ -224,9 +227,31 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
         _table(statuses, out)
     else:
         print("no repository matches (see `repositories` for the fleet)", file=sys.stderr)
+    if not args.json:
+        _hooks_table(deliveries, time.time(), out)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     return FOUND if statuses else NOT_FOUND
+
+
+def _hooks_table(deliveries: dict[str, float], now: float, out: TextIO) -> None:
+    """When each hook last delivered something the pipeline recorded."""
+    if not deliveries:
+        print(
+            "\nhooks: none heard from (the sensor's poll alone keeps the index in step)", file=out
+        )
+        return
+    print(f"\n{'hook':<52}last delivery", file=out)
+    for hook, at in sorted(deliveries.items(), key=lambda item: -item[1]):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+        print(f"{hook:<52}{stamp} UTC ({_ago(now - at)} ago)", file=out)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
 
 
 def parser() -> argparse.ArgumentParser:

@@ -19,11 +19,43 @@ REPOSITORIES = AssetKey("repositories")
 HEARD = "heard"  # the metadata key that marks an observation as a hook's
 
 
-def hear(instance: DagsterInstance, events: Iterable[HookEvent]) -> None:
+def hear(instance: DagsterInstance, events: Iterable[HookEvent], hook: str = "") -> None:
+    """hook: which hook delivered them (its kind and X-Gitlab-Webhook-UUID), for `status`."""
     for event in events:
         instance.report_runless_asset_event(
-            AssetObservation(asset_key=REPOSITORIES, metadata={HEARD: True, **event.as_metadata()})
+            AssetObservation(
+                asset_key=REPOSITORIES,
+                metadata={HEARD: True, "hook": hook, **event.as_metadata()},
+            )
         )
+
+
+DELIVERED = "delivered"  # the metadata key of a delivery that brought nothing new
+
+
+def note_delivery(instance: DagsterInstance, hook: str) -> None:
+    """A hook delivered only what was recorded before (a duplicate): `status` still sees the
+    hook alive. The receiver notes it at most once a minute per hook."""
+    instance.report_runless_asset_event(
+        AssetObservation(asset_key=REPOSITORIES, metadata={DELIVERED: True, "hook": hook})
+    )
+
+
+def last_deliveries(instance: DagsterInstance, look_back: int = 10_000) -> dict[str, float]:
+    """Each hook's last recorded delivery (unix time), among the newest events: a hook not
+    heard from in that many events shows as not heard."""
+    page = instance.fetch_observations(
+        AssetRecordsFilter(asset_key=REPOSITORIES), limit=look_back, ascending=False
+    )
+    last: dict[str, float] = {}
+    for record in page.records:
+        observation = record.asset_observation
+        if observation is None or not ({HEARD, DELIVERED} & observation.metadata.keys()):
+            continue
+        hook = observation.metadata.get("hook")
+        name = str(hook.value) if hook is not None and hook.value else "(unnamed hook)"
+        last.setdefault(name, record.timestamp)
+    return last
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ at the same commit are acknowledged without recording them twice. See docs/opera
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import os
@@ -29,10 +30,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gitlab_es_pipeline.core.hooks import HookEvent, Kind, Malformed, delivery_id, parse
-from gitlab_es_pipeline.heard import hear
+from gitlab_es_pipeline.heard import hear, note_delivery
 from gitlab_es_pipeline.resources import is_loopback
 
 _REMEMBERED = 10_000  # delivery ids and pushes kept in memory to drop duplicates
+_NOTE_SECONDS = 60  # a hook that brought nothing new is noted at most this often
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Receiver:
     last_delivery_at: float | None = None
     _deliveries: _Recent = field(default_factory=_Recent)
     _pushes: _Recent = field(default_factory=_Recent)
+    _noted: dict[str, float] = field(default_factory=dict)  # hook -> when last recorded
 
     def _authentic(self, request: Request) -> bool:
         if self.settings.secret is None:
@@ -120,11 +123,22 @@ class Receiver:
         if delivery is not None and self._deliveries.seen(delivery):
             return self._answer(202, "duplicate delivery")
         fresh = [e for e in events if not self._pushes.seen(_push_key(e))]
+        kind = request.headers.get("x-gitlab-event", "hook")[:60]
+        hook = f"{kind} {request.headers.get('x-gitlab-webhook-uuid', '')[:60]}".strip()
+        if not fresh and time.time() - self._noted.get(hook, 0.0) >= _NOTE_SECONDS:
+            # Nothing new, but the hook is alive: noted for `status`, at most once a minute.
+            self._noted[hook] = time.time()
+            with contextlib.suppress(Exception):  # a note lost costs nothing but the note
+                with anyio.fail_after(self.settings.record_timeout_seconds):
+                    await anyio.to_thread.run_sync(
+                        lambda: note_delivery(self.instance(), hook), abandon_on_cancel=True
+                    )
         if fresh:
+            self._noted[hook] = time.time()
             try:
                 with anyio.fail_after(self.settings.record_timeout_seconds):
                     await anyio.to_thread.run_sync(
-                        lambda: hear(self.instance(), fresh), abandon_on_cancel=True
+                        lambda: hear(self.instance(), fresh, hook), abandon_on_cancel=True
                     )
             except Exception as exc:  # any failure to record is a 503
                 reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__

@@ -8,14 +8,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gitlab_es_pipeline.cli import main
+from gitlab_es_pipeline.receiver import ReceiverSettings
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.standins.http import Response
+from gitlab_es_pipeline_tests.test_hooks import receiving
 
 ON_SQLITE = pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
 ON_BOTH = pytest.mark.parametrize("project_instance", ["sqlite", "postgres"], indirect=True)
@@ -233,3 +236,29 @@ def test_hooks_install_registers_each_owner_once_with_the_secret(
     assert sorted(h.scope for h in hooks) == sorted(["system", f"project:{project.id}"])
     assert all(h.url == url and h.token == "s3cret" and h.push_events for h in hooks)
     assert all(h.repository_update_events for h in hooks)
+
+
+@ON_SQLITE
+def test_status_shows_when_each_hook_last_delivered(
+    fleet: dict[str, Path], pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "hooks: none heard from" in found("status", "--no-heads")
+    monkeypatch.setenv("GITLAB_HOOK_SECRET", "s3cret")
+    before = time.time()
+    with receiving(pipeline.instance, ReceiverSettings(secret="s3cret")) as (url, _):
+        found("hooks", "install", "--url", url, "--system", "--project", "team/app")
+        project = pipeline.gitlab.project("team/app")
+        head = run_git(fleet["team/app"], "rev-parse", "HEAD").strip()
+        assert pipeline.gitlab.push_hook(project, head, "f" * 40) == [202, 202, 202]
+    hooks = {h.scope: h.id for h in pipeline.gitlab.hooks.hooks}
+    output = found("status", "--no-heads")
+    lines = {
+        next(w for w in line.split() if w.startswith("hook-")): line
+        for line in output.splitlines()
+        if "UTC" in line
+    }
+    system, webhook = f"hook-{hooks['system']}", f"hook-{hooks[f'project:{project.id}']}"
+    assert lines[system].startswith(f"System Hook {system}")
+    assert lines[webhook].startswith(f"Push Hook {webhook}")
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(before))
+    assert all(stamp in line or "s ago" in line for line in lines.values())

@@ -87,6 +87,8 @@ class Hooks:
         out = []
         namespace = project.namespace.lower()
         for hook in self.hooks:
+            if system_event != "push" and hook.scope != "system":
+                continue  # webhooks get a push once, as a Push Hook
             if hook.scope == f"project:{project.id}" and hook.push_events:
                 out.append((hook, "Push Hook"))
             elif hook.scope.startswith("group:") and hook.push_events:
