@@ -318,6 +318,7 @@ def parser() -> argparse.ArgumentParser:
     )
     receive.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     receive.add_argument("--port", type=int, default=8765, help="port (8765)")
+    receive.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     receive.set_defaults(run=_receiver)
 
     hooks = commands.add_parser("hooks", help="connect GitLab to the receiver")
@@ -342,7 +343,7 @@ def _receiver(args: argparse.Namespace, out: TextIO) -> int:
     from gitlab_es_pipeline.receiver import serve
 
     _dagster_home()
-    serve(args.host, args.port)
+    serve(args.host, args.port, exit_with_parent=args.exit_with_parent)
     return FOUND
 
 

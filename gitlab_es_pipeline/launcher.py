@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,5 +72,16 @@ def dev(extra: Sequence[str]) -> int:
     print(f"gitlab-es-pipeline dev: Dagster instance in {home}{said}", file=sys.stderr, flush=True)
     command, env = dev_command(home, extra)
     os.chdir(home)
+    port = env.get("HOOK_RECEIVER_PORT", "8765")
+    if "--help" not in extra and port != "0":
+        # Beside the UI, on loopback (no secret needed there); it ends with `dagster dev`.
+        receiver = [sys.executable, "-m", "gitlab_es_pipeline.cli", "receiver"]
+        options = ["--host", "127.0.0.1", "--port", port, "--exit-with-parent"]
+        subprocess.Popen([*receiver, *options], env=env)
+        print(
+            f"gitlab-es-pipeline dev: hook receiver on http://127.0.0.1:{port}/hooks",
+            file=sys.stderr,
+            flush=True,
+        )
     os.execve(command[0], command, env)
     return 0  # not reached

@@ -185,10 +185,22 @@ def check_exposure(host: str, settings: ReceiverSettings) -> None:
         )
 
 
-def serve(host: str, port: int, settings: ReceiverSettings | None = None) -> None:
+def _exit_with_parent() -> None:
+    """`gitlab-es-pipeline dev`'s receiver ends when `dagster dev` does, however it ends."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+def serve(
+    host: str, port: int, settings: ReceiverSettings | None = None, exit_with_parent: bool = False
+) -> None:
     import uvicorn
 
     settings = settings or ReceiverSettings.from_env()
     check_exposure(host, settings)
+    if exit_with_parent:
+        threading.Thread(target=_exit_with_parent, daemon=True).start()
     receiver = Receiver(functools.cache(DagsterInstance.get), settings)
     uvicorn.run(receiver.app(), host=host, port=port, log_level="info", access_log=False)

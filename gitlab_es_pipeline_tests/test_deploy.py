@@ -499,3 +499,40 @@ def test_helm_values_give_the_chart_what_each_readme_promise_needs() -> None:
     assert values["computeLogManager"]["type"] == "S3ComputeLogManager"
     assert values["computeLogManager"]["config"]["s3ComputeLogManager"]["bucket"]
     assert '"dagster-aws>=0.29,<0.30"' in dockerfile
+
+
+def test_the_receiver_runs_beside_the_pipeline_in_compose_and_on_kubernetes() -> None:
+    """Compose (`--profile hooks`) and deploy/helm/receiver.yaml: the command the CLI takes, the
+    secret from the env file or a Secret and nowhere else in the receiver, a health check on
+    the receiver's own /healthz, and the port GitLab posts to."""
+    from gitlab_es_pipeline.cli import parser
+
+    example = _env_example()
+    result = _compose("--profile", "hooks", "config", env_file=DEPLOY / ".env.example")
+    assert result.returncode == 0, result.stderr
+    receiver = yaml.safe_load(result.stdout)["services"]["receiver"]
+    assert receiver["profiles"] == ["hooks"]
+    args = parser().parse_args(receiver["command"][1:])
+    assert (args.command, args.host, args.port) == ("receiver", "0.0.0.0", 8765)
+    assert receiver["environment"]["GITLAB_HOOK_SECRET"] == example["GITLAB_HOOK_SECRET"]
+    assert "GITLAB_TOKEN" not in receiver["environment"]  # it never calls GitLab
+    assert "/healthz" in " ".join(receiver["healthcheck"]["test"])
+    assert any(str(p.get("target", p)).endswith("8765") for p in receiver["ports"])
+
+    deployment, service = yaml.safe_load_all((DEPLOY / "helm" / "receiver.yaml").read_text())
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = parser().parse_args(container["command"][1:])
+    assert (args.command, args.port) == ("receiver", container["ports"][0]["containerPort"])
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["GITLAB_HOOK_SECRET"]["valueFrom"]
+    assert "value" not in env["GITLAB_HOOK_SECRET"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    selector = service["spec"]["selector"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    # The image the chart's user deployment runs.
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    image = values["dagster-user-deployments"]["deployments"][0]["image"]
+    assert container["image"] == f"{image['repository']}:{image['tag']}"

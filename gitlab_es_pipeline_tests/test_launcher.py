@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from gitlab_es_pipeline_tests.processes import (
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
+from gitlab_es_pipeline_tests.test_daemon import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "gitlab-es-pipeline"
@@ -62,10 +64,11 @@ def test_dev_prepares_the_instance_folder_and_its_first_hour_prints_no_warning_t
     folder = tmp_path / "checkout"  # as a clone of the project: its dagster.yaml at the top
     folder.mkdir()
     (folder / "dagster.yaml").write_bytes((ROOT / "dagster.yaml").read_bytes())
-    port = free_port()
+    port, hook_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "dev.log"
     env = _new_shell_env(gitlab_server, es_server)
+    env["HOOK_RECEIVER_PORT"] = str(hook_port)
     # Sooner ticks, and a run per repository (the single-partition assets' code).
     env.update(HEAD_SENSOR_INTERVAL_SECONDS="5", HEAD_SENSOR_POLL_SECONDS="5", INDEX_BATCH_SIZE="1")
     with log.open("wb") as sink:
@@ -86,12 +89,17 @@ def test_dev_prepares_the_instance_folder_and_its_first_hour_prints_no_warning_t
         # Dagster's SQLite storage is made there: the runs and schedules databases.
         assert (home / "history" / "runs.db").is_file(), sorted(p.name for p in home.iterdir())
         assert (home / "schedules").is_dir()
+        # The hook receiver beside the UI, on loopback, recording into the same instance.
+        health = f"http://127.0.0.1:{hook_port}/healthz"
+        wait_until(lambda: _answers(health), 30, "the hook receiver", log)
         launch_materialization(url, ["repositories"])
         sensor_runs = _finished_runs(home, 3, log)  # discovery, then a run per repository
         launch_backfill_of_all(url, ["file_manifest", "line_documents", "es_index"])
         runs = _finished_runs(home, 4, log)
     finally:
         stop(server)
+    # It ends with `dagster dev`.
+    wait_until(lambda: not _answers(health), 30, "the hook receiver to end", log)
     assert sorted(r.job_name for r in sensor_runs) == [
         "__ASSET_JOB",
         "index_repository",
@@ -167,3 +175,11 @@ def _finished_runs(home: Path, count: int, log: Path, seconds: float = 240) -> l
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(runs)} runs, not {count} finished: {log.read_text()}")
             time.sleep(1)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
