@@ -20,15 +20,15 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def serve_until_stopped(conn: Any, pushed: Callable[[str], None] | None = None) -> None:
-    """Answer "cpu" with cpu_seconds(), and ("push", project) by calling pushed, until told
-    anything else."""
+def serve_until_stopped(conn: Any, asked: Callable[..., Any] | None = None) -> None:
+    """Answer "cpu" with cpu_seconds(), and any other tuple (what, *args) by calling
+    asked(what, *args), until told anything else."""
     while True:
         message = conn.recv()
         if message == "cpu":
             conn.send(cpu_seconds())
-        elif pushed is not None and isinstance(message, tuple) and message[0] == "push":
-            conn.send(pushed(message[1]))
+        elif asked is not None and isinstance(message, tuple):
+            conn.send(asked(*message))
         else:
             return
 
@@ -46,7 +46,17 @@ def _gitlab_active_at(projects: dict[str, str], last_activity_at: str, conn: Any
     by_path = {path: server.add_project(path, repo, **attrs) for path, repo in projects.items()}
     server.start()
     conn.send(server.url)
-    serve_until_stopped(conn, lambda path: by_path[path].record_push(throttle_seconds=0))
+
+    def asked(what: str, path: str, *args: str) -> Any:
+        """("push", path[, before, after]): GitLab's activity, and its hooks if a commit is
+        given; ("create", path, repo): a new project and its project_create hook."""
+        if what == "create":
+            by_path[path] = server.add_project(path, args[0])
+            return server.project_hook(by_path[path], "project_create")
+        by_path[path].record_push(throttle_seconds=0)
+        return server.push_hook(by_path[path], *args) if args else None
+
+    serve_until_stopped(conn, asked)
     server.stop()
 
 

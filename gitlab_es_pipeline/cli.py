@@ -227,7 +227,7 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
         _table(statuses, out)
     else:
         print("no repository matches (see `repositories` for the fleet)", file=sys.stderr)
-    if not args.json:
+    if not args.json and not args.repositories:  # the fleet's view: its hooks too
         _hooks_table(deliveries, time.time(), out)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)

@@ -317,3 +317,38 @@ def test_hooks_never_delivered_change_nothing_but_latency(
         assert pipeline.run_tick(SensorLimits(recheck_seconds=0)) == ["team/r0"]  # the poll
         assert sum(receiver.counts.values()) == 0
     assert "LOST_HOOK = 1" in _lines(pipeline, "team/r0")
+
+
+class _SlowStorage:
+    """The real instance behind a storage that takes `delay` seconds to write, or fails."""
+
+    def __init__(self, instance: DagsterInstance, delay: float, fail: bool = False) -> None:
+        self._instance, self._delay, self._fail = instance, delay, fail
+
+    def report_runless_asset_event(self, event: object) -> None:
+        time.sleep(self._delay)
+        if self._fail:
+            raise ConnectionError("the storage went away")
+        self._instance.report_runless_asset_event(event)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("delay", "fail"), [(3.0, False), (0.0, True)], ids=["slow", "failing"])
+def test_a_slow_or_failing_storage_gets_503_well_within_gitlabs_timeout(
+    instance: DagsterInstance, delay: float, fail: bool
+) -> None:
+    """Acknowledged only once recorded: a storage slower than the receiver's budget, or one
+    that fails, is answered 503 (GitLab may deliver again), in time; the same delivery is
+    recorded when it comes again to a storage that answers."""
+    slow = _SlowStorage(instance, delay, fail)
+    settings = ReceiverSettings(secret=SECRET, record_timeout_seconds=0.5)
+    push = {"object_kind": "push", "project_id": 4, "ref": "refs/heads/main", "after": "c" * 40}
+    with receiving(instance, settings) as (url, receiver):
+        receiver.instance = lambda: slow  # type: ignore[assignment,return-value]
+        started = time.monotonic()
+        assert _post(url, json.dumps(push).encode(), _headers("again")) == 503
+        assert time.monotonic() - started < 2.5
+        receiver.instance = lambda: instance
+        assert _post(url, json.dumps(push).encode(), _headers("again")) == 202
+    time.sleep(delay)  # the slow write, abandoned, may still land: at most a duplicate
+    events = heard_since(instance, 0).events
+    assert 1 <= len(events) <= 2 and {e.commit for e in events} == {"c" * 40}
