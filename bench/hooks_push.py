@@ -5,10 +5,11 @@
 
 The production path, as bench/fleet_push.py: a DAGSTER_HOME with the project's dagster.yaml
 (SQLite), the stand-ins in processes of their own, discovery of the fleet, then
-`dagster-daemon run` with the project's defaults (the HEAD-commit sensor every 5 s, its poll
-every 60 s), and `gitlab-es-pipeline receiver` in a process of its own with a secret, which
-`hooks install` registers with the GitLab stand-in as a system hook. The stand-in posts
-GitLab's payloads to it when the bench pushes or creates a project.
+`dagster-daemon run` with the project's defaults (the HEAD-commit sensor at each of the
+daemon's looks, every 5 s; its poll every 60 s), and `gitlab-es-pipeline receiver` in a
+process of its own with a secret, which `hooks install` registers with the GitLab stand-in
+as a system hook. The stand-in posts GitLab's payloads to it when the bench pushes or creates
+a project.
 
 Measured, in order (idle repositories recorded as indexed, as in fleet_push.py):
 1. idle: GitLab requests made while the sensor ticks and nothing happens (between polls);
@@ -18,7 +19,9 @@ Measured, in order (idle repositories recorded as indexed, as in fleet_push.py):
    them), p50 and p95;
 3. `--burst` pushes to as many repositories within a second: until the last is indexed;
 4. a new project: its project_create hook, then its first push: until it is indexed.
-At the end every pushed line is looked for with `gitlab-es-pipeline search -F`.
+At the end the pushed lines are looked for with `gitlab-es-pipeline search -F`: the new
+project's and the burst's are found; the single pushes' lines, replaced by the burst's in the
+same file, are not.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ import tempfile
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -81,6 +86,44 @@ def _until_indexed(
         time.sleep(0.2)
 
 
+STAGES = ("hook to run requested", "queued", "run worker starting", "steps to indexed")
+
+
+def _stages(instance: Any, key: str, commit: str, at: float, indexed_at: float) -> list[float]:
+    """Where one push's time went: the sensor's tick, the run queue, the run worker's start,
+    the run's steps (seconds each, from Dagster's own run and event records)."""
+    from dagster import DagsterEventType, RunsFilter
+
+    from gitlab_es_pipeline.sensors import COMMIT_TAG
+
+    runs = instance.get_run_records(
+        RunsFilter(tags={"dagster/partition": key, COMMIT_TAG: commit}), limit=1
+    )
+    if not runs:
+        return [float("nan")] * len(STAGES)
+    record = runs[0]
+    created = record.create_timestamp.timestamp()
+    times = {}
+    for kind in (DagsterEventType.RUN_STARTING, DagsterEventType.RUN_START):
+        entries = instance.all_logs(record.dagster_run.run_id, of_type=kind)
+        times[kind] = entries[0].timestamp if entries else float("nan")
+    starting, start = times[DagsterEventType.RUN_STARTING], times[DagsterEventType.RUN_START]
+    return [created - at, starting - created, start - starting, indexed_at - start]
+
+
+def _found(env: dict[str, str], prefix: str, most: int) -> int:
+    """How many distinct pushed lines starting with the prefix a search finds."""
+    search = subprocess.run(
+        [SCRIPT, "search", "-F", prefix, "--json", "-n", str(most + 10)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if search.returncode not in (0, 1):  # 1: nothing found, as grep
+        raise RuntimeError(f"search failed: {search.stderr}")
+    return len({hit["line_content"] for hit in json.loads(search.stdout)["matches"]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -88,6 +131,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=10_000)
     parser.add_argument("--single", type=int, default=20, help="pushes made one at a time")
     parser.add_argument("--burst", type=int, default=100, help="pushes within a second")
+    parser.add_argument(
+        "--interval", help="HEAD_SENSOR_INTERVAL_SECONDS (default: the project's own)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gitlab-es-bench-hooks-"))
     receiver: subprocess.Popen | None = None
@@ -108,7 +154,8 @@ def main() -> None:
             gitlab_server_pushable(projects, since) as (gitlab, ask),
             running(_storing_elasticsearch) as es,
         ):
-            env, instance = discover_fleet(work, "hooks", gitlab, es, {})
+            settings = {"HEAD_SENSOR_INTERVAL_SECONDS": args.interval} if args.interval else {}
+            env, instance = discover_fleet(work, "hooks", gitlab, es, settings)
             env["GITLAB_HOOK_SECRET"] = SECRET
             from dagster import AssetMaterialization
 
@@ -158,15 +205,19 @@ def main() -> None:
                 while len(_sensor_ticks(instance, idle_since)) < 6:
                     time.sleep(1)
                 idle_requests = _requests(gitlab)
+                ticks = [t.timestamp for t in _sensor_ticks(instance, idle_since)]
+                gaps = [b - a for a, b in pairwise(ticks)]
 
                 # 2. single pushes
                 single = []
+                stages = []
                 for i, key in enumerate(keys[: args.single]):
                     before, after = _push(pushed[key], f"SINGLE_{i}_{key}")
                     at = time.time()
                     ask(("push", key, before, after))
                     done = _until_indexed(indexed, {key: after}, at, log)
                     single.append(done[key] - at)
+                    stages.append(_stages(instance, key, after, at, done[key]))
 
                 # 3. a burst
                 commits: dict[str, str] = {}
@@ -198,24 +249,34 @@ def main() -> None:
                 text=True,
             )
             found_fresh = "fleet/fresh" in search.stdout
+            burst_found = _found(env, "BURST_", len(commits))
+            single_found = _found(env, "SINGLE_", args.single)
             instance.dispose()
 
         quantiles = statistics.quantiles(single, n=20) if len(single) > 1 else single * 19
         rows = [
             ("GitLab requests over 6 idle ticks (a poll counted in)", sum(idle_requests.values())),
             ("  of them listings (the minute poll)", idle_requests.get("projects_list", 0)),
+            ("  seconds between idle ticks, shortest", min(gaps)),
+            ("  seconds between idle ticks, longest", max(gaps)),
             (f"single push to indexed, p50 (s), of {len(single)}", statistics.median(single)),
             ("single push to indexed, p95 (s)", quantiles[18]),
             (f"burst of {len(commits)}: hooks delivered in (s)", delivered),
             ("burst: last repository indexed (s)", burst_last),
             ("new project: create + first push to indexed (s)", fresh_took),
             ("new project's line found by search (1 = yes)", int(found_fresh)),
+            (f"burst lines found by search, of {len(commits)}", burst_found),
+            ("single-push lines found (each replaced by the burst's: 0)", single_found),
         ]
         print(f"\nfleet: {args.partitions} partitions; hooks through the receiver")
         print(f"{'figure':<56} {'value':>8}")
         for name, value in rows:
             shown = f"{value:>8}" if isinstance(value, int) else f"{value:>8.1f}"
             print(f"{name:<56} {shown}")
+        print("\nwhere a single push's time went (s)")
+        print(f"{'stage':<56} {'p50':>8} {'max':>8}")
+        for name, column in zip(STAGES, zip(*stages, strict=True), strict=True):
+            print(f"{name:<56} {statistics.median(column):>8.1f} {max(column):>8.1f}")
     finally:
         if receiver is not None:
             receiver.send_signal(signal.SIGTERM)

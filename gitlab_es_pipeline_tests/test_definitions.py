@@ -120,6 +120,8 @@ def test_dagster_yaml_selects_the_storage_from_the_environment(project_instance,
     assert concurrency.pool_config.default_pool_limit == 4
     assert concurrency.run_queue_config.max_concurrent_runs == 4
     assert concurrency.run_queue_config.tag_concurrency_limits[0]["key"] == "dagster/partition"
+    # The queue looked at every second, beside the limits above (docs/benchmark.md).
+    assert project_instance.run_coordinator.dequeue_interval_seconds == 1
 
 
 def test_postgres_url_from_the_environment() -> None:
