@@ -20,12 +20,16 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
-def _instance(home: Path, kept: bool):
+
+def _instance(home: Path, kept: bool) -> DagsterInstance:
     """An instance on Dagster's SQLite storage, or (kept) on the project's dagster.yaml."""
     from dagster import DagsterInstance
 
@@ -98,9 +102,9 @@ def main() -> None:
     n = args.events // 3 * 3
     for name, wall, cpu in rows:
         print(f"{name:<40} {1000 * wall / n:>14.2f} {1000 * cpu / n:>13.2f}")
-    stock = sum(r[1] for r in rows[0::2])
-    kept = sum(r[1] for r in rows[1::2])
-    print(f"\nwall, Dagster's / the project's: {stock / kept:.2f}")
+    stock_wall = sum(r[1] for r in rows[0::2])
+    kept_wall = sum(r[1] for r in rows[1::2])
+    print(f"\nwall, Dagster's / the project's: {stock_wall / kept_wall:.2f}")
 
 
 if __name__ == "__main__":

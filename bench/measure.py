@@ -19,6 +19,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 from servers import API_KEY, TOKEN
 
 
+def _number(materialization: Any, key: str) -> float:
+    """A number of a materialization's metadata (the pipeline records them as int or float)."""
+    value = materialization.metadata[key].value
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"{key}: {value!r} is not a number")
+    return value
+
+
 def pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from dagster import AssetKey, materialize
 
@@ -53,11 +61,11 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             if mat.asset_key == AssetKey("line_documents"):
-                lines += int(mat.metadata["dagster/row_count"].value)
-                files += int(mat.metadata["files_read"].value)
-                step_seconds["read"] += float(mat.metadata["duration_seconds"].value)
+                lines += int(_number(mat, "dagster/row_count"))
+                files += int(_number(mat, "files_read"))
+                step_seconds["read"] += _number(mat, "duration_seconds")
             if mat.asset_key == AssetKey("es_index"):
-                step_seconds["write"] += float(mat.metadata["duration_seconds"].value)
+                step_seconds["write"] += _number(mat, "duration_seconds")
     return {"lines": lines, "files": files, "step_seconds": step_seconds}
 
 
@@ -99,12 +107,10 @@ def job(args: argparse.Namespace) -> dict[str, Any]:
             assert result.success, key
             for event in result.get_asset_materialization_events():
                 mat = event.event_specific_data.materialization
-                rss = (
-                    float(mat.metadata["peak_rss_mb"].value) if "peak_rss_mb" in mat.metadata else 0
-                )
+                rss = _number(mat, "peak_rss_mb") if "peak_rss_mb" in mat.metadata else 0
                 if mat.asset_key == AssetKey("line_documents"):
-                    lines += int(mat.metadata["dagster/row_count"].value)
-                    files += int(mat.metadata["files_read"].value)
+                    lines += int(_number(mat, "dagster/row_count"))
+                    files += int(_number(mat, "files_read"))
                     step_rss["read"] = max(step_rss["read"], rss)
                 if mat.asset_key == AssetKey("es_index"):
                     step_rss["write"] = max(step_rss["write"], rss)
@@ -165,7 +171,7 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
         with tarfile.open(fileobj=ChunkStream(chunks), mode="r|gz") as tar:
             for member in tar:
                 if member.isfile():
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    data = tar.extractfile(member).read()
                     lines += len(data.decode("utf-8", "replace").split("\n"))
                     files += 1
     return {"lines": lines, "files": files}

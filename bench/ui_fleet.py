@@ -27,12 +27,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from fleet import running_daemon  # noqa: E402
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 from gitlab_es_pipeline_tests.processes import (  # noqa: E402
     launch_backfill_of_all,
@@ -141,10 +145,10 @@ def form_runs(home: Path, env: dict[str, str], backfill_id: str, work: Path) -> 
     )
 
 
-def _keys_between(instance: object, first: str, last: str) -> list[str]:
+def _keys_between(instance: DagsterInstance, first: str, last: str) -> list[str]:
     from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 
-    keys = instance.get_dynamic_partitions(REPOSITORIES_PARTITION)
+    keys = list(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
     return keys[keys.index(first) : keys.index(last) + 1]
 
 

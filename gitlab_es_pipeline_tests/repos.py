@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ def init_repo(path: Path, branch: str = "main") -> Path:
 
 
 def commit_files(
-    repo: Path, files: dict[str, FileSpec], message: str = "update", delete: tuple[str, ...] = ()
+    repo: Path, files: Mapping[str, FileSpec], message: str = "update", delete: tuple[str, ...] = ()
 ) -> str:
     """Write (or delete) files and commit them; returns the new commit sha."""
     for rel in delete:

@@ -11,11 +11,12 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetCheckKey, AssetKey
+from dagster import AssetCheckKey, AssetKey, ExecuteInProcessResult
 
 from gitlab_es_pipeline.indexing import MANIFEST_CHECK
 from gitlab_es_pipeline.state import last_indexed
@@ -64,11 +65,7 @@ def _archive_against_tree(repo: Path, commit: str, lfs_objects: bool) -> tuple[s
         capture_output=True,
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
-        archived = {
-            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
-            for m in tar.getmembers()
-            if m.isfile()
-        }
+        archived = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     missing, rewritten = set(), set()
     for path in run_git(repo, "ls-tree", "-r", "--name-only", commit).splitlines():
         blob = subprocess.run(
@@ -83,7 +80,7 @@ def _archive_against_tree(repo: Path, commit: str, lfs_objects: bool) -> tuple[s
     return missing, rewritten
 
 
-def _slow_tree_pages(seconds: float):  # type: ignore[no-untyped-def]
+def _slow_tree_pages(seconds: float) -> Callable[[Request, str], Response | None]:
     """Tree pages after the first arrive late: the archive is read to its end before the
     listing is (the order a large, slow instance gives)."""
 
@@ -102,7 +99,7 @@ def _assert_index_is(pipeline: Pipeline, expected: dict[str, dict]) -> None:
         assert documents[doc_id] == doc, doc_id
 
 
-def _check_of(result) -> tuple[bool, dict]:  # type: ignore[no-untyped-def]
+def _check_of(result: ExecuteInProcessResult) -> tuple[bool, dict]:
     (evaluation,) = [
         e
         for e in result.get_asset_check_evaluations()
@@ -334,5 +331,5 @@ def test_a_raw_blob_that_is_not_its_id_fails_the_run_naming_the_file(
     failure = result.get_step_failure_events()[-1].step_failure_data.user_failure_data
     assert failure is not None
     assert failure.description.startswith(f"{KEY}: src/ident.c: GitLab served 20 bytes for blob")
-    assert "do not hash to its id" in failure.description
+    assert "do not hash to its id" in str(failure.description)
     assert pipeline.es.documents(INDEX) == {}

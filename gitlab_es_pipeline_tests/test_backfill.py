@@ -120,8 +120,8 @@ def test_a_backfill_of_all_partitions_from_the_ui_runs_in_batches_of_partitions(
         reads = project_instance.fetch_materializations(only, limit=10).records
         modes = sorted(
             (
-                r.asset_materialization.metadata["mode"].value,
-                r.asset_materialization.metadata["files_read"].value,
+                str(r.asset_materialization.metadata["mode"].value),
+                int(str(r.asset_materialization.metadata["files_read"].value)),
             )
             for r in reads
         )
@@ -164,4 +164,4 @@ def _left_by(instance: DagsterInstance, run_ids: list[str]) -> set[str]:
 
 
 def _partitions(subset: AssetGraphSubset, asset: AssetKey) -> set[str]:
-    return {p.partition_key for p in subset.iterate_asset_partitions() if p.asset_key == asset}
+    return {str(p.partition_key) for p in subset.iterate_asset_partitions() if p.asset_key == asset}

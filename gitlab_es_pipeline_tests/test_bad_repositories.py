@@ -25,7 +25,7 @@ def test_a_deleted_default_branch_fails_at_once_saying_so(
     assert not result.success
     data = result.get_step_failure_events()[0].step_failure_data
     assert data.user_failure_data is not None
-    message = data.user_failure_data.description
+    message = str(data.user_failure_data.description)
     assert message.startswith("team/app: GitLab refused branch 'release'") and "HTTP 404" in message
     assert "The default branch 'release' is gone: choose another one" in message
     assert last_indexed(pipeline.instance, "team/app") is None

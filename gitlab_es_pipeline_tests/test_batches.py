@@ -91,7 +91,7 @@ def _said(pipeline: Pipeline, run_id: str, key: str) -> list[str]:
 
 def _materializations(pipeline: Pipeline, asset: AssetKey, key: str) -> list:
     only = AssetRecordsFilter(asset_key=asset, asset_partitions=[key])
-    return pipeline.instance.fetch_materializations(only, limit=100).records
+    return list(pipeline.instance.fetch_materializations(only, limit=100).records)
 
 
 def _outcomes(pipeline: Pipeline, key: str) -> list:

@@ -38,7 +38,7 @@ def _kinds(pipeline: Pipeline) -> dict[str, int]:
     return dict(Counter(request_kind(r.raw_path) for r in pipeline.gitlab.requests))
 
 
-def _exact(pipeline: Pipeline, repo: Path, project, commits: list[str]) -> bool:
+def _exact(pipeline: Pipeline, repo: Path, project: Any, commits: list[str]) -> bool:
     key = project.path_with_namespace
     expected = expected_after_runs(
         repo, commits, project.id, key, "main", f"{pipeline.gitlab.url}/{key}", known_text={}

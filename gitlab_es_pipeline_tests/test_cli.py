@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance
 
 from gitlab_es_pipeline.cli import main
 from gitlab_es_pipeline.receiver import ReceiverSettings
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
+from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
+from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 from gitlab_es_pipeline_tests.standins.http import Response
 from gitlab_es_pipeline_tests.test_hooks import receiving
 
@@ -32,7 +35,12 @@ LIB = {"lib.py": "def parse_config():\n    pass\n"}
 
 
 @pytest.fixture
-def pipeline(gitlab_server, es_server, project_instance, tmp_path: Path) -> Pipeline:
+def pipeline(
+    gitlab_server: GitLabStandIn,
+    es_server: ElasticsearchStandIn,
+    project_instance: DagsterInstance,
+    tmp_path: Path,
+) -> Pipeline:
     return Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")
 
 
@@ -50,7 +58,7 @@ def fleet(pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "GITLAB_URL": pipeline.gitlab.url,
         "GITLAB_TOKEN": pipeline.gitlab.token,
         "ELASTICSEARCH_URL": pipeline.es.url,
-        "ELASTICSEARCH_API_KEY": pipeline.es.api_key,
+        "ELASTICSEARCH_API_KEY": pipeline.es.api_key or "",
         "ELASTICSEARCH_INDEX": INDEX,
     }.items():
         monkeypatch.setenv(name, value)

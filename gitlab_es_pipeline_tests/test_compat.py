@@ -15,12 +15,14 @@ from typing import Any
 
 import elasticsearch
 import pytest
+from dagster import DagsterInstance
 
 from gitlab_es_pipeline.cli import main
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
+from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 CLIENT_MAJOR = int(elasticsearch.__versionstr__.split(".")[0])
 FILES = {"src/app.py": "def main():\n    return 42\n", "README.md": "# App\n"}
@@ -34,7 +36,9 @@ class OneRepository:
     project: Any
 
 
-def _one_repository(gitlab_server, instance, tmp_path: Path, major: int) -> OneRepository:
+def _one_repository(
+    gitlab_server: GitLabStandIn, instance: DagsterInstance, tmp_path: Path, major: int
+) -> OneRepository:
     es = ElasticsearchStandIn(api_key="es-stand-in-key", major=major).start()
     pipeline = Pipeline(gitlab_server, es, instance, tmp_path / "parquet")
     repo = init_repo(tmp_path / "app")
@@ -46,7 +50,7 @@ def _one_repository(gitlab_server, instance, tmp_path: Path, major: int) -> OneR
 
 @pytest.mark.parametrize("server_major", sorted({CLIENT_MAJOR, 9}))
 def test_the_client_indexes_into_a_cluster_that_accepts_it(
-    gitlab_server, instance, tmp_path: Path, server_major: int
+    gitlab_server: GitLabStandIn, instance: DagsterInstance, tmp_path: Path, server_major: int
 ) -> None:
     one = _one_repository(gitlab_server, instance, tmp_path, server_major)
     pipeline, project = one.pipeline, one.project
@@ -68,7 +72,11 @@ def test_the_client_indexes_into_a_cluster_that_accepts_it(
 
 @pytest.mark.skipif(CLIENT_MAJOR < 9, reason="only a client newer than the cluster is refused")
 def test_a_newer_client_than_the_cluster_fails_saying_what_to_install(
-    gitlab_server, instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    gitlab_server: GitLabStandIn,
+    instance: DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pipeline = _one_repository(gitlab_server, instance, tmp_path, CLIENT_MAJOR - 1).pipeline
     try:
@@ -83,7 +91,7 @@ def test_a_newer_client_than_the_cluster_fails_saying_what_to_install(
         assert len([e for e in attempts if e.step_key == failure.step_key]) == 1
 
         monkeypatch.setenv("ELASTICSEARCH_URL", pipeline.es.url)
-        monkeypatch.setenv("ELASTICSEARCH_API_KEY", pipeline.es.api_key)
+        monkeypatch.setenv("ELASTICSEARCH_API_KEY", pipeline.es.api_key or "")
         assert main(["search", "main"], out=io.StringIO()) == 2
         assert f"elasticsearch>={CLIENT_MAJOR - 1}.13,<{CLIENT_MAJOR}" in capsys.readouterr().err
     finally:

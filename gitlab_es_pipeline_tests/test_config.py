@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from dagster import DagsterInstance, DagsterInvalidConfigError, EnvVar, materialize
 from pydantic import ValidationError
@@ -10,7 +13,7 @@ from gitlab_es_pipeline.assets import repositories
 from gitlab_es_pipeline.core.mapping import index_body
 from gitlab_es_pipeline.io_managers import ParquetIOManager
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
-from gitlab_es_pipeline_tests.pipeline import INDEX
+from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
 
 SECRET = "glpat-do-not-echo-me"
@@ -47,7 +50,7 @@ def test_a_malformed_elasticsearch_url_is_refused() -> None:
     )
 
 
-def _setup_error(instance: DagsterInstance, tmp_path) -> str:
+def _setup_error(instance: DagsterInstance, tmp_path: Path) -> str:
     result = materialize(
         [repositories],
         instance=instance,
@@ -69,7 +72,7 @@ def _setup_error(instance: DagsterInstance, tmp_path) -> str:
 
 
 def test_variables_are_checked_once_resolved_when_a_run_starts(
-    instance: DagsterInstance, tmp_path, monkeypatch: pytest.MonkeyPatch
+    instance: DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITLAB_URL", "gitlab.example.com")
     monkeypatch.setenv("GITLAB_TOKEN", SECRET)
@@ -84,7 +87,9 @@ def test_variables_are_checked_once_resolved_when_a_run_starts(
         _setup_error(instance, tmp_path)
 
 
-def test_an_alias_over_several_indices_is_refused_at_once(pipeline, tmp_path) -> None:
+def test_an_alias_over_several_indices_is_refused_at_once(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     repo = init_repo(tmp_path / "app")
     commit_files(repo, {"a.py": "x = 1\n"})
     pipeline.gitlab.add_project("team/app", str(repo))
@@ -124,7 +129,7 @@ def test_an_alias_over_several_indices_is_refused_at_once(pipeline, tmp_path) ->
     ],
 )
 def test_credentials_over_plain_http_are_refused_unless_allowed(
-    make, expected: str, caplog: pytest.LogCaptureFixture
+    make: Callable[..., object], expected: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises(ValidationError, match=expected) as raised:
         make()

@@ -269,7 +269,7 @@ def test_delete_by_query_sees_what_was_refreshed_and_reports_it(clusters: list[C
             x for n in range(5, 8) for x in ({"index": {"_id": f"b{n}"}}, document(n, project_id=8))
         ]
         c.send("POST", "lines/_bulk", ndjson=later)  # written, not refreshed
-        everything = {"query": {"match_all": {}}}
+        everything: dict[str, Any] = {"query": {"match_all": {}}}
         status, answer = c.send(
             "POST", "lines/_delete_by_query", everything, conflicts="proceed", slices="auto"
         )
@@ -375,8 +375,9 @@ def test_searches_find_the_same_lines_of_real_source(clusters: list[Cluster]) ->
 
     operations: list[dict[str, Any]] = []
     for module in (http.client, json.decoder):
-        path = Path(module.__file__).name
-        for number, line in enumerate(Path(module.__file__).read_text().splitlines(), 1):
+        source = Path(str(module.__file__))
+        path = source.name
+        for number, line in enumerate(source.read_text().splitlines(), 1):
             operations += [
                 {"index": {"_id": f"{path}-{number}"}},
                 document(number, file_path=path, line_content=line),
@@ -400,7 +401,7 @@ def test_searches_find_the_same_lines_of_real_source(clusters: list[Cluster]) ->
         for start in range(0, len(operations), 2000):
             c.send("POST", "lines/_bulk", ndjson=operations[start : start + 2000])
         c.send("POST", "lines/_refresh")
-        seen = []
+        seen: list[Any] = []
         for options in queries:
             status, answer = c.send("POST", "lines/_search", search_body(options))
             assert "hits" in answer, (c.engine, options, answer)

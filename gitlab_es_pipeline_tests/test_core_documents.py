@@ -13,7 +13,7 @@ import pytest
 from upath import UPath
 
 from gitlab_es_pipeline.core.bulk import (
-    BulkOperations,
+    BulkChunk,
     chunk_operations,
     delete_operations,
     index_operations,
@@ -198,7 +198,7 @@ def test_a_chunk_across_batches_gives_each_operation_its_origin_and_takes_retrie
     assert [str(some.origin(i)) for i in range(4)] == ["a.py:1", "a.py:2", "b.py:1", "b.py:2"]
 
 
-def _ids(chunks: list[BulkOperations]) -> list[str]:
+def _ids(chunks: list[BulkChunk]) -> list[str]:
     return [i for c in chunks for i in c.doc_ids.to_pylist()]
 
 

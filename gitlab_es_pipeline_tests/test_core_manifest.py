@@ -136,7 +136,7 @@ def test_a_rename_pairs_one_old_path_with_one_new_path() -> None:
         "e.txt": fresh("e.txt", "1"),
     }
     deleted = classify(entries, base)
-    assert sorted(e.change for e in entries.values()) == ["added", "renamed", "renamed"]
+    assert sorted(str(e.change) for e in entries.values()) == ["added", "renamed", "renamed"]
     assert sorted(e.previous_path for e in entries.values() if e.previous_path) == [
         "a.txt",
         "b.txt",

@@ -12,7 +12,8 @@ class Clock:
 
 
 def test_reports_at_most_every_interval_and_once_at_the_end() -> None:
-    clock, said = Clock(), []
+    clock = Clock()
+    said: list[str] = []
     progress = Progress("acme/api: read", "files", said.append, every=10, clock=clock)
     for done in range(1, 6):
         clock.now += 4
@@ -24,7 +25,8 @@ def test_reports_at_most_every_interval_and_once_at_the_end() -> None:
 
 
 def test_a_known_total_is_shown_and_without_lines_the_rate_is_in_units() -> None:
-    clock, said = Clock(), []
+    clock = Clock()
+    said: list[str] = []
     progress = Progress("acme/api: write", "documents", said.append, every=0, clock=clock)
     clock.now += 2
     progress.update(500, 2000)

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -198,7 +199,8 @@ def test_schedule_and_sensor_keep_the_index_in_step_across_daemon_restarts(
         # The first load: both small repositories in one batch.
         (batch,) = instance.get_runs(RunsFilter(job_name="index_repositories"))
         assert batch.status == DagsterRunStatus.SUCCESS
-        members = batch.run_config["ops"]["index_batch"]["config"]["repositories"]
+        config: dict[str, Any] = dict(batch.run_config)
+        members = config["ops"]["index_batch"]["config"]["repositories"]
         assert members == {
             "team/app": indexed["team/app"][0],
             "team/quiet": indexed["team/quiet"][0],

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey
+from dagster import AssetKey, DagsterInstance, QueuedRunCoordinator
 
 from gitlab_es_pipeline.definitions import defs
 from gitlab_es_pipeline.pools import ensure_pools
 from gitlab_es_pipeline.storage import postgres_url_from_env, with_psycopg2_driver
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
+from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
+from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +86,7 @@ def test_the_lineage_graph_explains_itself() -> None:
     }
 
 
-def test_secrets_are_env_vars_not_values(monkeypatch) -> None:
+def test_secrets_are_env_vars_not_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITLAB_TOKEN", "glpat-super-secret")
     monkeypatch.setenv("ELASTICSEARCH_API_KEY", "es-super-secret")
     code = (
@@ -105,7 +107,9 @@ def test_workspace_names_the_definitions() -> None:
 
 
 @pytest.mark.parametrize("project_instance", ["sqlite", "postgres"], indirect=True)
-def test_dagster_yaml_selects_the_storage_from_the_environment(project_instance, request) -> None:
+def test_dagster_yaml_selects_the_storage_from_the_environment(
+    project_instance: DagsterInstance, request: pytest.FixtureRequest
+) -> None:
     storage = type(project_instance.get_ref().storage).__name__
     expected = "PostgresStorage" if "postgres" in request.node.name else "SqliteStorage"
     assert storage.endswith(expected)
@@ -121,6 +125,7 @@ def test_dagster_yaml_selects_the_storage_from_the_environment(project_instance,
     assert concurrency.run_queue_config.max_concurrent_runs == 4
     assert concurrency.run_queue_config.tag_concurrency_limits[0]["key"] == "dagster/partition"
     # The queue looked at every second, beside the limits above (docs/benchmark.md).
+    assert isinstance(project_instance.run_coordinator, QueuedRunCoordinator)
     assert project_instance.run_coordinator.dequeue_interval_seconds == 1
 
 
@@ -139,7 +144,11 @@ def test_postgres_url_from_the_environment() -> None:
 
 @pytest.mark.parametrize("project_instance", ["sqlite"], indirect=True)
 def test_runs_log_json_lines_with_run_and_repository(
-    project_instance, gitlab_server, es_server, tmp_path: Path, capfd
+    project_instance: DagsterInstance,
+    gitlab_server: GitLabStandIn,
+    es_server: ElasticsearchStandIn,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """dagster.yaml's python_logs: each message of a run is also one JSON object on stderr."""
     pipeline = Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")

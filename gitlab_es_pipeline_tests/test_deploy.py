@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance
+from dagster import DagsterInstance, QueuedRunCoordinator
 from dagster._core.scheduler.instigation import InstigatorType
 
 from gitlab_es_pipeline_tests.postgres import TempPostgres
@@ -324,6 +324,7 @@ def test_the_deploy_instance_loads_on_postgres_with_its_limits(deploy_home: dict
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
             assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+            assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
             assert instance.run_coordinator.dequeue_interval_seconds == 1
             concurrency = instance.get_concurrency_config()
             assert concurrency.run_queue_config.max_concurrent_runs == 4

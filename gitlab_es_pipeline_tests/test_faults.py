@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -122,7 +123,7 @@ def _step_attempts(result: ExecuteInProcessResult, step: str) -> int:
 
 
 def _requests(pipeline: Pipeline, key: str, kind: str) -> list[RecordedRequest]:
-    project_id = str(pipeline.gitlab._find_project(key).id)  # type: ignore[union-attr]
+    project_id = str(pipeline.gitlab._find_project(key).id)
     return [
         r
         for r in pipeline.gitlab.requests_of_kind(kind)
@@ -135,7 +136,9 @@ def fleet(pipeline: Pipeline, tmp_path: Path) -> Fleet:
     return Fleet(pipeline, tmp_path)
 
 
-def _refuse(times: int, where: str, answer: callable) -> callable:  # type: ignore[valid-type]
+def _refuse(
+    times: int, where: str, answer: Callable[[], Response]
+) -> Callable[[Request, str], Response | None]:
     """A GitLab fault: the first `times` requests whose path contains `where` get `answer()`."""
     left = [times]
 
@@ -226,7 +229,7 @@ def test_a_raw_file_cut_off_mid_body_is_fetched_again(fleet: Fleet) -> None:
     fleet.push(APP, {"src/m3.py": _file(APP, 3, tag="v2")})
 
     def cut() -> Response:
-        def body():  # half a file, then the connection goes
+        def body() -> Iterator[bytes]:  # half a file, then the connection goes
             yield b"half a file\n"
             raise StandInServer.BrokenStream()
 
@@ -420,7 +423,7 @@ def test_documents_refused_for_good_become_dead_letters_that_the_next_run_sends_
     assert evaluation.passed is False and evaluation.metadata["documents_rejected"].value == 1
     fleet.assert_still_at_the_last_indexed_commit(APP)
     # The dead letter, kept where the failure says.
-    kept = Path(evaluation.metadata["dead_letters"].value)
+    kept = Path(str(evaluation.metadata["dead_letters"].value))
     assert kept == pipeline.storage / "es_index_dead_letters" / "team" / "app.parquet"
     rows = pq.read_table(kept).to_pylist()
     assert [(r["file_path"], r["line_number"], r["status"]) for r in rows] == [

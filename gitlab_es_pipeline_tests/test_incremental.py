@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterRunStatus, RunsFilter
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._daemon.monitoring.run_monitoring import check_run_timeout
 
 from gitlab_es_pipeline.leases import lease_seconds
@@ -16,6 +16,8 @@ from gitlab_es_pipeline_tests.corpus import expected_after_runs, expected_id
 from gitlab_es_pipeline_tests.pipeline import INDEX, RUN_KEY_TAG, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.run_partition import run_killed
+from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
+from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 BINARY = b"\x00\x01binary\x00" * 20
 
@@ -91,7 +93,12 @@ pytestmark = pytest.mark.parametrize("project_instance", ["sqlite", "postgres"],
 
 
 @pytest.fixture
-def pipeline(gitlab_server, es_server, project_instance, tmp_path: Path) -> Pipeline:
+def pipeline(
+    gitlab_server: GitLabStandIn,
+    es_server: ElasticsearchStandIn,
+    project_instance: DagsterInstance,
+    tmp_path: Path,
+) -> Pipeline:
     return Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")
 
 
@@ -266,8 +273,8 @@ def test_a_run_whose_process_died_is_failed_by_run_monitoring_and_retried_by_the
     assert record.dagster_run.status == DagsterRunStatus.STARTED  # nobody knows it died
     assert fleet.sensor_round(limits) == []  # its run key is taken, its lease still held
     check_run_timeout(pipeline.instance, record, logging.getLogger("test"), 0.001)
-    record = pipeline.instance.get_run_record_by_id(record.dagster_run.run_id)
-    assert record is not None and record.dagster_run.status == DagsterRunStatus.FAILURE
+    ended = pipeline.instance.get_run_record_by_id(record.dagster_run.run_id)
+    assert ended is not None and ended.dagster_run.status == DagsterRunStatus.FAILURE
     time.sleep(lease_seconds())  # the lease of the dead run expires
     assert fleet.sensor_round(limits) == ["team/app"]
     fleet.indexed["team/app"] = [fleet.head("team/app")]  # a full rebuild after a dead run

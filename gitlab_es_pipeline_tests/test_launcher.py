@@ -43,7 +43,7 @@ def _new_shell_env(
         DAGSTER_DISABLE_TELEMETRY="yes",
     )
     if es:
-        env["ELASTICSEARCH_API_KEY"] = es.api_key
+        env["ELASTICSEARCH_API_KEY"] = es.api_key or ""
     return env
 
 
@@ -171,7 +171,7 @@ def _finished_runs(home: Path, count: int, log: Path, seconds: float = 240) -> l
         while True:
             runs = instance.get_runs()
             if len(runs) >= count and all(r.is_finished for r in runs):
-                return runs
+                return list(runs)
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(runs)} runs, not {count} finished: {log.read_text()}")
             time.sleep(1)

@@ -57,7 +57,7 @@ def test_the_lease_table_is_in_the_run_storages_own_database(
     writers = f"SELECT project_id, partition, writes FROM {WRITERS.name}"
     url = os.environ.get("DAGSTER_PG_URL")
     if url:
-        with psycopg2.connect(url) as conn, conn.cursor() as cursor:
+        with psycopg2.connect(url) as pg, pg.cursor() as cursor:
             cursor.execute(leases)
             rows = cursor.fetchall()
             cursor.execute(writers)

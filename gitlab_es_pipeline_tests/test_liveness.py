@@ -245,14 +245,14 @@ def test_a_manifest_that_does_not_account_for_the_tree_fails_its_repository_in_a
     pipeline.gitlab.tree_entries_served = 2  # each tree has 4 entries: the listing ends early
     result = pipeline.index_range("fleet/a", "fleet/b")
     assert not result.success
-    errors = "\n".join(e.message for e in result.all_events if e.is_failure)
+    errors = "\n".join(str(e.message) for e in result.all_events if e.is_failure)
     assert "AttributeError" not in errors
     for key in repos:
         only = AssetRecordsFilter(asset_key=FILE_MANIFEST, asset_partitions=[key])
         (outcome,) = pipeline.instance.fetch_observations(only, limit=1).records
         metadata = outcome.asset_observation.metadata
         assert metadata[OUTCOME].value == "failed"
-        assert "does not account for the tree" in metadata["reason"].value
+        assert "does not account for the tree" in str(metadata["reason"].value)
     checks = [
         e.dagster_event.event_specific_data
         for e in pipeline.instance.all_logs(result.run_id)

@@ -222,7 +222,7 @@ def _stdlib_indexed(
             pipeline = Pipeline(gitlab, opensearch_node, instance, root / "parquet")  # type: ignore[arg-type]
             repos: dict[str, Path] = {}
             for package in (json, http, email):
-                folder = Path(package.__file__).parent
+                folder = Path(str(package.__file__)).parent
                 files = {
                     p.relative_to(folder).as_posix(): p.read_bytes()
                     for p in sorted(folder.rglob("*.py"))

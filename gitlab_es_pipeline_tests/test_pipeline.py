@@ -5,6 +5,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -192,7 +193,7 @@ def test_rejected_documents_fail_the_run_naming_repository_file_and_line(
     _serve_corpus(pipeline, corpus_repos, tmp_path)
     pipeline.discover()
 
-    def reject_line_two_of_cli(kind, meta, source):
+    def reject_line_two_of_cli(kind: str, meta: dict, source: dict | None) -> dict | None:
         if source and source["file_path"] == "cli.rs" and source["line_number"] == 2:
             return {
                 "_index": "x",
@@ -224,7 +225,7 @@ def test_rejections_for_overload_are_retried_until_accepted(
     monkeypatch.setattr("gitlab_es_pipeline.clients.elasticsearch.time.sleep", lambda s: None)
     rejected: dict[str, int] = {}
 
-    def busy_twice(kind, meta, source):
+    def busy_twice(kind: str, meta: dict, source: dict | None) -> dict | None:
         """The first 20 documents seen are rejected as overload twice each, then accepted."""
         doc_id = meta["_id"]
         if (doc_id not in rejected and len(rejected) >= 20) or rejected.get(doc_id, 0) >= 2:
@@ -281,7 +282,7 @@ def test_the_readme_example_queries_find_what_they_say(
     client = pipeline.resources()["elasticsearch"].client()
     client.indices.refresh(index=INDEX)
 
-    def lines(query: dict, **kw) -> list[tuple[str, str, int]]:
+    def lines(query: dict, **kw: Any) -> list[tuple[str, str, int]]:
         hits = client.search(index=INDEX, query=query, size=100, **kw)["hits"]["hits"]
         return [
             (
@@ -327,7 +328,7 @@ def test_a_new_index_is_loaded_without_refreshes_or_replicas_then_restored(
     pipeline.discover()
     seen: list[dict] = []
 
-    def watch(kind, meta, source):
+    def watch(kind: str, meta: dict, source: dict | None) -> dict | None:
         index = pipeline.es.indices[f"{INDEX}-v1"]
         seen.append(dict(index.settings["index"]))
         if fail and source and source["line_number"] == 1:
@@ -467,7 +468,7 @@ def test_an_archive_download_that_breaks_off_once_is_resumed_without_duplicates(
     )
     project = pipeline.gitlab.add_project("g/flaky", str(repo))
     pipeline.discover()
-    calls = []
+    calls: list[str] = []
 
     def cut_the_first_download(request: Request, path: str) -> Response | None:
         if "/repository/archive" not in path or calls:

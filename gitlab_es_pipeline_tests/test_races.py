@@ -16,6 +16,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +27,7 @@ from dagster import (
     RunsFilter,
     materialize,
 )
+from dagster._core.remote_origin import RemoteJobOrigin
 
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
 from gitlab_es_pipeline.batches import batch_run_key
@@ -129,12 +131,8 @@ def _let_go(pipeline: Pipeline, run: DagsterRun, lease: object) -> None:
     store.release(lease)  # type: ignore[arg-type]
 
 
-def _origin(job_name: str):  # type: ignore[no-untyped-def]
-    from dagster._core.remote_origin import (
-        RegisteredCodeLocationOrigin,
-        RemoteJobOrigin,
-        RemoteRepositoryOrigin,
-    )
+def _origin(job_name: str) -> RemoteJobOrigin:
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 
     return RemoteJobOrigin(
         RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("loc"), "__repository__"), job_name
@@ -165,7 +163,7 @@ def test_members_of_a_queued_batch_are_not_asked_for_again_while_it_waits(
             job_name="index_repositories",
             run_id=str(uuid.uuid4()),
             status=DagsterRunStatus.QUEUED,
-            tags={RUN_KEY_TAG: request.run_key, **request.tags},
+            tags={RUN_KEY_TAG: str(request.run_key), **request.tags},
             run_config=request.run_config,
             remote_job_origin=_origin("index_repositories"),
         )
@@ -187,7 +185,7 @@ def test_a_failed_batch_members_retry_waits_for_its_backoff(
     assert len(tick.batches) == 1
     pipeline.gitlab.tree_entries_served = 1  # every manifest check fails: permanent
     assert _launch(pipeline, tick)
-    asked_again = []
+    asked_again: list[str] = []
     for _ in range(3):
         time.sleep(1.2)
         again = _tick(pipeline, limits)
@@ -295,7 +293,7 @@ def test_a_want_is_not_dropped_by_a_record_of_an_older_commit(
     limits = SensorLimits(recheck_seconds=3600, request_grace_seconds=0)
     _launch(pipeline, _tick(pipeline, limits))
     c0 = _head(repo)
-    assert last_indexed(pipeline.instance, "fleet/a").commit_sha == c0  # type: ignore[union-attr]
+    assert last_indexed(pipeline.instance, "fleet/a").commit_sha == c0
 
     c1 = commit_files(repo, {"src/main.py": "NAME = 'c1'\n"})
     pipeline.gitlab.project("fleet/a").last_activity_at = _iso_now()
@@ -321,7 +319,7 @@ def test_a_want_is_not_dropped_by_a_record_of_an_older_commit(
     go_on.set()
     runner.join(120)
     assert results and results[0].success
-    assert last_indexed(pipeline.instance, "fleet/a").commit_sha == c1  # type: ignore[union-attr]
+    assert last_indexed(pipeline.instance, "fleet/a").commit_sha == c1
     for _ in range(3):
         _launch(pipeline, _tick(pipeline, limits))
     state = last_indexed(pipeline.instance, "fleet/a")
@@ -503,7 +501,7 @@ def test_heartbeat_survives_a_database_outage_shorter_than_twice_a_lease_holds(
     real = leases_of(pipeline.instance)[0]
     down = threading.Event()
 
-    def connect():  # type: ignore[no-untyped-def]
+    def connect() -> Any:
         if down.is_set():
             raise sa.exc.OperationalError("SELECT 1", {}, Exception("database away"))
         return real._connect()
@@ -583,7 +581,7 @@ def test_a_step_whose_output_handling_fails_lets_go_of_its_lease(
     _fleet(pipeline, tmp_path, ("fleet/a",))
     dump = ParquetStore.dump_to_path
 
-    def refuse_es_index(self, context, obj, path):  # type: ignore[no-untyped-def]
+    def refuse_es_index(self: ParquetStore, context: Any, obj: Any, path: Any) -> None:
         if "es_index" in str(path):
             raise OSError("the object store refused the write")
         return dump(self, context, obj, path)
@@ -671,7 +669,7 @@ def test_a_failed_attempts_generator_closed_later_does_not_free_the_next_attempt
     dump = ParquetStore.dump_to_path
     failed_once = threading.Event()
 
-    def refuse_es_index_once(self, context, obj, path):  # type: ignore[no-untyped-def]
+    def refuse_es_index_once(self: ParquetStore, context: Any, obj: Any, path: Any) -> None:
         if "es_index" in str(path) and not failed_once.is_set():
             failed_once.set()
             raise OSError("the object store refused the write")

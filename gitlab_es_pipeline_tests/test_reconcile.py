@@ -86,11 +86,13 @@ def _wants(pipeline: Pipeline, partition: str) -> list[str]:
     ]
 
 
-def _expected(pipeline: Pipeline, repo: Path, key: str, **kwargs: object) -> dict[str, dict]:
+def _expected(
+    pipeline: Pipeline, repo: Path, key: str, visibility: str = "private"
+) -> dict[str, dict]:
     project = pipeline.gitlab.project(key)
     url = f"{pipeline.gitlab.url}/{key}"
     return expected_documents(
-        repo, project.id, key, project.default_branch_name, url, **kwargs
+        repo, project.id, key, project.default_branch_name, url, visibility=visibility
     ).documents
 
 
@@ -376,8 +378,8 @@ def test_a_mass_of_orphans_is_refused_until_a_person_confirms(
     failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
     assert failure is not None
     assert failure.description.startswith("discovery would remove 3 of 3 repositories")
-    assert "elsewhere/x0 (project 800" in failure.description
-    assert CONFIRM_CONFIG in failure.description
+    assert "elsewhere/x0 (project 800" in str(failure.description)
+    assert CONFIRM_CONFIG in str(failure.description)
     assert len(pipeline.es.documents(INDEX)) == len(expected) + 3
 
     pipeline.discover(allow_mass_removal=True)

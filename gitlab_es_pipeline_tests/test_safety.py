@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -65,7 +66,7 @@ def test_discovery_refuses_a_mass_removal_until_a_person_confirms_it(
     failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
     assert failure is not None
     assert failure.description.startswith("discovery would remove 10 of 27 repositories (37%)")
-    assert "team/r29" in failure.description and CONFIRM_CONFIG in failure.description
+    assert "team/r29" in str(failure.description) and CONFIRM_CONFIG in str(failure.description)
     assert len(pipeline.partitions()) == 27
     assert _documents_of(pipeline, "team/r29") == 2
     assert last_indexed(pipeline.instance, "team/r29") is not None
@@ -78,7 +79,7 @@ def test_discovery_refuses_a_mass_removal_until_a_person_confirms_it(
     assert meta["partitions_removed"] == 10 and "- team/r29" in meta["removed"]
 
 
-def _delete_by_query_answers(kind: str, times: int):  # type: ignore[no-untyped-def]
+def _delete_by_query_answers(kind: str, times: int) -> Callable[[Request], Response | None]:
     """The next `times` deletes by query answer without deleting anything: with version
     conflicts (documents changed under it), with a shard failure, or claiming success."""
     answered = [0]
@@ -129,7 +130,7 @@ def test_a_removal_is_recorded_only_when_no_document_is_left(
         "team/gone: removing its documents"
     )
     expected = "failed on 1 shards" if kind == "failure" else "2 documents still match"
-    assert expected in failure.description
+    assert expected in str(failure.description)
     # Not recorded as removed: the partition and its state stay, to be removed next time.
     assert pipeline.partitions() == ["team/gone", "team/keep"]
     assert last_indexed(pipeline.instance, "team/gone") is not None

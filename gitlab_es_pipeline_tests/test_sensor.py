@@ -201,7 +201,7 @@ def test_the_sensor_definition_batches_small_repositories(
     )
     monkeypatch.setenv("INDEX_BATCH_MAX_FILES", "10")  # g/big's 12 files make it large
     result = head_commit_sensor(context)
-    by_job = {r.job_name: r for r in result.run_requests}
+    by_job = {str(r.job_name): r for r in result.run_requests}
     assert sorted(by_job) == ["index_repositories", "index_repository"]
     assert by_job["index_repository"].partition_key == "g/big"
     batch = by_job["index_repositories"]

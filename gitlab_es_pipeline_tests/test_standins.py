@@ -36,7 +36,7 @@ def test_gitlab_offset_pagination_headers(gitlab_server: GitLabStandIn, one_repo
     gitlab_server.add_project("g/p", str(one_repo))
     response = requests.get(
         f"{gitlab_server.url}/api/v4/projects/1/repository/tree",
-        params={"recursive": "true", "per_page": 20, "page": 2},
+        params={"recursive": "true", "per_page": "20", "page": "2"},
         headers={"PRIVATE-TOKEN": gitlab_server.token},
         timeout=5,
     )

@@ -82,7 +82,8 @@ def _made(engines: dict[str, list[Engine]]) -> dict[str, int]:
 
 def _write_runs(instance: DagsterInstance, runs: int) -> tuple[list[str], list[tuple[str, str]]]:
     """Runs of EVENTS_PER_RUN materializations each (a run shard and the index written)."""
-    run_ids, written = [], []
+    run_ids: list[str] = []
+    written: list[tuple[str, str]] = []
     for _ in range(runs):
         run = instance.add_run(DagsterRun(job_name="index_repositories", run_id=str(uuid.uuid4())))
         run_ids.append(run.run_id)
@@ -164,6 +165,7 @@ def test_the_engine_count_shows_an_override_dagster_no_longer_calls(
     """What the test above would see if Dagster renamed _connect or stopped calling it: its
     own method in place of the override, an engine per connection and none kept."""
     storage = project_instance.event_log_storage
+    assert isinstance(storage, EngineKeepingSqliteEventLogStorage)
     monkeypatch.setattr(
         EngineKeepingSqliteEventLogStorage, "_connect", SqliteEventLogStorage._connect
     )

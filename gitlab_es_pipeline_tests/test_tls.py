@@ -32,7 +32,7 @@ def tls_pipeline(instance: DagsterInstance, tmp_path: Path) -> Iterator[tuple[Pi
     commit_files(repo, {"a.py": "one\ntwo\nthree\n"})
     gitlab.add_project("team/app", str(repo))
     try:
-        yield Pipeline(gitlab, es, instance, tmp_path / "parquet"), str(cert)  # type: ignore[misc]
+        yield Pipeline(gitlab, es, instance, tmp_path / "parquet"), str(cert)
     finally:
         gitlab.stop()
         es.stop()

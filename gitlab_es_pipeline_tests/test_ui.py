@@ -14,17 +14,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance
 
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 from gitlab_es_pipeline_tests.processes import serving_webserver
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
+from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
+from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 CHROMIUM = "/usr/bin/chromium"
 REPOSITORIES = ("team/app", "team/lib")
 
 
 @pytest.fixture
-def indexed(gitlab_server, es_server, project_instance, tmp_path: Path) -> dict[str, str]:
+def indexed(
+    gitlab_server: GitLabStandIn,
+    es_server: ElasticsearchStandIn,
+    project_instance: DagsterInstance,
+    tmp_path: Path,
+) -> dict[str, str]:
     """Two repositories indexed into the instance the webserver will show; their commits."""
     pipeline = Pipeline(gitlab_server, es_server, project_instance, tmp_path / "parquet")
     commits = {}

@@ -497,7 +497,7 @@ class ElasticsearchStandIn(StandInServer):
             doc_id
             for line in lines
             if line.startswith(b'{"') and b'"_id"' in line
-            for doc_id in [str(next(iter(json.loads(line).values()), {}).get("_id", ""))]
+            for doc_id in [str(dict(next(iter(json.loads(line).values()), {})).get("_id", ""))]
             if len(doc_id.encode()) > MAX_ID_BYTES
         ]
         if too_long:  # refused whole, before any item is applied
@@ -621,6 +621,15 @@ class ElasticsearchStandIn(StandInServer):
                 },
             }
         if kind == "delete":
+            if doc_id is None:  # as Elasticsearch: a delete names its document
+                return {
+                    **base,
+                    "status": 400,
+                    "error": {
+                        "type": "action_request_validation_exception",
+                        "reason": "Validation Failed: 1: id is missing;",
+                    },
+                }
             if doc_id in index.docs:
                 del index.docs[doc_id]
                 index.versions[doc_id] += 1
@@ -1153,13 +1162,13 @@ def _matches(
         }
         return all(ops[op](value, bound) for op, bound in arg.items() if op in ops)
     if kind in ("prefix", "wildcard"):
-        pattern = arg.get("value") if isinstance(arg, dict) else arg
+        pattern = str(arg.get("value") if isinstance(arg, dict) else arg)
         insensitive = bool(isinstance(arg, dict) and arg.get("case_insensitive"))
         if kind == "prefix":
             pattern = pattern.replace("*", "\\*") + "*"
         return bool(_wildcard_regex(pattern, insensitive).match(str(value)))
     if kind == "regexp":  # the syntax Lucene and Python share: . * [] and escaped symbols
-        pattern = arg.get("value") if isinstance(arg, dict) else arg
+        pattern = str(arg.get("value") if isinstance(arg, dict) else arg)
         flags = re.DOTALL | (re.IGNORECASE if arg.get("case_insensitive") else 0)
         return re.fullmatch(pattern, str(value), flags) is not None
     if kind in ("match", "match_phrase"):

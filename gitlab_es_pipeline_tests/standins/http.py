@@ -9,8 +9,10 @@ import struct
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from typing_extensions import Self
 
 
 class Request:
@@ -71,7 +73,7 @@ class StandInServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            server_version: ClassVar[str] = "stand-in"
+            server_version = "stand-in"
             # Headers and body go out in separate writes; with Nagle's algorithm the body
             # would wait for the client's delayed ACK (40 ms a response on Linux), a cost no
             # real server has.
@@ -118,7 +120,7 @@ class StandInServer:
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
-    def use_tls(self, certfile: str, keyfile: str) -> StandInServer:
+    def use_tls(self, certfile: str, keyfile: str) -> Self:
         """Serve HTTPS with this certificate (call before start)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(certfile, keyfile)
@@ -132,9 +134,9 @@ class StandInServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"{self._scheme}://{host}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
 
-    def start(self) -> StandInServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
