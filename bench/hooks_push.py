@@ -159,7 +159,7 @@ def main() -> None:
             env["GITLAB_HOOK_SECRET"] = SECRET
             from dagster import AssetMaterialization
 
-            from gitlab_es_pipeline.state import ES_INDEX
+            from gitlab_es_pipeline.asset_keys import ES_INDEX
 
             idle_head = _git(idle_repo, "rev-parse", "HEAD")
             for key in idle:

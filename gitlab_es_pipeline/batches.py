@@ -42,6 +42,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
 from gitlab_es_pipeline.claims import (
     BATCH_TAG,
     BATCH_TAG_VALUE,
@@ -56,6 +57,7 @@ from gitlab_es_pipeline.clients.gitlab import GitLabSource
 from gitlab_es_pipeline.dagster_private import record_planned, versioned
 from gitlab_es_pipeline.indexing import (
     DOCUMENT_COUNT_CHECK,
+    FAILURES_SHOWN,
     MANIFEST_CHECK,
     DocumentsRejected,
     ReadResult,
@@ -69,13 +71,11 @@ from gitlab_es_pipeline.leases import Lease
 from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import GITLAB_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
-from gitlab_es_pipeline.state import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
 
 BATCH_OP = "index_batch"
 TAKEN = "indexing it in this batch"  # said once the repository is the batch's alone
 OUTCOME = "batch_outcome"  # failed, or left (another run has the repository)
 _ASSETS = (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX)
-_FAILURES_SHOWN = 20
 
 
 class BatchConfig(Config):
@@ -166,7 +166,7 @@ class Outcome:
         return (
             f"{self.total} repositories: {len(self.indexed)} indexed, {len(self.failures)} "
             f"failed, {len(self.left)} left to other runs"
-            + "".join(f"\n- {k}: {why}" for k, why in list(self.left.items())[:_FAILURES_SHOWN])
+            + "".join(f"\n- {k}: {why}" for k, why in list(self.left.items())[:FAILURES_SHOWN])
         )
 
     def failure(self, then: str, count_left: bool) -> Failure | None:
@@ -178,7 +178,7 @@ class Outcome:
             return None
         shown = "\n".join(
             f"- {m}" if m.startswith(f"{k}:") else f"- {k}: {m}"
-            for k, m in list(missed.items())[:_FAILURES_SHOWN]
+            for k, m in list(missed.items())[:FAILURES_SHOWN]
         )
         return Failure(
             description=f"{len(missed)} of {self.total} repositories not indexed "
@@ -208,7 +208,7 @@ class Outcome:
                 "repositories_checked": len(results),
                 "repositories_failing": len(failing),
                 "failing": MetadataValue.md(
-                    "\n".join(f"- {k}" for k in failing[:_FAILURES_SHOWN]) or "none"
+                    "\n".join(f"- {k}" for k in failing[:FAILURES_SHOWN]) or "none"
                 ),
             },
         )

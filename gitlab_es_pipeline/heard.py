@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterInstance
+from dagster import AssetObservation, AssetRecordsFilter, DagsterInstance
 
+from gitlab_es_pipeline.asset_keys import REPOSITORIES
 from gitlab_es_pipeline.core.hooks import HookEvent
 
-REPOSITORIES = AssetKey("repositories")
 HEARD = "heard"  # the metadata key that marks an observation as a hook's
 
 

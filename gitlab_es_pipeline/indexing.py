@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 from dagster import DagsterInstance, Failure, MetadataValue
 
+from gitlab_es_pipeline.asset_keys import DEAD_LETTERS, ES_INDEX, LINE_DOCUMENTS
 from gitlab_es_pipeline.claims import (
     begin_writing,
     fence,
@@ -55,17 +56,11 @@ from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
 from gitlab_es_pipeline.retries import step_failure
 from gitlab_es_pipeline.scanning import RepositoryError, RepositoryScan, ScanSettings
-from gitlab_es_pipeline.state import (
-    DEAD_LETTERS,
-    ES_INDEX,
-    LINE_DOCUMENTS,
-    STAGED,
-    last_indexed,
-)
+from gitlab_es_pipeline.state import STAGED, last_indexed
 
 MANIFEST_CHECK = "manifest_accounts_for_tree"
 DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
-_FAILURES_SHOWN = 20
+FAILURES_SHOWN = 20  # repositories or files a failure's message lists, at most
 _CHANGES = ("added", "modified", "deleted", "renamed", "unchanged")
 
 
@@ -132,7 +127,7 @@ class DocumentsRejected(Exception):
     check_metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def snapshot_of(source: GitLabSource, key: str) -> RepositorySnapshot:
+def snapshot_now(source: GitLabSource, key: str) -> RepositorySnapshot:
     """The project as GitLab has it now; a failure names the repository and what to do."""
     try:
         project = Project.from_api(source.project(key))
@@ -271,7 +266,7 @@ def read_repository(
     """
     memory_pool = use_returning_memory_pool()
     requests_before = dict(source.requests)
-    snapshot = snapshot_of(source, key)
+    snapshot = snapshot_now(source, key)
     settings = ScanSettings(
         max_file_bytes=indexing.max_file_bytes,
         max_line_chars=indexing.max_line_chars,
@@ -542,7 +537,7 @@ def _write(
     if failed:
         failures = [*written.failures, *deleted.failures]
         kept = store.store_partition(DEAD_LETTERS, key, dead_letter_table(snapshot, failures))
-        shown = "\n".join(f"- {f}" for f in failures[:_FAILURES_SHOWN])
+        shown = "\n".join(f"- {f}" for f in failures[:FAILURES_SHOWN])
         raise DocumentsRejected(
             step_failure(
                 f"{snapshot.repository_name}: Elasticsearch rejected {failed} "

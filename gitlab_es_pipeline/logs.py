@@ -15,7 +15,7 @@ from typing import Any
 from gitlab_es_pipeline.partitions import PARTITION_TAG
 
 
-class JsonLogFormatter(logging.Formatter):
+class JsonLinesFormatter(logging.Formatter):
     """time, level, run_id, job, step, repository (the run's partition), event, message."""
 
     def format(self, record: logging.LogRecord) -> str:

@@ -24,7 +24,7 @@ from gitlab_es_pipeline.core.decoding import decode
 from gitlab_es_pipeline.core.documents import FileText, RepositorySnapshot, line_document_batches
 from gitlab_es_pipeline.core.filtering import (
     MODE_SUBMODULE,
-    SkipReason,
+    Skipped,
     content_skip_reason,
     tree_skip_reason,
 )
@@ -69,7 +69,7 @@ class ScanSettings:
 
 
 TREE_SKIP_REASONS = frozenset(
-    {SkipReason.SUBMODULE.value, SkipReason.SYMLINK.value, SkipReason.EXCLUDED.value}
+    {Skipped.SUBMODULE.value, Skipped.SYMLINK.value, Skipped.EXCLUDED.value}
 )
 
 
@@ -494,7 +494,7 @@ class RepositoryScan:
         return len(data), data
 
     def skipped(self) -> dict[str, int]:
-        counts = {reason.value: 0 for reason in SkipReason}
+        counts = {reason.value: 0 for reason in Skipped}
         for entry in self.entries.values():
             if entry.skip_reason is not None:
                 counts[entry.skip_reason] += 1

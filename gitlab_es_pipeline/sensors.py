@@ -21,6 +21,7 @@ from dagster import (
     sensor,
 )
 
+from gitlab_es_pipeline.asset_keys import FILE_MANIFEST
 from gitlab_es_pipeline.batches import BATCH_OP, batch_run_key, index_repositories_job
 from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
@@ -28,19 +29,14 @@ from gitlab_es_pipeline.core.batching import Request, form_runs
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor, Want, dedupe
 from gitlab_es_pipeline.core.hooks import ZERO_SHA, ProjectNews, coalesce, in_groups
 from gitlab_es_pipeline.core.projects import is_indexable
+from gitlab_es_pipeline.core.timestamps import iso_utc
 from gitlab_es_pipeline.heard import heard_since
 from gitlab_es_pipeline.jobs import discover_repositories_job, index_repository_job
 from gitlab_es_pipeline.leases import STEPS_ONLY, lease_seconds, repository_name, run_name
 from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.pools import ensure_pools
 from gitlab_es_pipeline.resources import GitLabResource
-from gitlab_es_pipeline.state import (
-    FILE_MANIFEST,
-    WANTED,
-    FleetState,
-    fleet_state,
-    last_indexed,
-)
+from gitlab_es_pipeline.state import WANTED, FleetState, fleet_state, last_indexed
 
 COMMIT_TAG = "gitlab_es_pipeline/commit"
 RUN_KEY_TAG = "dagster/run_key"  # Dagster's tag of a run a sensor asked for
@@ -93,10 +89,6 @@ class Tick:
     def requested(self) -> list[tuple[str, str, str]]:
         """Every repository asked for, in a run of its own or in a batch."""
         return [*self.runs, *(member for batch in self.batches for member in batch)]
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -270,7 +262,7 @@ def _poll(
     if cursor.listed_at:
         since = min(since, cursor.listed_at - limits.activity_window_seconds)
     listed_at = now
-    for attrs in source.recently_active(groups, _iso(since)):
+    for attrs in source.recently_active(groups, iso_utc(since)):
         key = attrs["path_with_namespace"]
         activity = attrs.get("last_activity_at") or ""
         if key not in partitions or not cursor.due(key, activity, now, limits.recheck_seconds):

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from dagster import (
-    AssetKey,
     AssetObservation,
     AssetPartitionStatus,
     AssetRecordsFilter,
@@ -19,13 +18,9 @@ from dagster import (
     DagsterInstance,
 )
 
+from gitlab_es_pipeline.asset_keys import DEAD_LETTERS, ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
 from gitlab_es_pipeline.partitions import repository_partitions
 
-ES_INDEX = AssetKey("es_index")
-FILE_MANIFEST = AssetKey("file_manifest")
-LINE_DOCUMENTS = AssetKey("line_documents")
-# Where each partition's dead letters are kept, beside the assets (not an asset itself).
-DEAD_LETTERS = AssetKey("es_index_dead_letters")
 # Everything kept on disk for a partition: all of it goes when its repository leaves.
 STAGED = [FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX, DEAD_LETTERS]
 

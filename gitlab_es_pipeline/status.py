@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from dagster import (
@@ -21,13 +20,17 @@ from dagster import (
     RunsFilter,
 )
 
+from gitlab_es_pipeline.asset_keys import FILE_MANIFEST
 from gitlab_es_pipeline.batches import OUTCOME
+from gitlab_es_pipeline.core.timestamps import iso_utc
 from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
-from gitlab_es_pipeline.state import FILE_MANIFEST, last_indexed
+from gitlab_es_pipeline.state import last_indexed
 
 
 @dataclass(frozen=True)
-class Failure:
+class LastFailure:
+    """A repository's latest failed attempt, as `status` shows it."""
+
     run_id: str
     at: str  # ISO 8601, UTC, to the second
     message: str
@@ -44,16 +47,10 @@ class RepositoryStatus:
     behind: bool | None
     documents: int | None
     lines: int | None
-    last_failure: Failure | None
+    last_failure: LastFailure | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def selected_repositories(instance: DagsterInstance, patterns: Iterable[str]) -> list[str]:
@@ -65,7 +62,7 @@ def selected_repositories(instance: DagsterInstance, patterns: Iterable[str]) ->
     return [key for key in keys if any(fnmatch.fnmatchcase(key, p) for p in wanted)]
 
 
-def last_failure(instance: DagsterInstance, repository: str) -> Failure | None:
+def last_failure(instance: DagsterInstance, repository: str) -> LastFailure | None:
     """The newest failure of the repository: a failed run of its own (with the first line of
     its step's error), or a batch's `batch_outcome: failed` for it."""
     failures = [
@@ -74,7 +71,7 @@ def last_failure(instance: DagsterInstance, repository: str) -> Failure | None:
     return max(failures, key=lambda f: f.timestamp) if failures else None
 
 
-def _batch_failure(instance: DagsterInstance, repository: str) -> Failure | None:
+def _batch_failure(instance: DagsterInstance, repository: str) -> LastFailure | None:
     only = AssetRecordsFilter(asset_key=FILE_MANIFEST, asset_partitions=[repository])
     for record in instance.fetch_observations(only, limit=10).records:
         metadata = record.asset_observation.metadata if record.asset_observation else {}
@@ -82,11 +79,11 @@ def _batch_failure(instance: DagsterInstance, repository: str) -> Failure | None
         if outcome is not None and outcome.value == "failed":
             reason = metadata.get("reason")
             message = str(reason.value).strip().splitlines()[0] if reason else "the batch failed"
-            return Failure(record.run_id, _iso(record.timestamp) or "", message, record.timestamp)
+            return LastFailure(record.run_id, iso_utc(record.timestamp), message, record.timestamp)
     return None
 
 
-def _run_failure(instance: DagsterInstance, repository: str) -> Failure | None:
+def _run_failure(instance: DagsterInstance, repository: str) -> LastFailure | None:
     records = instance.get_run_records(
         RunsFilter(statuses=[DagsterRunStatus.FAILURE], tags={PARTITION_TAG: repository}),
         limit=1,
@@ -102,7 +99,7 @@ def _run_failure(instance: DagsterInstance, repository: str) -> Failure | None:
         if data is not None and data.error is not None:
             message = data.error.message.strip().splitlines()[0]
     ended = record.end_time or record.update_timestamp.timestamp()
-    return Failure(record.dagster_run.run_id, _iso(ended) or "", message, ended)
+    return LastFailure(record.dagster_run.run_id, iso_utc(ended), message, ended)
 
 
 def repository_status(
@@ -137,7 +134,7 @@ def repository_status(
         repository=repository,
         state=state,
         indexed_commit=indexed.commit_sha if indexed else None,
-        indexed_at=_iso(indexed.timestamp) if indexed else None,
+        indexed_at=iso_utc(indexed.timestamp) if indexed else None,
         head=head,
         behind=behind,
         documents=documents,

@@ -21,19 +21,14 @@ from dagster import (
 )
 from elasticsearch import Elasticsearch
 
+from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
 from gitlab_es_pipeline.batches import OUTCOME, TAKEN
 from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.leases import lease_seconds, repository_name
 from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
 from gitlab_es_pipeline.sensors import SensorLimits, evaluate_tick
-from gitlab_es_pipeline.state import (
-    ES_INDEX,
-    FILE_MANIFEST,
-    LINE_DOCUMENTS,
-    failing_partitions,
-    last_indexed,
-)
+from gitlab_es_pipeline.state import failing_partitions, last_indexed
 from gitlab_es_pipeline.status import repository_status
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline

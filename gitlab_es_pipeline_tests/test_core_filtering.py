@@ -4,7 +4,7 @@ import pytest
 
 from gitlab_es_pipeline.core.filtering import (
     DEFAULT_EXCLUDED_PATHS,
-    SkipReason,
+    Skipped,
     compile_globs,
     content_skip_reason,
     is_excluded,
@@ -47,13 +47,13 @@ def test_glob_semantics() -> None:
 
 def test_tree_skip_reasons() -> None:
     regex = compile_globs(DEFAULT_EXCLUDED_PATHS)
-    assert tree_skip_reason("vendor/x", "commit", "160000", regex) is SkipReason.SUBMODULE
-    assert tree_skip_reason("link", "blob", "120000", regex) is SkipReason.SYMLINK
-    assert tree_skip_reason("a.min.js", "blob", "100644", regex) is SkipReason.EXCLUDED
+    assert tree_skip_reason("vendor/x", "commit", "160000", regex) is Skipped.SUBMODULE
+    assert tree_skip_reason("link", "blob", "120000", regex) is Skipped.SYMLINK
+    assert tree_skip_reason("a.min.js", "blob", "100644", regex) is Skipped.EXCLUDED
     assert tree_skip_reason("run.sh", "blob", "100755", regex) is None
 
 
 def test_content_skip_reasons_size_before_binary() -> None:
-    assert content_skip_reason(11, b"\x00binary", 10) is SkipReason.TOO_LARGE
-    assert content_skip_reason(10, b"\x00binary", 10) is SkipReason.BINARY
+    assert content_skip_reason(11, b"\x00binary", 10) is Skipped.TOO_LARGE
+    assert content_skip_reason(10, b"\x00binary", 10) is Skipped.BINARY
     assert content_skip_reason(10, b"text", 10) is None

@@ -27,12 +27,13 @@ from dagster import (
     RunsFilter,
 )
 
+from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST
 from gitlab_es_pipeline.batches import OUTCOME
 from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.leases import lease_seconds, repository_name
 from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
 from gitlab_es_pipeline.sensors import SensorLimits
-from gitlab_es_pipeline.state import ES_INDEX, FILE_MANIFEST, last_indexed
+from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git

@@ -29,6 +29,7 @@ from dagster import (
 )
 from dagster._core.remote_origin import RemoteJobOrigin
 
+from gitlab_es_pipeline.asset_keys import ES_INDEX
 from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
 from gitlab_es_pipeline.batches import batch_run_key
 from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
@@ -43,7 +44,7 @@ from gitlab_es_pipeline.sensors import (
     batch_request,
     evaluate_tick,
 )
-from gitlab_es_pipeline.state import ES_INDEX, last_indexed
+from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git

@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from gitlab_es_pipeline.asset_keys import DEAD_LETTERS
 from gitlab_es_pipeline.core.removals import CONFIRM_CONFIG, RemovalGuard
-from gitlab_es_pipeline.state import DEAD_LETTERS, last_indexed
+from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs, expected_documents
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo

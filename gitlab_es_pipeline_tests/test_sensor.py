@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetMaterialization, DagsterInstance, build_sensor_context
 
+from gitlab_es_pipeline.asset_keys import ES_INDEX
 from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE
 from gitlab_es_pipeline.core.head_tracking import TrackerCursor
 from gitlab_es_pipeline.definitions import defs
@@ -18,7 +19,7 @@ from gitlab_es_pipeline.sensors import (
     evaluate_tick,
     head_commit_sensor,
 )
-from gitlab_es_pipeline.state import ES_INDEX, last_indexed
+from gitlab_es_pipeline.state import last_indexed
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 

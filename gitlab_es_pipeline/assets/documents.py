@@ -10,7 +10,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     AssetOut,
     Config,
     DataVersion,
@@ -20,6 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS, REPOSITORIES
 from gitlab_es_pipeline.batches import Services, fail_range, index_range
 from gitlab_es_pipeline.claims import confirm, release, run_is_alive, take
 from gitlab_es_pipeline.indexing import MANIFEST_CHECK, Step, read_repository
@@ -32,7 +32,6 @@ from gitlab_es_pipeline.partitions import (
 from gitlab_es_pipeline.pools import GITLAB_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
 from gitlab_es_pipeline.retries import step_retry_policy
-from gitlab_es_pipeline.state import ES_INDEX
 
 
 class IndexRunConfig(Config):
@@ -46,6 +45,7 @@ class IndexRunConfig(Config):
 @multi_asset(
     outs={
         "file_manifest": AssetOut(
+            key=FILE_MANIFEST,
             io_manager_key="parquet_io_manager",
             kinds={"gitlab", "parquet"},
             owners=["team:data-platform"],
@@ -54,6 +54,7 @@ class IndexRunConfig(Config):
             is_required=False,  # a backfill's range run records each partition itself
         ),
         "line_documents": AssetOut(
+            key=LINE_DOCUMENTS,
             io_manager_key="parquet_io_manager",
             kinds={"gitlab", "parquet"},  # its lines are read from GitLab
             owners=["team:data-platform"],
@@ -63,10 +64,10 @@ class IndexRunConfig(Config):
         ),
     },
     internal_asset_deps={
-        "file_manifest": {AssetKey("repositories")},
-        "line_documents": {AssetKey("file_manifest")},
+        "file_manifest": {REPOSITORIES},
+        "line_documents": {FILE_MANIFEST},
     },
-    deps=[AssetKey("repositories")],
+    deps=[REPOSITORIES],
     partitions_def=repository_partitions,
     backfill_policy=repository_backfill_policy(),  # runs of many repositories: docs/runs.md
     group_name="code_search",  # one group: the lineage page opens on the whole pipeline
@@ -74,7 +75,7 @@ class IndexRunConfig(Config):
     check_specs=[
         AssetCheckSpec(
             MANIFEST_CHECK,
-            asset="file_manifest",
+            asset=FILE_MANIFEST,
             blocking=True,  # an incomplete manifest must not decide what the index deletes
             description="The manifest holds every entry of the tree at the commit: as many "
             "as the tree pages listed, every listed folder complete (its entries hash to its "
@@ -103,7 +104,7 @@ def manifest_and_line_documents(
         writes = ES_INDEX in context.job_def.asset_layer.selected_asset_keys
         services = Services(gitlab, elasticsearch if writes else None, indexing, parquet_io_manager)
         outcome = index_range(context.op_execution_context, services, config.full_refresh)
-        yield outcome.check_result(AssetKey("file_manifest"), MANIFEST_CHECK)
+        yield outcome.check_result(FILE_MANIFEST, MANIFEST_CHECK)
         fail_range(outcome)
         return
     key = context.partition_key
@@ -140,7 +141,7 @@ def manifest_and_line_documents(
             )
         yield AssetCheckResult(
             check_name=MANIFEST_CHECK,
-            asset_key=AssetKey("file_manifest"),
+            asset_key=FILE_MANIFEST,
             passed=not read.problems,
             severity=AssetCheckSeverity.ERROR,
             metadata=read.check_metadata,

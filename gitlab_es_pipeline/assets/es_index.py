@@ -17,6 +17,7 @@ from dagster import (
     asset,
 )
 
+from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
 from gitlab_es_pipeline.batches import Services, fail_range, index_range
 from gitlab_es_pipeline.claims import confirm, release, run_is_alive, settle, take
 from gitlab_es_pipeline.indexing import (
@@ -34,15 +35,15 @@ from gitlab_es_pipeline.partitions import (
 from gitlab_es_pipeline.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.resources import ElasticsearchResource, IndexingResource
 from gitlab_es_pipeline.retries import step_retry_policy
-from gitlab_es_pipeline.state import ES_INDEX
 
 
 @asset(
+    key=ES_INDEX,
     # A range's inputs are one file per partition (a dict), which Dagster's type from the
     # annotation cannot say: its `Any` instead.
     ins={
-        "file_manifest": AssetIn(dagster_type=DagsterAny),
-        "line_documents": AssetIn(dagster_type=DagsterAny),
+        "file_manifest": AssetIn(key=FILE_MANIFEST, dagster_type=DagsterAny),
+        "line_documents": AssetIn(key=LINE_DOCUMENTS, dagster_type=DagsterAny),
     },
     partitions_def=repository_partitions,
     backfill_policy=repository_backfill_policy(),  # as the manifest's, so they share runs
@@ -56,7 +57,7 @@ from gitlab_es_pipeline.state import ES_INDEX
     check_specs=[
         AssetCheckSpec(
             DOCUMENT_COUNT_CHECK,
-            asset="es_index",
+            asset=ES_INDEX,
             description="Documents in Elasticsearch for the repository = lines in its manifest",
         )
     ],

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable
 
 # A blob id's length tells the repository's object format (SHA-1 or SHA-256 repositories).
-_ALGORITHMS = {40: "sha1", 64: "sha256"}
+ALGORITHMS = {40: "sha1", 64: "sha256"}  # git's hash, by the length of an object id
 
 
 def object_id(
@@ -36,5 +36,5 @@ def is_blob(data: bytes | memoryview, blob_sha: str) -> bool:
 def streams_blob(blob_sha: str, size: int, chunks: Iterable[bytes | memoryview]) -> bool:
     """is_blob for content that arrives in chunks (a file too large to hold): `size` bytes in
     all; the chunks are hashed as they come and never kept."""
-    algorithm = _ALGORITHMS.get(len(blob_sha))
+    algorithm = ALGORITHMS.get(len(blob_sha))
     return algorithm is not None and _object_id("blob", chunks, algorithm, size) == blob_sha.lower()

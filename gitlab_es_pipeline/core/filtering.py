@@ -22,7 +22,7 @@ MODE_SYMLINK = "120000"
 MODE_SUBMODULE = "160000"
 
 
-class SkipReason(str, Enum):
+class Skipped(str, Enum):
     """Why a file of the tree has no line documents. The values are public (metadata, Parquet)."""
 
     SUBMODULE = "submodule"
@@ -91,24 +91,24 @@ def is_excluded(path: str, patterns: Iterable[str]) -> bool:
 
 def tree_skip_reason(
     path: str, item_type: str, mode: str, excluded: re.Pattern[str] | None
-) -> SkipReason | None:
+) -> Skipped | None:
     """What the tree alone tells: submodules, symlinks and excluded paths need no content."""
     if item_type == "commit" or mode == MODE_SUBMODULE:
-        return SkipReason.SUBMODULE
+        return Skipped.SUBMODULE
     if mode == MODE_SYMLINK:
-        return SkipReason.SYMLINK
+        return Skipped.SYMLINK
     if excluded is not None and excluded.match(path):
-        return SkipReason.EXCLUDED
+        return Skipped.EXCLUDED
     return None
 
 
-def content_skip_reason(size: int, data: bytes, max_file_bytes: int) -> SkipReason | None:
+def content_skip_reason(size: int, data: bytes, max_file_bytes: int) -> Skipped | None:
     """What the blob tells: the size first (no need to read a large file), then whether it is
     a Git LFS pointer, then binary."""
     if size > max_file_bytes:
-        return SkipReason.TOO_LARGE
+        return Skipped.TOO_LARGE
     if is_lfs_pointer(data):
-        return SkipReason.LFS_POINTER
+        return Skipped.LFS_POINTER
     if is_binary(data):
-        return SkipReason.BINARY
+        return Skipped.BINARY
     return None

@@ -12,10 +12,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gitlab_es_pipeline.core.blobs import object_id
+from gitlab_es_pipeline.core.blobs import ALGORITHMS, object_id
 
 MODE_TREE = "040000"
-_ALGORITHMS = {40: "sha1", 64: "sha256"}
 _SHOWN = 10  # paths kept as examples of each problem
 
 
@@ -61,7 +60,7 @@ def check_folders(
     verified, unverifiable, incomplete = 0, 0, []
     for path, sha in sorted(folders.items()):
         listed = children.get(path, [])
-        algorithm = _ALGORITHMS.get(len(sha))
+        algorithm = ALGORITHMS.get(len(sha))
         if algorithm is None or not all(_faithful(name) for name, _, _ in listed):
             unverifiable += 1
         elif tree_object_id(listed, algorithm) == sha.lower():
