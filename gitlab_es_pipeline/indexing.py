@@ -49,6 +49,14 @@ from gitlab_es_pipeline.core.manifest import (
 )
 from gitlab_es_pipeline.core.progress import Progress
 from gitlab_es_pipeline.core.projects import Project
+from gitlab_es_pipeline.core.read_plan import (
+    Comparison,
+    Indexed,
+    Reading,
+    ReadPlan,
+    plan_read,
+    with_comparison,
+)
 from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore, StagedParquet, stage_parquet
 from gitlab_es_pipeline.leases import Lease
 from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
@@ -167,87 +175,51 @@ def snapshot_now(source: GitLabSource, key: str) -> RepositorySnapshot:
     )
 
 
-def _choose_mode(
+def plan_of(
     step: Step,
     key: str,
     full_refresh: bool,
-    snapshot: RepositorySnapshot,
-    store: ParquetStore,
-    writer: str,
-) -> tuple[BuildMode, ManifestHeader | None, Any]:
-    """Incremental against the indexed manifest when there is a trustworthy one."""
-    state = last_indexed(step.instance, key)
-    if state is not None and state.project_id not in (None, snapshot.project_id):
-        # The path names another project now (deleted and made again, another one moved in)
-        # and discovery has not seen it yet: the old project's manifest is no base for this
-        # one (document ids carry the project id). Discovery removes the old one's documents.
-        step.log.warning(
-            f"{snapshot.repository_name}: the path now names project {snapshot.project_id}, "
-            f"not {state.project_id}, which was indexed here; indexing it from scratch"
-        )
-        return BuildMode.FULL_REFRESH, None, None
-    if state is None:
-        # Never indexed. A first load that failed or was killed may have left documents that
-        # no manifest describes (of files gone since): a full refresh sweeps them. The lease
-        # says so: a write began under it and no state was recorded since.
-        leftovers = step.lease is not None and step.lease.dirty
-        if leftovers and not full_refresh:
-            step.log.info(
-                f"{snapshot.repository_name}: never indexed, but an earlier run set out to; "
-                "rebuilding as a full refresh to sweep what it may have left"
-            )
-        mode = BuildMode.FULL_REFRESH if full_refresh or leftovers else BuildMode.FULL
-        return mode, None, None
-    stored = store.read_partition(ES_INDEX, key)
-    header = ManifestHeader.of(stored) if stored is not None else None
-    if header is None or header.snapshot.commit_sha != state.commit_sha:
-        # The indexed manifest is missing (es_index withdraws it before writing, so a run that
-        # died or failed while writing leaves none) or is not the one Dagster recorded: only a
-        # full rebuild is sure to leave nothing stale behind.
-        step.log.warning(
-            f"{snapshot.repository_name}: no stored manifest for indexed commit "
-            f"{state.commit_sha} (an earlier run stopped while writing to Elasticsearch?); "
-            "rebuilding in full"
-        )
-        return BuildMode.FULL_REFRESH, header, stored
-    if writer not in ("", key) and not full_refresh:
-        # Renamed away and back before discovery saw it: the run of the other path rewrote the
-        # project's documents (another name, another commit) since this manifest was indexed.
-        step.log.warning(
-            f"{key}: project {snapshot.project_id} was written under {writer} since it was "
-            "indexed here; rebuilding in full"
-        )
-        return BuildMode.FULL_REFRESH, header, stored
-    mode = BuildMode.FULL_REFRESH if full_refresh else BuildMode.INCREMENTAL
-    return mode, header, stored
-
-
-def _compared_changes(
-    step: Step,
     source: GitLabSource,
     snapshot: RepositorySnapshot,
-    base: ManifestHeader,
+    settings: str,
+    writer: str,
+    store: ParquetStore,
     indexing: IndexingResource,
-) -> list[dict[str, Any]] | None:
-    """GitLab's list of paths changed since the indexed commit, or None to list the tree.
-
-    None when the comparison fails (the old commit is gone), may be cut off by GitLab's diff
-    limits, or names so many files that one archive is cheaper than fetching them one by one.
-    """
-    try:
-        comparison = source.compare(
-            snapshot.project_id, base.snapshot.commit_sha, snapshot.commit_sha
+) -> tuple[ReadPlan, Any]:
+    """The read plan (core/read_plan.py) from what Dagster and the store hold, with GitLab's
+    comparison when the plan would list the tree; and the stored manifest it reads against."""
+    state = last_indexed(step.instance, key)
+    indexed = Indexed(state.commit_sha, state.project_id) if state is not None else None
+    stored = store.read_partition(ES_INDEX, key) if state is not None else None
+    plan = plan_read(
+        key,
+        snapshot,
+        settings,
+        indexed,
+        ManifestHeader.of(stored) if stored is not None else None,
+        writer,
+        full_refresh=full_refresh,
+        leftovers=step.lease is not None and step.lease.dirty,
+    )
+    if plan.reading is Reading.TREE and plan.base is not None:
+        plan = with_comparison(
+            plan,
+            _comparison(source, snapshot, plan.base.snapshot.commit_sha),
+            indexing.compare_max_files,
+            indexing.max_files_fetched_alone,
         )
+    for note in plan.notes:
+        (step.log.warning if note.warning else step.log.info)(note.text)
+    return plan, stored
+
+
+def _comparison(source: GitLabSource, snapshot: RepositorySnapshot, since: str) -> Comparison:
+    """GitLab's list of paths changed since the indexed commit, or why there is none."""
+    try:
+        found = source.compare(snapshot.project_id, since, snapshot.commit_sha)
     except GitLabError as exc:
-        step.log.warning(f"{snapshot.repository_name}: {exc}; listing the tree instead")
-        return None
-    diffs = comparison.get("diffs") or []
-    if comparison.get("compare_timeout") or len(diffs) >= indexing.compare_max_files:
-        step.log.info(f"{snapshot.repository_name}: comparison cut off; listing the tree")
-        return None
-    if len(diffs) > indexing.max_files_fetched_alone:
-        return None
-    return diffs
+        return Comparison(failed=str(exc))
+    return Comparison(tuple(found.get("diffs") or ()), timed_out=bool(found.get("compare_timeout")))
 
 
 def read_repository(
@@ -277,37 +249,20 @@ def read_repository(
         max_files_fetched_alone=indexing.max_files_fetched_alone,
     )
     writer, writes_seen = last_writer(step, snapshot.project_id)
-    mode, base_header, base_table = _choose_mode(step, key, full_refresh, snapshot, store, writer)
+    plan, stored = plan_of(
+        step, key, full_refresh, source, snapshot, settings.fingerprint(), writer, store, indexing
+    )
+    mode, base_header = plan.mode, plan.base
     progress = Progress(
         f"{snapshot.repository_name}: read", "files", step.log.info, indexing.progress_seconds
     )
     scan = RepositoryScan(source, snapshot, settings, progress)
-    # Every document carries these: when one changes, every document is written again.
-    identity_changed = base_header is not None and (
-        base_header.snapshot.repository_name,
-        base_header.snapshot.branch,
-        base_header.snapshot.web_url,
-        base_header.snapshot.visibility,
-    ) != (snapshot.repository_name, snapshot.branch, snapshot.web_url, snapshot.visibility)
-    read_everything = (
-        mode is not BuildMode.INCREMENTAL
-        or identity_changed
-        or (base_header is not None and base_header.settings != settings.fingerprint())
-    )
-    base_entries = current_entries(base_table) if base_table is not None else None
-    diffs = None
-    if not read_everything and base_header is not None and base_entries is not None:
-        diffs = _compared_changes(step, source, snapshot, base_header, indexing)
+    base_entries = current_entries(stored) if stored is not None and plan.base else None
     try:
-        if diffs is not None and base_entries is not None:
-            scan.from_compare(base_entries, diffs)
-        elif read_everything:
-            scan.read_everything(base_entries)
-        else:
-            scan.list_tree()
-            scan.plan(base_entries)
+        scan.start(plan, base_entries)
     except RepositoryError as exc:
         raise step_failure(str(exc), permanent=exc.permanent) from exc
+    read_everything = plan.reading is Reading.EVERYTHING
     step.log.info(
         f"{snapshot.repository_name}: {snapshot.branch} at {snapshot.commit_sha}, {mode.value} "
         f"against {base_header.snapshot.commit_sha if base_header else 'nothing'}; "
@@ -437,7 +392,8 @@ def write_repository(
     also holds the project's lease, and fails, to be tried again, while another run holds it.
     Under that lease it counts itself as the project's latest writer: a read made before
     another partition wrote the project (the project left this path for that one, maybe
-    came back) is not written, and `_choose_mode` reads this path in full next time.
+    came back) is not written, and the read plan (core/read_plan.py) reads this path in full
+    next time.
     """
     if step.lease is None:
         return _write(step, key, elasticsearch, indexing, store, manifest, line_documents, opened)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +30,7 @@ from gitlab_es_pipeline.core.filtering import (
 )
 from gitlab_es_pipeline.core.manifest import ManifestEntry, classify
 from gitlab_es_pipeline.core.progress import Progress
+from gitlab_es_pipeline.core.read_plan import Reading, ReadPlan
 from gitlab_es_pipeline.core.trees import TreeAccount, check_folders
 
 
@@ -209,30 +210,39 @@ class RepositoryScan:
         )
         return self._listing
 
-    def list_tree(self) -> None:
-        try:
-            self.entries = self._start_listing().complete()
-        except GitLabError as exc:
-            raise self._fail(exc) from exc
+    def start(self, plan: ReadPlan, base: dict[str, ManifestEntry] | None) -> None:
+        """Set out on the plan (core/read_plan.py) against the base's entries. The manifest
+        (entries, deleted) and the documents follow as documents() is consumed."""
+        if plan.reading is Reading.EVERYTHING:
+            self._read_everything_against(base)
+        elif plan.reading is Reading.TREE:
+            self._against_tree(base)
+        else:
+            if base is None:
+                raise ValueError("a compared read needs the indexed manifest")
+            self._against_comparison(base, plan.diffs)
 
-    def read_everything(self, base: dict[str, ManifestEntry] | None) -> None:
-        """Plan a full read: every file the tree does not rule out, listed while it is read.
-
-        The manifest (entries, deleted) is complete once documents() has been consumed.
-        """
+    def _read_everything_against(self, base: dict[str, ManifestEntry] | None) -> None:
+        """Every file the tree does not rule out, listed while it is read."""
         self._start_listing()
         self._full_read = True
         self._base = base
         self.use_archive = True
 
-    def plan(self, base: dict[str, ManifestEntry] | None) -> None:
-        """Classify every listed path against the base: only added, modified and renamed files
-        are read, a few one by one, many from the archive (a full read is read_everything)."""
+    def _against_tree(self, base: dict[str, ManifestEntry] | None) -> None:
+        """The whole tree listed, every path classified against the base: only added,
+        modified and renamed files are read, a few one by one, many from the archive."""
+        try:
+            self.entries = self._start_listing().complete()
+        except GitLabError as exc:
+            raise self._fail(exc) from exc
         self.deleted = classify(self.entries, base)
         self.wanted = {path for path, entry in self.entries.items() if entry.needs_content()}
         self.use_archive = len(self.wanted) > self.settings.max_files_fetched_alone
 
-    def from_compare(self, base: dict[str, ManifestEntry], diffs: list[dict[str, Any]]) -> None:
+    def _against_comparison(
+        self, base: dict[str, ManifestEntry], diffs: Iterable[dict[str, Any]]
+    ) -> None:
         """The tree at HEAD as the base plus GitLab's list of changed paths: no tree listing.
 
         Blob id and size of each changed file come from a HEAD request on the files API

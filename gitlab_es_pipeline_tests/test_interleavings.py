@@ -110,7 +110,7 @@ TIGHT_LIMITS = replace(LIMITS, max_runs_per_tick=1, batch_size=2, max_head_looku
 # Found by this machine: a run of a partition whose path names another project (deleted and
 # created again at the path, or another project renamed or moved into it) before discovery has
 # seen the change took the old project's indexed manifest as its incremental base; files whose
-# blobs the old project had stayed missing for good. Mended in indexing._choose_mode;
+# blobs the old project had stayed missing for good. Mended in core/read_plan.plan_read;
 # test_interleavings_a_path_given_to_another_project_before_discovery_sees_it replays it.
 # (The case found next, g1/alpha moved away, g1/gamma renamed to g1/alpha, a run of g1/alpha
 # killed mid-write, failed the after-every-step check, not convergence: g1/gamma's documents
