@@ -190,7 +190,9 @@ def plan_of(
     comparison when the plan would list the tree; and the stored manifest it reads against."""
     state = last_indexed(step.instance, key)
     indexed = Indexed(state.commit_sha, state.project_id) if state is not None else None
-    stored = store.read_partition(ES_INDEX, key) if state is not None else None
+    # The stored manifest, unless the path names another project now (no base for it).
+    same_project = indexed is not None and indexed.project_id in (None, snapshot.project_id)
+    stored = store.read_partition(ES_INDEX, key) if same_project else None
     plan = plan_read(
         key,
         snapshot,

@@ -13,6 +13,7 @@ from gitlab_es_pipeline.core.manifest import BuildMode, ManifestHeader
 from gitlab_es_pipeline.core.read_plan import (
     Comparison,
     Indexed,
+    Note,
     Reading,
     ReadPlan,
     plan_read,
@@ -48,10 +49,6 @@ def _plan(
     )
 
 
-def _said(plan: ReadPlan) -> str:
-    return " | ".join(n.text for n in plan.notes)
-
-
 def test_an_indexed_repository_is_read_against_its_tree() -> None:
     plan = _plan()
     assert (plan.mode, plan.reading, plan.base) == (BuildMode.INCREMENTAL, Reading.TREE, STORED)
@@ -74,7 +71,15 @@ def test_a_never_indexed_repository_is_read_whole(
 ) -> None:
     plan = _plan(indexed=None, stored=None, full_refresh=full_refresh, leftovers=leftovers)
     assert (plan.mode, plan.reading, plan.base) == (mode, Reading.EVERYTHING, None)
-    assert ("sweep what it may have left" in _said(plan)) == (leftovers and not full_refresh)
+    if leftovers and not full_refresh:
+        assert plan.notes == (
+            Note(
+                f"{KEY}: never indexed, but an earlier run set out to; "
+                "rebuilding as a full refresh to sweep what it may have left"
+            ),
+        )  # said at info: nothing is wrong
+    else:
+        assert plan.notes == ()
 
 
 def test_a_path_that_names_another_project_now_is_read_from_nothing() -> None:
@@ -84,7 +89,13 @@ def test_a_path_that_names_another_project_now_is_read_from_nothing() -> None:
         Reading.EVERYTHING,
         None,  # the old project's manifest is no base: document ids carry the project id
     )
-    assert plan.notes[0].warning and "now names project 7, not 6" in _said(plan)
+    assert plan.notes == (
+        Note(
+            f"{KEY}: the path now names project 7, not 6, which was indexed here; "
+            "indexing it from scratch",
+            warning=True,
+        ),
+    )
     # Recorded before states carried the project id: taken as the same project.
     assert _plan(indexed=Indexed(OLD, None)).reading is Reading.TREE
 
@@ -101,13 +112,25 @@ def test_without_the_indexed_commits_manifest_everything_is_rebuilt(
         Reading.EVERYTHING,
         stored,
     )
-    assert plan.notes[0].warning and f"no stored manifest for indexed commit {OLD}" in _said(plan)
+    assert plan.notes == (
+        Note(
+            f"{KEY}: no stored manifest for indexed commit {OLD} (an earlier run stopped "
+            "while writing to Elasticsearch?); rebuilding in full",
+            warning=True,
+        ),
+    )
 
 
 def test_a_project_written_under_another_path_since_is_rebuilt() -> None:
     plan = _plan(writer="team/renamed")
     assert (plan.mode, plan.reading) == (BuildMode.FULL_REFRESH, Reading.EVERYTHING)
-    assert "written under team/renamed since" in _said(plan)
+    assert plan.notes == (
+        Note(
+            f"{KEY}: project 7 was written under team/renamed since it was indexed here; "
+            "rebuilding in full",
+            warning=True,
+        ),
+    )
     # Asked for a full refresh anyway: nothing to warn about.
     asked = _plan(writer="team/renamed", full_refresh=True)
     assert (asked.mode, asked.reading, asked.notes) == (
@@ -148,7 +171,12 @@ def test_what_every_document_carries_changed_so_every_file_is_read(
 
 
 def test_settings_that_shape_documents_changed_so_every_file_is_read() -> None:
-    assert _plan(settings="settings-v2").reading is Reading.EVERYTHING
+    plan = _plan(settings="settings-v2")
+    assert (plan.mode, plan.reading, plan.base) == (
+        BuildMode.INCREMENTAL,
+        Reading.EVERYTHING,
+        STORED,
+    )
 
 
 DIFF = {"old_path": "a.py", "new_path": "a.py", "deleted_file": False, "renamed_file": False}
@@ -167,25 +195,35 @@ def test_a_comparison_of_a_few_files_is_read_without_listing_the_tree() -> None:
     assert plan.notes == ()
     # Nothing changed in the files (a merge of nothing, a tag): still compared, nothing read.
     assert _compared(Comparison(())).reading is Reading.COMPARED
+    # As many as are fetched alone at most: still compared.
+    assert _compared(Comparison((DIFF,) * 10), alone=10).reading is Reading.COMPARED
 
 
 @pytest.mark.parametrize(
     ("comparison", "said", "warning"),
     [
-        (Comparison(failed="GitLab refused compare: HTTP 404"), "listing the tree instead", True),
-        (Comparison((DIFF,), timed_out=True), "comparison cut off", False),
-        (Comparison((DIFF,) * 100), "comparison cut off", False),  # at GitLab's diff limit
-        (Comparison((DIFF,) * 11), "", False),  # more than fetching alone pays for
+        (
+            Comparison(failed="GitLab refused compare: HTTP 404"),
+            f"{KEY}: GitLab refused compare: HTTP 404; listing the tree instead",
+            True,
+        ),
+        (
+            Comparison((DIFF,), timed_out=True),
+            f"{KEY}: comparison cut off; listing the tree",
+            False,
+        ),
+        # at GitLab's diff limit
+        (Comparison((DIFF,) * 100), f"{KEY}: comparison cut off; listing the tree", False),
+        (Comparison((DIFF,) * 11), None, False),  # more than fetching alone pays for
     ],
     ids=["failed", "timed-out", "at-the-limit", "many"],
 )
 def test_a_comparison_that_cannot_be_trusted_or_is_large_lists_the_tree(
-    comparison: Comparison, said: str, warning: bool
+    comparison: Comparison, said: str | None, warning: bool
 ) -> None:
     plan = _compared(comparison)
     assert (plan.reading, plan.diffs) == (Reading.TREE, ())
-    assert said in _said(plan)
-    assert [n.warning for n in plan.notes] == ([warning] if said else [])
+    assert plan.notes == ((Note(said, warning),) if said is not None else ())
 
 
 def test_only_a_tree_read_is_changed_by_a_comparison() -> None:
