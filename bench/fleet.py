@@ -85,7 +85,7 @@ def _storing_elasticsearch(conn: Any) -> None:
 
 PROJECT_STORAGE = """storage:
   custom:
-    module: gitlab_es_pipeline.storage
+    module: gitlab_es_pipeline.instance.storage
     class: EnvironmentSelectedStorage
     config: {}
 """
@@ -128,9 +128,9 @@ def discover_fleet(
     os.environ.update(env)  # this process's discovery and instance see what the daemon sees
     from dagster import DagsterInstance, materialize
 
-    from gitlab_es_pipeline.assets import repositories
-    from gitlab_es_pipeline.io_managers import ParquetIOManager
-    from gitlab_es_pipeline.resources import resources_from_env
+    from gitlab_es_pipeline.defs.assets import repositories
+    from gitlab_es_pipeline.defs.io_managers import ParquetIOManager
+    from gitlab_es_pipeline.defs.resources import resources_from_env
 
     instance = DagsterInstance.from_config(str(home))
     parquet = ParquetIOManager(base_path=env["PARQUET_STORAGE_URL"])

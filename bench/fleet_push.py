@@ -86,7 +86,7 @@ class Materializations:
     def look(self) -> dict[str, tuple[str, float]]:
         from dagster import AssetRecordsFilter
 
-        from gitlab_es_pipeline.asset_keys import ES_INDEX
+        from gitlab_es_pipeline.defs.asset_keys import ES_INDEX
 
         while True:
             page = self.instance.fetch_materializations(
@@ -133,7 +133,7 @@ def main() -> None:
             env, instance = discover_fleet(work, "push", gitlab, es, {})
             from dagster import AssetMaterialization
 
-            from gitlab_es_pipeline.asset_keys import ES_INDEX
+            from gitlab_es_pipeline.defs.asset_keys import ES_INDEX
 
             print(f"discovery of {len(projects)} projects: {time.monotonic() - started:.1f} s")
             started = time.monotonic()

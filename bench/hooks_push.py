@@ -94,7 +94,7 @@ def _stages(instance: Any, key: str, commit: str, at: float, indexed_at: float) 
     the run's steps (seconds each, from Dagster's own run and event records)."""
     from dagster import DagsterEventType, RunsFilter
 
-    from gitlab_es_pipeline.sensors import COMMIT_TAG
+    from gitlab_es_pipeline.defs.sensors import COMMIT_TAG
 
     runs = instance.get_run_records(
         RunsFilter(tags={"dagster/partition": key, COMMIT_TAG: commit}), limit=1
@@ -159,7 +159,7 @@ def main() -> None:
             env["GITLAB_HOOK_SECRET"] = SECRET
             from dagster import AssetMaterialization
 
-            from gitlab_es_pipeline.asset_keys import ES_INDEX
+            from gitlab_es_pipeline.defs.asset_keys import ES_INDEX
 
             idle_head = _git(idle_repo, "rev-parse", "HEAD")
             for key in idle:

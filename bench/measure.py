@@ -30,10 +30,10 @@ def _number(materialization: Any, key: str) -> float:
 def pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from dagster import AssetKey, materialize
 
-    from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
-    from gitlab_es_pipeline.io_managers import ParquetIOManager
-    from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
-    from gitlab_es_pipeline.resources import (
+    from gitlab_es_pipeline.defs.assets import es_index, manifest_and_line_documents, repositories
+    from gitlab_es_pipeline.defs.io_managers import ParquetIOManager
+    from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
+    from gitlab_es_pipeline.defs.resources import (
         ElasticsearchResource,
         GitLabResource,
         IndexingResource,
@@ -83,7 +83,7 @@ def job(args: argparse.Namespace) -> dict[str, Any]:
     """
     from dagster import AssetKey, execute_job, reconstructable
 
-    from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+    from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
 
     os.environ.update(
         RUN_EXECUTOR="multiprocess",  # these rows measure a process per step
@@ -187,9 +187,9 @@ def main() -> None:
     parser.add_argument("--es-api-key", default=API_KEY, help="'' for a cluster without one")
     args = parser.parse_args()
     # Imports are not what is measured. The package first, as Dagster's step processes load
-    # it: it chooses allocators before pyarrow loads (see gitlab_es_pipeline/memory.py).
+    # it: it chooses allocators before pyarrow loads (see gitlab_es_pipeline/indexing/memory.py).
     if args.mode in ("pipeline", "job"):
-        importlib.import_module("gitlab_es_pipeline.assets")
+        importlib.import_module("gitlab_es_pipeline.defs.assets")
     import elasticsearch  # noqa: F401
     import gitlab  # noqa: F401
 

@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 20,000 files x 100 lines")
     parser.add_argument("--heap", default="2g", help="the node's Java heap")
     args = parser.parse_args()
-    from gitlab_es_pipeline.resources import ElasticsearchResource
+    from gitlab_es_pipeline.defs.resources import ElasticsearchResource
 
     defaults = ElasticsearchResource(url="http://127.0.0.1:9200")
     files = max(10, int(20_000 * args.scale))

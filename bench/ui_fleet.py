@@ -49,7 +49,7 @@ CHROMIUM = "/usr/bin/chromium"
 def seed(home: Path, partitions: int) -> float:
     from dagster import AssetKey, AssetMaterialization, DagsterInstance
 
-    from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+    from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
 
     started = time.monotonic()
     instance = DagsterInstance.from_config(str(home))
@@ -106,7 +106,7 @@ def form_runs(home: Path, env: dict[str, str], backfill_id: str, work: Path) -> 
     """dagster-daemon on an instance that starts no run: the backfill's runs, queued."""
     from dagster import DagsterInstance, RunsFilter
 
-    from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
+    from gitlab_es_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 
     yaml = (home / "dagster.yaml").read_text()
     assert "max_concurrent_runs: 4" in yaml, "the project's dagster.yaml changed its run limit"
@@ -146,7 +146,7 @@ def form_runs(home: Path, env: dict[str, str], backfill_id: str, work: Path) -> 
 
 
 def _keys_between(instance: DagsterInstance, first: str, last: str) -> list[str]:
-    from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+    from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
 
     keys = list(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
     return keys[keys.index(first) : keys.index(last) + 1]

@@ -1,4 +1,4 @@
-"""Dagster's private API, each use in one place (storage.py keeps its own, in one section).
+"""Dagster's private API, each use in one place (instance/storage.py keeps its own, in one section).
 
 Each has a test in test_dagster_private.py that fails when Dagster changes what it relies on.
 
@@ -7,7 +7,7 @@ Each has a test in test_dagster_private.py that fails when Dagster changes what 
   progress, and failed when the run fails without materializing it. A batch's partitions are
   not known to Dagster when the run is made, so the batch records the event itself as it
   takes each repository, with the constructor Dagster's own run creation uses. These events
-  are for the UI only: exclusivity is the lease's (claims.py).
+  are for the UI only: exclusivity is the lease's (runs/claims.py).
 - The tags with which Dagster stores an output's user-provided data version: a batch records
   each repository's materialization itself, with the commit as its data version, as
   `Output(data_version=...)` would.

@@ -4,13 +4,16 @@ import os
 
 from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
 
-from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
-from gitlab_es_pipeline.batches import index_repositories_job
-from gitlab_es_pipeline.io_managers import ParquetIOManager, default_storage_url
-from gitlab_es_pipeline.jobs import discover_repositories_job, index_repository_job
-from gitlab_es_pipeline.resources import resources_from_env
-from gitlab_es_pipeline.schedules import hourly_discovery
-from gitlab_es_pipeline.sensors import head_commit_sensor
+from gitlab_es_pipeline.defs.assets import es_index, manifest_and_line_documents, repositories
+from gitlab_es_pipeline.defs.io_managers import ParquetIOManager, default_storage_url
+from gitlab_es_pipeline.defs.jobs import (
+    discover_repositories_job,
+    index_repositories_job,
+    index_repository_job,
+)
+from gitlab_es_pipeline.defs.resources import resources_from_env
+from gitlab_es_pipeline.defs.schedules import hourly_discovery
+from gitlab_es_pipeline.defs.sensors import head_commit_sensor
 
 EXECUTORS = {"multiprocess": multiprocess_executor, "in_process": in_process_executor}
 

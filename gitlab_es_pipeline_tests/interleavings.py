@@ -32,15 +32,15 @@ os.environ.setdefault("LEASE_SECONDS", "10")
 
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
-from gitlab_es_pipeline.assets import (
+from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.defs.assets import (
     es_index,
     manifest_and_line_documents,
     repositories,
 )
-from gitlab_es_pipeline.core.head_tracking import TrackerCursor
-from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
-from gitlab_es_pipeline.sensors import SensorLimits
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.defs.sensors import SensorLimits
+from gitlab_es_pipeline.runs.indexed import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_documents
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git

@@ -18,14 +18,22 @@ from dagster import (
     materialize,
 )
 
-from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
-from gitlab_es_pipeline.batches import BATCH_OP, batch_run_key, index_repositories_job
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE
-from gitlab_es_pipeline.core.head_tracking import TrackerCursor
-from gitlab_es_pipeline.io_managers import ParquetIOManager
-from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, REPOSITORIES_PARTITION
-from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
-from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits, Tick, evaluate_tick
+from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.defs.assets import es_index, manifest_and_line_documents, repositories
+from gitlab_es_pipeline.defs.io_managers import ParquetIOManager
+from gitlab_es_pipeline.defs.jobs import BATCH_OP, batch_run_key, index_repositories_job
+from gitlab_es_pipeline.defs.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    REPOSITORIES_PARTITION,
+)
+from gitlab_es_pipeline.defs.resources import (
+    ElasticsearchResource,
+    GitLabResource,
+    IndexingResource,
+)
+from gitlab_es_pipeline.defs.sensors import COMMIT_TAG, SensorLimits, Tick, evaluate_tick
+from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
 from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 

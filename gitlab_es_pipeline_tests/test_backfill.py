@@ -18,10 +18,10 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, RunsFilter
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.execution.backfill import BulkActionStatus
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
-from gitlab_es_pipeline.batches import OUTCOME
-from gitlab_es_pipeline.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
+from gitlab_es_pipeline.defs.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+from gitlab_es_pipeline.runs.indexed import last_indexed
+from gitlab_es_pipeline.runs.many import OUTCOME
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.processes import launch_backfill_of_all, serving_webserver

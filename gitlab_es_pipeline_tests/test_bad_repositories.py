@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from gitlab_es_pipeline.clients.gitlab import request_kind
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.runs.indexed import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_id
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import Submodule, commit_files, init_repo, run_git

@@ -21,15 +21,15 @@ from dagster import (
 )
 from elasticsearch import Elasticsearch
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
-from gitlab_es_pipeline.batches import OUTCOME, TAKEN
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
-from gitlab_es_pipeline.core.head_tracking import TrackerCursor
-from gitlab_es_pipeline.leases import lease_seconds, repository_name
-from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
-from gitlab_es_pipeline.sensors import SensorLimits, evaluate_tick
-from gitlab_es_pipeline.state import failing_partitions, last_indexed
-from gitlab_es_pipeline.status import repository_status
+from gitlab_es_pipeline.cli.status import repository_status
+from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
+from gitlab_es_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from gitlab_es_pipeline.defs.sensors import SensorLimits, evaluate_tick
+from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
+from gitlab_es_pipeline.runs.indexed import failing_partitions, last_indexed
+from gitlab_es_pipeline.runs.leases import lease_seconds, repository_name
+from gitlab_es_pipeline.runs.many import OUTCOME, TAKEN
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git

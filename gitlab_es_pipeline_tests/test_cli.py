@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from gitlab_es_pipeline.cli import main
-from gitlab_es_pipeline.receiver import ReceiverSettings
+from gitlab_es_pipeline.cli.main import main
+from gitlab_es_pipeline.hooks.receiver import ReceiverSettings
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn

@@ -17,7 +17,7 @@ import elasticsearch
 import pytest
 from dagster import DagsterInstance
 
-from gitlab_es_pipeline.cli import main
+from gitlab_es_pipeline.cli.main import main
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo

@@ -9,10 +9,10 @@ import pytest
 from dagster import DagsterInstance, DagsterInvalidConfigError, EnvVar, materialize
 from pydantic import ValidationError
 
-from gitlab_es_pipeline.assets import repositories
 from gitlab_es_pipeline.core.mapping import index_body
-from gitlab_es_pipeline.io_managers import ParquetIOManager
-from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
+from gitlab_es_pipeline.defs.assets import repositories
+from gitlab_es_pipeline.defs.io_managers import ParquetIOManager
+from gitlab_es_pipeline.defs.resources import ElasticsearchResource, GitLabResource
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
 

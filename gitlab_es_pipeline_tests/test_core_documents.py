@@ -28,7 +28,7 @@ from gitlab_es_pipeline.core.documents import (
     document_ids,
     line_document_batches,
 )
-from gitlab_es_pipeline.io_managers import ParquetFile, stage_parquet
+from gitlab_es_pipeline.defs.io_managers import ParquetFile, stage_parquet
 
 SNAPSHOT = RepositorySnapshot(
     7, "acme/backend", "main", "c" * 40, "https://gitlab.example.com/acme/backend"

@@ -28,7 +28,7 @@ from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 from upath import UPath
 
 from gitlab_es_pipeline.dagster_private import record_planned, versioned
-from gitlab_es_pipeline.io_managers import ParquetIOManager
+from gitlab_es_pipeline.defs.io_managers import ParquetIOManager
 
 PARTS = DynamicPartitionsDefinition(name="parts")
 

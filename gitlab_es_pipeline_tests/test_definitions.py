@@ -10,8 +10,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance, QueuedRunCoordinator
 
 from gitlab_es_pipeline.definitions import defs
-from gitlab_es_pipeline.pools import ensure_pools
-from gitlab_es_pipeline.storage import postgres_url_from_env, with_psycopg2_driver
+from gitlab_es_pipeline.defs.pools import ensure_pools
+from gitlab_es_pipeline.instance.logs import JsonLinesFormatter
+from gitlab_es_pipeline.instance.storage import postgres_url_from_env, with_psycopg2_driver
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
@@ -175,3 +176,33 @@ def test_runs_log_json_lines_with_run_and_repository(
         '"message": "team/app: write: done' in p.read_text(errors="replace")
         for p in captured.rglob("*.err")
     )
+
+
+def test_a_dagster_yaml_copied_before_the_modules_moved_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dev` copies dagster.yaml into DAGSTER_HOME once and never overwrites it: a copy made
+    before 2026-12-05 names the storage and the log formatter by their old module paths."""
+    old = (
+        (ROOT / "dagster.yaml")
+        .read_text()
+        .replace("gitlab_es_pipeline.instance.storage", "gitlab_es_pipeline.storage")
+        .replace(
+            "gitlab_es_pipeline.instance.logs.JsonLinesFormatter",
+            "gitlab_es_pipeline.logs.JsonLogFormatter",
+        )
+    )
+    assert "gitlab_es_pipeline.storage" in old and "logs.JsonLogFormatter" in old
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(old)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    monkeypatch.delenv("DAGSTER_PG_HOST", raising=False)
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        assert type(instance.get_ref().storage).__name__.endswith("SqliteStorage")
+        formatters = {type(h.formatter) for h in instance.get_handlers() if h.formatter}
+        assert JsonLinesFormatter in formatters
+    finally:
+        instance.dispose()

@@ -347,7 +347,7 @@ def test_the_deploy_instance_loads_on_postgres_with_its_limits(deploy_home: dict
 def test_the_image_quiets_the_launchers_warnings_and_no_others(
     deploy_home: dict[str, str],
 ) -> None:
-    from gitlab_es_pipeline.launcher import QUIET
+    from gitlab_es_pipeline.cli.dev import QUIET
 
     found = re.search(r'PYTHONWARNINGS="([^"]*)"', _dockerfile())
     assert found
@@ -519,7 +519,7 @@ def test_the_receiver_runs_beside_the_pipeline_in_compose_and_on_kubernetes() ->
     """Compose (`--profile hooks`) and deploy/helm/receiver.yaml: the command the CLI takes, the
     secret from the env file or a Secret and nowhere else in the receiver, a health check on
     the receiver's own /healthz, and the port GitLab posts to."""
-    from gitlab_es_pipeline.cli import parser
+    from gitlab_es_pipeline.cli.main import parser
 
     example = _env_example()
     result = _compose("--profile", "hooks", "config", env_file=DEPLOY / ".env.example")

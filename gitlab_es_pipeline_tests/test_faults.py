@@ -22,8 +22,8 @@ from dagster import (
     ExecuteInProcessResult,
 )
 
-from gitlab_es_pipeline.sensors import SensorLimits
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.defs.sensors import SensorLimits
+from gitlab_es_pipeline.runs.indexed import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git

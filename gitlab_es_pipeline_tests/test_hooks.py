@@ -25,10 +25,10 @@ import pytest
 import uvicorn
 from dagster import DagsterInstance
 
-from gitlab_es_pipeline.heard import heard_since
-from gitlab_es_pipeline.receiver import Receiver, ReceiverSettings
-from gitlab_es_pipeline.sensors import SensorLimits
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.defs.sensors import SensorLimits
+from gitlab_es_pipeline.hooks.heard import heard_since
+from gitlab_es_pipeline.hooks.receiver import Receiver, ReceiverSettings
+from gitlab_es_pipeline.runs.indexed import last_indexed
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.standins.gitlab import StandInProject

@@ -9,9 +9,9 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._daemon.monitoring.run_monitoring import check_run_timeout
 
-from gitlab_es_pipeline.leases import lease_seconds
-from gitlab_es_pipeline.sensors import COMMIT_TAG, SensorLimits
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.defs.sensors import COMMIT_TAG, SensorLimits
+from gitlab_es_pipeline.runs.indexed import last_indexed
+from gitlab_es_pipeline.runs.leases import lease_seconds
 from gitlab_es_pipeline_tests.corpus import expected_after_runs, expected_id
 from gitlab_es_pipeline_tests.pipeline import INDEX, RUN_KEY_TAG, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
@@ -236,7 +236,7 @@ def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_con
     }
     assert new_docs == {written}  # written, but not recorded as indexed
     assert last_indexed(pipeline.instance, "team/app").commit_sha == indexed_before
-    # The killed run's lease holds the repository until it expires (claims.py).
+    # The killed run's lease holds the repository until it expires (runs/claims.py).
     time.sleep(lease_seconds())
 
     # new.txt (added by the killed run's commit) is gone again at HEAD: a comparison with the

@@ -91,7 +91,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
+from gitlab_es_pipeline.defs.assets import es_index, manifest_and_line_documents, repositories
 from gitlab_es_pipeline_tests.interleavings import (
     LIMITS,
     VISIBILITIES,

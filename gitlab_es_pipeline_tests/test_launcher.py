@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from gitlab_es_pipeline.launcher import dev_command
+from gitlab_es_pipeline.cli.dev import dev_command
 from gitlab_es_pipeline_tests.processes import (
     free_port,
     launch_backfill_of_all,
@@ -154,8 +154,8 @@ def test_without_a_dagster_yaml_to_copy_dev_says_so_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An install without the project's files (a wheel) and an empty DAGSTER_HOME."""
-    from gitlab_es_pipeline import launcher
-    from gitlab_es_pipeline.cli import main
+    from gitlab_es_pipeline.cli import dev as launcher
+    from gitlab_es_pipeline.cli.main import main
 
     monkeypatch.setattr(launcher, "PROJECT", tmp_path / "no-project")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))

@@ -19,8 +19,8 @@ import psycopg2
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from gitlab_es_pipeline.claims import leases_of
-from gitlab_es_pipeline.leases import (
+from gitlab_es_pipeline.runs.claims import leases_of
+from gitlab_es_pipeline.runs.leases import (
     LEASES,
     WRITERS,
     Lease,
@@ -124,7 +124,7 @@ _RACER = textwrap.dedent(
     """
     import sys, time
     from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
-    from gitlab_es_pipeline.claims import leases_of
+    from gitlab_es_pipeline.runs.claims import leases_of
     instance = DagsterInstance.get()
     store, _ = leases_of(instance)
     start = float(sys.argv[2])
@@ -173,7 +173,7 @@ _HOLDER = textwrap.dedent(
     """
     import time
     from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
-    from gitlab_es_pipeline.claims import leases_of
+    from gitlab_es_pipeline.runs.claims import leases_of
     instance = DagsterInstance.get()
     store, heartbeat = leases_of(instance)
     lease = store.acquire("repository:held", "run-killed", 3)

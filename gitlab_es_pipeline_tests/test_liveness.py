@@ -27,13 +27,13 @@ from dagster import (
     RunsFilter,
 )
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST
-from gitlab_es_pipeline.batches import OUTCOME
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
-from gitlab_es_pipeline.leases import lease_seconds, repository_name
-from gitlab_es_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
-from gitlab_es_pipeline.sensors import SensorLimits
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST
+from gitlab_es_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from gitlab_es_pipeline.defs.sensors import SensorLimits
+from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
+from gitlab_es_pipeline.runs.indexed import last_indexed
+from gitlab_es_pipeline.runs.leases import lease_seconds, repository_name
+from gitlab_es_pipeline.runs.many import OUTCOME
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
@@ -115,7 +115,7 @@ def _until_quiet(pipeline: Pipeline, ticks: int = 6) -> list[list[str]]:
 
 
 def _awaited(pipeline: Pipeline) -> dict:
-    from gitlab_es_pipeline.core.head_tracking import TrackerCursor
+    from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
 
     return TrackerCursor.from_json(pipeline.sensor_cursor).requested
 
@@ -155,8 +155,8 @@ def test_a_push_while_the_daemon_was_away_longer_than_the_activity_window_is_see
     now = time.time()
     away = SensorLimits(recheck_seconds=0)
     # The last tick before the daemon went away, two hours ago, indexed it.
-    from gitlab_es_pipeline.core.head_tracking import TrackerCursor
-    from gitlab_es_pipeline.sensors import evaluate_tick
+    from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+    from gitlab_es_pipeline.defs.sensors import evaluate_tick
 
     source = pipeline.resources()["gitlab"].source()
     tick = evaluate_tick(pipeline.instance, source, [], TrackerCursor(), away, now - 7200)
@@ -182,7 +182,7 @@ def test_a_run_that_cannot_see_its_repository_held_waits_for_it_es_index_alone_t
     commit_files(repos["fleet/a"], {"README.md": "# second\n"})
     from dagster import materialize
 
-    from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
+    from gitlab_es_pipeline.defs.assets import es_index, manifest_and_line_documents, repositories
 
     # Read the new commit without writing (file_manifest alone), as a person may.
     assert materialize(

@@ -64,8 +64,8 @@ def test_no_name_shadows_one_of_dagster() -> None:
 def test_the_checks_above_see_what_they_look_for() -> None:
     """The control: the scan finds the keys and a name of each kind where they are."""
     modules = _modules()
-    keys = modules[PACKAGE / "asset_keys.py"]
+    keys = modules[PACKAGE / "defs" / "asset_keys.py"]
     assert {"ES_INDEX", "FILE_MANIFEST", "REPOSITORIES"} <= _top_level_names(keys)
-    assert "LastFailure" in _top_level_names(modules[PACKAGE / "status.py"])
-    assert "head_commit_sensor" in _top_level_names(modules[PACKAGE / "sensors.py"])
+    assert "LastFailure" in _top_level_names(modules[PACKAGE / "cli" / "status.py"])
+    assert "head_commit_sensor" in _top_level_names(modules[PACKAGE / "defs" / "sensors.py"])
     assert "sensor" in dir(dagster) and "Failure" in dir(dagster)

@@ -22,7 +22,7 @@ import pytest
 import requests
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
-from gitlab_es_pipeline.cli import main
+from gitlab_es_pipeline.cli.main import main
 from gitlab_es_pipeline.clients.engines import Connection, EngineError, detect_engine
 from gitlab_es_pipeline.core.mapping import index_body
 from gitlab_es_pipeline_tests.conftest import ROOT

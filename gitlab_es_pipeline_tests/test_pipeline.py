@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey
 
-from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline_tests.corpus import expected_documents
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo

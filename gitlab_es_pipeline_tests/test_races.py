@@ -29,14 +29,12 @@ from dagster import (
 )
 from dagster._core.remote_origin import RemoteJobOrigin
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX
-from gitlab_es_pipeline.assets import es_index, manifest_and_line_documents, repositories
-from gitlab_es_pipeline.batches import batch_run_key
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
-from gitlab_es_pipeline.core.head_tracking import TrackerCursor
-from gitlab_es_pipeline.leases import LEASES, Lease, LeaseStore, lease_seconds, repository_name
-from gitlab_es_pipeline.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
-from gitlab_es_pipeline.sensors import (
+from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX
+from gitlab_es_pipeline.defs.assets import es_index, manifest_and_line_documents, repositories
+from gitlab_es_pipeline.defs.jobs import batch_run_key
+from gitlab_es_pipeline.defs.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+from gitlab_es_pipeline.defs.sensors import (
     COMMIT_TAG,
     RUN_KEY_TAG,
     SensorLimits,
@@ -44,7 +42,9 @@ from gitlab_es_pipeline.sensors import (
     batch_request,
     evaluate_tick,
 )
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
+from gitlab_es_pipeline.runs.indexed import last_indexed
+from gitlab_es_pipeline.runs.leases import LEASES, Lease, LeaseStore, lease_seconds, repository_name
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
@@ -497,7 +497,7 @@ def test_heartbeat_survives_a_database_outage_shorter_than_twice_a_lease_holds(
     pipeline: Pipeline,
 ) -> None:
     """A renewal that fails leaves the local expiry alone: the fence refuses once it passed."""
-    from gitlab_es_pipeline.leases import Heartbeat, LeaseLost
+    from gitlab_es_pipeline.runs.leases import Heartbeat, LeaseLost
 
     real = leases_of(pipeline.instance)[0]
     down = threading.Event()
@@ -577,7 +577,7 @@ def test_a_step_whose_output_handling_fails_lets_go_of_its_lease(
     expires within a lease); in-process (materialize/execute_in_process: tests, scripts, a
     notebook) for as long as the caller keeps the run's result. Meanwhile every run of the
     repository waits for it (15 minutes, then fails) and the sensor takes it for held."""
-    from gitlab_es_pipeline.io_managers import ParquetStore
+    from gitlab_es_pipeline.defs.io_managers import ParquetStore
 
     _fleet(pipeline, tmp_path, ("fleet/a",))
     dump = ParquetStore.dump_to_path
@@ -662,7 +662,7 @@ def test_a_failed_attempts_generator_closed_later_does_not_free_the_next_attempt
     test), so a collection during the retry does not close it."""
     import gc
 
-    from gitlab_es_pipeline.io_managers import ParquetStore
+    from gitlab_es_pipeline.defs.io_managers import ParquetStore
 
     repos = _fleet(pipeline, tmp_path, ("fleet/a",))
     assert pipeline.index("fleet/a").success

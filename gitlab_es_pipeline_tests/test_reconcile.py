@@ -15,11 +15,11 @@ import pytest
 import requests
 from dagster import AssetMaterialization, AssetRecordsFilter, MetadataValue
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST
 from gitlab_es_pipeline.clients.elasticsearch import LineIndex
 from gitlab_es_pipeline.clients.engines import Connection, connect
 from gitlab_es_pipeline.core.removals import CONFIRM_CONFIG
-from gitlab_es_pipeline.state import WANTED, last_indexed
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST
+from gitlab_es_pipeline.runs.indexed import WANTED, last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_documents
 from gitlab_es_pipeline_tests.opensearch_node import OpenSearchNode
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline

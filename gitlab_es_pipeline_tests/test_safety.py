@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from gitlab_es_pipeline.asset_keys import DEAD_LETTERS
 from gitlab_es_pipeline.core.removals import CONFIRM_CONFIG, RemovalGuard
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.defs.asset_keys import DEAD_LETTERS
+from gitlab_es_pipeline.runs.indexed import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs, expected_documents
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo
@@ -245,7 +245,7 @@ def test_a_repository_removed_while_its_run_writes_leaves_no_documents(
     """Discovery sweeps the repository and deletes its partition while an index run is
     writing: the run's later writes would outlive the sweep. The run notices, sweeps again and
     records nothing."""
-    from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
+    from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
 
     repo = init_repo(tmp_path / "app")
     commit_files(repo, {f"f{i}.py": f"line {i}\n" * 5 for i in range(10)})

@@ -21,7 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource, token_may_follow
-from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
+from gitlab_es_pipeline.defs.resources import ElasticsearchResource, GitLabResource
 
 TOKEN = "glpat-CANARY-redirect-3d9e1a"
 # (status, headers, body) for a request's path and headers

@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 from dagster import AssetMaterialization, DagsterInstance, build_sensor_context
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE
-from gitlab_es_pipeline.core.head_tracking import TrackerCursor
+from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
 from gitlab_es_pipeline.definitions import defs
-from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
-from gitlab_es_pipeline.sensors import (
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX
+from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.defs.sensors import (
     SensorLimits,
     batch_request,
     evaluate_tick,
     head_commit_sensor,
 )
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE
+from gitlab_es_pipeline.runs.indexed import last_indexed
 from gitlab_es_pipeline_tests.pipeline import Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 

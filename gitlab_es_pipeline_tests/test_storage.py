@@ -4,7 +4,7 @@ Events are written through the instance the project's dagster.yaml makes, then r
 Dagster's own SQLite storage in another process: what one writes, the other reads, event for
 event, across more run databases than the engines kept. The engines are counted on
 SQLAlchemy's own, whoever made them: exactly one per database file shows that Dagster's code
-goes through the kept-engine override (gitlab_es_pipeline/storage.py, "Dagster's private API").
+goes through the kept-engine override (gitlab_es_pipeline/instance/storage.py, "Dagster's private API").
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dagster._core.storage.event_log import SqliteEventLogStorage
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-import gitlab_es_pipeline.storage
-from gitlab_es_pipeline.storage import EngineKeepingSqliteEventLogStorage
+import gitlab_es_pipeline.instance.storage
+from gitlab_es_pipeline.instance.storage import EngineKeepingSqliteEventLogStorage
 
 KEPT = EngineKeepingSqliteEventLogStorage._ENGINES_KEPT
 RUNS = 12  # more than the engines kept (8): engines are dropped and made again
@@ -180,7 +180,7 @@ def test_the_engine_count_shows_an_override_dagster_no_longer_calls(
 def test_dagsters_private_api_is_used_in_one_section_of_storage_py() -> None:
     """Every dagster._* import, every name it brings and every private attribute is between
     the two banners of the section "Dagster's private API"."""
-    source = Path(gitlab_es_pipeline.storage.__file__).read_text()
+    source = Path(gitlab_es_pipeline.instance.storage.__file__).read_text()
     lines = source.splitlines()
     start = lines.index(next(x for x in lines if x.startswith("# == Dagster's private API")))
     end = lines.index(next(x for x in lines if x.startswith("# == end of Dagster's private")))

@@ -31,8 +31,8 @@ def test_what_the_package_does_passes(tmp_path: Path) -> None:
         """
         from dataclasses import replace
 
-        from gitlab_es_pipeline.batches import _GatheredLog
-        from gitlab_es_pipeline.indexing import Step
+        from gitlab_es_pipeline.runs.many import _GatheredLog
+        from gitlab_es_pipeline.indexing.step import Step
 
 
         def tell(step: Step, gathered: _GatheredLog) -> None:
@@ -50,7 +50,7 @@ def test_what_the_package_does_passes(tmp_path: Path) -> None:
     [
         (
             """
-            from gitlab_es_pipeline.indexing import Step
+            from gitlab_es_pipeline.indexing.step import Step
 
 
             def tell(step: Step) -> None:
@@ -62,7 +62,7 @@ def test_what_the_package_does_passes(tmp_path: Path) -> None:
             """
             from dataclasses import replace
 
-            from gitlab_es_pipeline.indexing import Step
+            from gitlab_es_pipeline.indexing.step import Step
 
 
             class InfoOnly:
@@ -78,7 +78,7 @@ def test_what_the_package_does_passes(tmp_path: Path) -> None:
         ),
         (
             """
-            from gitlab_es_pipeline.resources import ElasticsearchResource
+            from gitlab_es_pipeline.defs.resources import ElasticsearchResource
 
 
             def engine(resource: ElasticsearchResource) -> object:

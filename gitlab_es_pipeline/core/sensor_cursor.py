@@ -59,7 +59,7 @@ class TrackerCursor:
     asks: int = 0
     # partitions of `pending` asked for even at their indexed commit (a want)
     forced: list[str] = field(default_factory=list)
-    # storage id of the last hook event read (heard.py)
+    # storage id of the last hook event read (hooks/heard.py)
     heard_after: int = 0
     # unix time of the last poll (the listing and the follow-ups); hook events between polls
     polled_at: float = 0.0

@@ -4,7 +4,7 @@ A run's own cost (its process, imports, the code location loaded, a few dozen ev
 is seconds; indexing a small repository is hundredths. Two kinds of run index many
 repositories: the sensor's batches (job `index_repositories`, op `index_batch`) and the
 partition-range runs of a backfill (the assets' `BackfillPolicy`). Both go through
-`index_each` here, which indexes each repository exactly as its own run would (`indexing.py`)
+`index_each` here, which indexes each repository exactly as its own run would (`indexing/`)
 and records in Dagster's storage what that run's steps would have: each partition's
 `file_manifest`, `line_documents` and `es_index` materializations (the commit as data
 version, the repository's own metadata) and check results, or an observation naming why it
@@ -16,7 +16,6 @@ outputs are one value for every partition of the range, so one repository that f
 fail or falsely succeed its whole range.
 """
 
-import hashlib
 import tempfile
 import time
 import traceback
@@ -31,61 +30,43 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetObservation,
-    Config,
     DagsterLogManager,
     Failure,
     MetadataValue,
     OpExecutionContext,
-    ResourceParam,
-    job,
-    op,
 )
-from pydantic import Field
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
-from gitlab_es_pipeline.claims import (
-    BATCH_TAG,
-    BATCH_TAG_VALUE,
+from gitlab_es_pipeline.clients.elasticsearch import LineIndex
+from gitlab_es_pipeline.clients.gitlab import GitLabSource
+from gitlab_es_pipeline.dagster_private import record_planned, versioned
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
+from gitlab_es_pipeline.defs.io_managers import ParquetFile, ParquetStore
+from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.defs.resources import (
+    ElasticsearchResource,
+    GitLabResource,
+    IndexingResource,
+)
+from gitlab_es_pipeline.indexing.read import ReadResult, read_repository
+from gitlab_es_pipeline.indexing.step import (
+    DOCUMENT_COUNT_CHECK,
+    FAILURES_SHOWN,
+    MANIFEST_CHECK,
+    Step,
+)
+from gitlab_es_pipeline.indexing.write import DocumentsRejected, open_index, write_repository
+from gitlab_es_pipeline.runs.claims import (
     confirm,
     release,
     run_is_alive,
     settle,
     try_take,
 )
-from gitlab_es_pipeline.clients.elasticsearch import LineIndex
-from gitlab_es_pipeline.clients.gitlab import GitLabSource
-from gitlab_es_pipeline.dagster_private import record_planned, versioned
-from gitlab_es_pipeline.indexing import (
-    DOCUMENT_COUNT_CHECK,
-    FAILURES_SHOWN,
-    MANIFEST_CHECK,
-    DocumentsRejected,
-    ReadResult,
-    Step,
-    open_index,
-    read_repository,
-    write_repository,
-)
-from gitlab_es_pipeline.io_managers import ParquetFile, ParquetStore
-from gitlab_es_pipeline.leases import Lease
-from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
-from gitlab_es_pipeline.pools import GITLAB_POOL
-from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
+from gitlab_es_pipeline.runs.leases import Lease
 
-BATCH_OP = "index_batch"
 TAKEN = "indexing it in this batch"  # said once the repository is the batch's alone
 OUTCOME = "batch_outcome"  # failed, or left (another run has the repository)
 _ASSETS = (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX)
-
-
-class BatchConfig(Config):
-    repositories: dict[str, str] = Field(
-        description="The repositories (partition keys) to index, each with the HEAD commit "
-        "it had when the run was asked for (the run indexes HEAD as it is when it gets there)."
-    )
-    full_refresh: bool = Field(
-        default=False, description="Rebuild each repository's documents from scratch."
-    )
 
 
 class _GatheredLog:
@@ -131,7 +112,7 @@ class _GatheredLog:
 def _record_outcome(context: OpExecutionContext, key: str, outcome: str, reason: str) -> None:
     """A repository the run did not index: an observation of its file_manifest partition
     says why (Dagster's open-source storages keep no failed-materialization events). It also
-    ends the run's claim on the repository (claims.py)."""
+    ends the run's claim on the repository (runs/claims.py)."""
     context.log_event(
         AssetObservation(
             asset_key=FILE_MANIFEST,
@@ -264,7 +245,7 @@ class _ManyRepositories:
     def _record(
         self, step: Step, asset_key: AssetKey, key: str, commit: str, metadata: dict
     ) -> None:
-        """Recorded only while the run holds the repository's lease (claims.py)."""
+        """Recorded only while the run holds the repository's lease (runs/claims.py)."""
         if step.lease is not None:
             confirm(step, step.lease)
         self.context.log_event(
@@ -333,7 +314,7 @@ def index_each(
 ) -> Outcome:
     """Each repository in turn, as its own run would index it; one that fails is its own.
 
-    Each is taken under its lease first (claims.py): one that another run holds is left to it.
+    Each is taken under its lease first (runs/claims.py): one that another run holds is left to it.
     record_plans: record each repository's planned materializations as it is taken (a batch;
     Dagster records a range run's when it makes the run), for the UI's partition status.
     """
@@ -404,43 +385,3 @@ def fail_range(outcome: Outcome) -> None:
     )
     if failure is not None:
         raise failure
-
-
-@op(
-    name=BATCH_OP,
-    pool=GITLAB_POOL,
-    description="Index each of the configured repositories as its own run would, recording "
-    "each one's materializations; one that fails does not stop the others.",
-)
-def index_batch(
-    context: OpExecutionContext,
-    config: BatchConfig,
-    gitlab: GitLabResource,
-    elasticsearch: ElasticsearchResource,
-    indexing: IndexingResource,
-    parquet_io_manager: ResourceParam[ParquetStore],
-) -> None:
-    services = Services(gitlab, elasticsearch, indexing, parquet_io_manager)
-    outcome = index_each(
-        context, list(config.repositories), services, config.full_refresh, record_plans=True
-    )
-    failure = outcome.failure("the sensor asks for these again", count_left=False)
-    if failure is not None:
-        raise failure
-
-
-@job(
-    name="index_repositories",
-    tags={BATCH_TAG: BATCH_TAG_VALUE},
-    description="Index several small repositories in one run (the HEAD-commit sensor forms "
-    "these; see docs/runs.md). Each repository keeps its own "
-    "materializations, metadata and failures.",
-)
-def index_repositories_job() -> None:
-    index_batch()
-
-
-def batch_run_key(run_keys: list[str]) -> str:
-    """Of the members' own run keys: the same batch asked for again is the same run."""
-    digest = hashlib.sha256("\n".join(sorted(run_keys)).encode())
-    return f"batch:{len(run_keys)}:{digest.hexdigest()[:24]}"

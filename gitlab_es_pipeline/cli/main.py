@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from dagster import DagsterInstance
 from requests import RequestException
 
+from gitlab_es_pipeline.cli.dev import dev, home_folder
+from gitlab_es_pipeline.cli.status import RepositoryStatus, repository_status, selected_repositories
 from gitlab_es_pipeline.clients.engines import (
     EngineError,
     EngineUnreachable,
@@ -34,10 +36,12 @@ from gitlab_es_pipeline.core.search import (
     search_body,
     verify,
 )
-from gitlab_es_pipeline.heard import last_deliveries
-from gitlab_es_pipeline.launcher import dev, home_folder
-from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, resources_from_env
-from gitlab_es_pipeline.status import RepositoryStatus, repository_status, selected_repositories
+from gitlab_es_pipeline.defs.resources import (
+    ElasticsearchResource,
+    GitLabResource,
+    resources_from_env,
+)
+from gitlab_es_pipeline.hooks.heard import last_deliveries
 
 FOUND, NOT_FOUND, TROUBLE = 0, 1, 2
 
@@ -340,7 +344,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _receiver(args: argparse.Namespace, out: TextIO) -> int:
-    from gitlab_es_pipeline.receiver import serve
+    from gitlab_es_pipeline.hooks.receiver import serve
 
     _dagster_home()
     serve(args.host, args.port, exit_with_parent=args.exit_with_parent)

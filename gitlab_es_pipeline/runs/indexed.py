@@ -18,8 +18,8 @@ from dagster import (
     DagsterInstance,
 )
 
-from gitlab_es_pipeline.asset_keys import DEAD_LETTERS, ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
-from gitlab_es_pipeline.partitions import repository_partitions
+from gitlab_es_pipeline.defs.asset_keys import DEAD_LETTERS, ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
+from gitlab_es_pipeline.defs.partitions import repository_partitions
 
 # Everything kept on disk for a partition: all of it goes when its repository leaves.
 STAGED = [FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX, DEAD_LETTERS]

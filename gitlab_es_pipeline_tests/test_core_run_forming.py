@@ -1,7 +1,7 @@
 """How requests become runs (pure core)."""
 
-from gitlab_es_pipeline.core.batching import Request, form_runs
-from gitlab_es_pipeline.core.head_tracking import TrackerCursor, Want
+from gitlab_es_pipeline.core.run_forming import Request, form_runs
+from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor, Want
 
 
 def _shape(runs: list[list[Request]]) -> list[list[str]]:

@@ -19,19 +19,24 @@ from dagster import (
 )
 from pydantic import Field
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS, REPOSITORIES
-from gitlab_es_pipeline.batches import Services, fail_range, index_range
-from gitlab_es_pipeline.claims import confirm, release, run_is_alive, take
-from gitlab_es_pipeline.indexing import MANIFEST_CHECK, Step, read_repository
-from gitlab_es_pipeline.io_managers import ParquetStore
-from gitlab_es_pipeline.partitions import (
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS, REPOSITORIES
+from gitlab_es_pipeline.defs.io_managers import ParquetStore
+from gitlab_es_pipeline.defs.partitions import (
     is_range_run,
     repository_backfill_policy,
     repository_partitions,
 )
-from gitlab_es_pipeline.pools import GITLAB_POOL
-from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource, IndexingResource
-from gitlab_es_pipeline.retries import step_retry_policy
+from gitlab_es_pipeline.defs.pools import GITLAB_POOL
+from gitlab_es_pipeline.defs.resources import (
+    ElasticsearchResource,
+    GitLabResource,
+    IndexingResource,
+)
+from gitlab_es_pipeline.defs.retries import step_retry_policy
+from gitlab_es_pipeline.indexing.read import read_repository
+from gitlab_es_pipeline.indexing.step import MANIFEST_CHECK, Step
+from gitlab_es_pipeline.runs.claims import confirm, release, run_is_alive, take
+from gitlab_es_pipeline.runs.many import Services, fail_range, index_range
 
 
 class IndexRunConfig(Config):

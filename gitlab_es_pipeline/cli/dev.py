@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]  # the checkout: gitlab_es_pipeline/cli/dev.py
 LOCAL_HOME = ".dagster_home"  # where the README's commands keep the instance
 # PYTHONWARNINGS entries (a message's start, any category) for warnings that ask nothing of
 # the user of this project:
@@ -75,7 +75,7 @@ def dev(extra: Sequence[str]) -> int:
     port = env.get("HOOK_RECEIVER_PORT", "8765")
     if "--help" not in extra and port != "0":
         # Beside the UI, on loopback (no secret needed there); it ends with `dagster dev`.
-        receiver = [sys.executable, "-m", "gitlab_es_pipeline.cli", "receiver"]
+        receiver = [sys.executable, "-m", "gitlab_es_pipeline.cli.main", "receiver"]
         options = ["--host", "127.0.0.1", "--port", port, "--exit-with-parent"]
         subprocess.Popen([*receiver, *options], env=env)
         print(

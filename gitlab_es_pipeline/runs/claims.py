@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, cast
 from dagster import DagsterInstance
 from sqlalchemy.engine import Connection
 
-from gitlab_es_pipeline.leases import (
+from gitlab_es_pipeline.defs.partitions import is_range_run
+from gitlab_es_pipeline.defs.retries import step_failure
+from gitlab_es_pipeline.runs.leases import (
     Heartbeat,
     Lease,
     LeaseStore,
@@ -39,11 +41,9 @@ from gitlab_es_pipeline.leases import (
     run_name,
     write_margin_seconds,
 )
-from gitlab_es_pipeline.partitions import is_range_run
-from gitlab_es_pipeline.retries import step_failure
 
 if TYPE_CHECKING:
-    from gitlab_es_pipeline.indexing import Step
+    from gitlab_es_pipeline.indexing.step import Step
 
 # The tag of a batch run, always with this value.
 BATCH_TAG = "gitlab_es_pipeline/batch"

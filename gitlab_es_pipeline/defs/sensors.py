@@ -21,22 +21,27 @@ from dagster import (
     sensor,
 )
 
-from gitlab_es_pipeline.asset_keys import FILE_MANIFEST
-from gitlab_es_pipeline.batches import BATCH_OP, batch_run_key, index_repositories_job
-from gitlab_es_pipeline.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
-from gitlab_es_pipeline.core.batching import Request, form_runs
-from gitlab_es_pipeline.core.head_tracking import TrackerCursor, Want, dedupe
 from gitlab_es_pipeline.core.hooks import ZERO_SHA, ProjectNews, coalesce, in_groups
 from gitlab_es_pipeline.core.projects import is_indexable
+from gitlab_es_pipeline.core.run_forming import Request, form_runs
+from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor, Want, dedupe
 from gitlab_es_pipeline.core.timestamps import iso_utc
-from gitlab_es_pipeline.heard import heard_since
-from gitlab_es_pipeline.jobs import discover_repositories_job, index_repository_job
-from gitlab_es_pipeline.leases import STEPS_ONLY, lease_seconds, repository_name, run_name
-from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
-from gitlab_es_pipeline.pools import ensure_pools
-from gitlab_es_pipeline.resources import GitLabResource
-from gitlab_es_pipeline.state import WANTED, FleetState, fleet_state, last_indexed
+from gitlab_es_pipeline.defs.asset_keys import FILE_MANIFEST
+from gitlab_es_pipeline.defs.jobs import (
+    BATCH_OP,
+    batch_run_key,
+    discover_repositories_job,
+    index_repositories_job,
+    index_repository_job,
+)
+from gitlab_es_pipeline.defs.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
+from gitlab_es_pipeline.defs.pools import ensure_pools
+from gitlab_es_pipeline.defs.resources import GitLabResource
+from gitlab_es_pipeline.hooks.heard import heard_since
+from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
+from gitlab_es_pipeline.runs.indexed import WANTED, FleetState, fleet_state, last_indexed
+from gitlab_es_pipeline.runs.leases import STEPS_ONLY, lease_seconds, repository_name, run_name
 
 COMMIT_TAG = "gitlab_es_pipeline/commit"
 RUN_KEY_TAG = "dagster/run_key"  # Dagster's tag of a run a sensor asked for

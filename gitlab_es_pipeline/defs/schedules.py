@@ -4,7 +4,7 @@ import os
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 
-from gitlab_es_pipeline.jobs import discover_repositories_job
+from gitlab_es_pipeline.defs.jobs import discover_repositories_job
 
 hourly_discovery = ScheduleDefinition(
     name="hourly_discovery",

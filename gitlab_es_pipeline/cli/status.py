@@ -20,11 +20,11 @@ from dagster import (
     RunsFilter,
 )
 
-from gitlab_es_pipeline.asset_keys import FILE_MANIFEST
-from gitlab_es_pipeline.batches import OUTCOME
 from gitlab_es_pipeline.core.timestamps import iso_utc
-from gitlab_es_pipeline.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
-from gitlab_es_pipeline.state import last_indexed
+from gitlab_es_pipeline.defs.asset_keys import FILE_MANIFEST
+from gitlab_es_pipeline.defs.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
+from gitlab_es_pipeline.runs.indexed import last_indexed
+from gitlab_es_pipeline.runs.many import OUTCOME
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from dagster import (
 )
 from pydantic import Field
 
-from gitlab_es_pipeline.asset_keys import ES_INDEX, FILE_MANIFEST, REPOSITORIES
 from gitlab_es_pipeline.clients.elasticsearch import LineIndex, SweepError
 from gitlab_es_pipeline.clients.engines import EngineError, EngineUnreachable
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
@@ -40,11 +39,19 @@ from gitlab_es_pipeline.core.reconcile import (
     run_round,
 )
 from gitlab_es_pipeline.core.removals import RemovalGuard
-from gitlab_es_pipeline.io_managers import ParquetStore
-from gitlab_es_pipeline.partitions import REPOSITORIES_PARTITION
-from gitlab_es_pipeline.pools import GITLAB_POOL, ensure_pools
-from gitlab_es_pipeline.resources import ElasticsearchResource, GitLabResource
-from gitlab_es_pipeline.state import STAGED, WANTED, failing_partitions, fleet_state, forget, want
+from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, REPOSITORIES
+from gitlab_es_pipeline.defs.io_managers import ParquetStore
+from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
+from gitlab_es_pipeline.defs.pools import GITLAB_POOL, ensure_pools
+from gitlab_es_pipeline.defs.resources import ElasticsearchResource, GitLabResource
+from gitlab_es_pipeline.runs.indexed import (
+    STAGED,
+    WANTED,
+    failing_partitions,
+    fleet_state,
+    forget,
+    want,
+)
 
 _PREVIEW_ROWS = 200  # the full list is the asset's Parquet file
 _IDS_PER_QUERY = 500  # storage ids or partitions in one query of Dagster's storage

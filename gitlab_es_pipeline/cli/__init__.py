@@ -1,0 +1,1 @@
+"""The `gitlab-es-pipeline` command line: search, status, dev, receiver, hooks install."""

@@ -1,0 +1,1 @@
+"""One repository's read and write, the same in its own run, a batch or a range."""
