@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--es-api-key", default=API_KEY, help="'' for a cluster without one")
     args = parser.parse_args()
     # Imports are not what is measured. The package first, as Dagster's step processes load
-    # it: it chooses allocators before pyarrow loads (see gitlab_es_pipeline/indexing/memory.py).
+    # it: it chooses allocators before pyarrow loads (see gitlab_es_pipeline/memory.py).
     if args.mode in ("pipeline", "job"):
         importlib.import_module("gitlab_es_pipeline.defs.assets")
     import elasticsearch  # noqa: F401

@@ -22,7 +22,7 @@ from gitlab_es_pipeline_tests.standins.gitlab import GitLabStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A killed run's repositories are free after a lease (runs/claims.py; 300 s in production): the
+# A killed run's repositories are free after a lease (runs/leases.py; 300 s in production): the
 # tests that kill runs wait that long, and the processes they start inherit it.
 os.environ.setdefault("LEASE_SECONDS", "10")
 

@@ -32,7 +32,7 @@ os.environ.setdefault("LEASE_SECONDS", "10")
 
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
-from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.core.sensor_cursor import SensorCursor
 from gitlab_es_pipeline.defs.assets import (
     es_index,
     manifest_and_line_documents,
@@ -188,7 +188,7 @@ class World:
         return list(self.instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
 
     def awaited(self) -> dict[str, Any]:
-        return TrackerCursor.from_json(self.pipeline.sensor_cursor).requested
+        return SensorCursor.from_json(self.pipeline.sensor_cursor).requested
 
     def es_index_alone(self, key: str, read_first: bool) -> ExecuteInProcessResult:
         """es_index materialized alone for one partition (from the stored read); first, if
@@ -215,7 +215,7 @@ class World:
     def age_sensor_cursor(self, seconds: float) -> None:
         """The daemon away: the sensor's last tick (its listing, its lookups, its requests)
         `seconds` ago rather than now, as its cursor would be had it stopped then."""
-        cursor = TrackerCursor.from_json(self.pipeline.sensor_cursor)
+        cursor = SensorCursor.from_json(self.pipeline.sensor_cursor)
         if cursor.listed_at:
             cursor.listed_at -= seconds
         cursor.checked = {k: (a, t - seconds) for k, (a, t) in cursor.checked.items()}

@@ -18,7 +18,7 @@ from dagster import (
     materialize,
 )
 
-from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.core.sensor_cursor import SensorCursor
 from gitlab_es_pipeline.defs.assets import es_index, manifest_and_line_documents, repositories
 from gitlab_es_pipeline.defs.io_managers import ParquetIOManager
 from gitlab_es_pipeline.defs.jobs import BATCH_OP, batch_run_key, index_repositories_job
@@ -130,7 +130,7 @@ class Pipeline:
             self.instance,
             self.resources()["gitlab"].source(),
             self.resources()["gitlab"].group_paths(),
-            TrackerCursor.from_json(self.sensor_cursor),
+            SensorCursor.from_json(self.sensor_cursor),
             limits or SensorLimits(recheck_seconds=0),
             time.time(),
         )

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, AssetKey, ExecuteInProcessResult
 
-from gitlab_es_pipeline.indexing.step import MANIFEST_CHECK
+from gitlab_es_pipeline.defs.asset_keys import MANIFEST_CHECK
 from gitlab_es_pipeline.runs.indexed import last_indexed
 from gitlab_es_pipeline_tests.corpus import (
     EXPORT_IGNORED_PREFIXES,

@@ -22,7 +22,7 @@ from dagster import (
 from elasticsearch import Elasticsearch
 
 from gitlab_es_pipeline.cli.status import repository_status
-from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.core.sensor_cursor import SensorCursor
 from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
 from gitlab_es_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from gitlab_es_pipeline.defs.sensors import SensorLimits, evaluate_tick
@@ -193,7 +193,7 @@ def test_one_failing_repository_does_not_fail_the_others_of_its_batch(
 
     # The sensor asks for it again, alone, after its backoff; not for the others.
     broken.default_branch_name = "main"
-    cursor = TrackerCursor()
+    cursor = SensorCursor()
     source = pipeline.resources()["gitlab"].source()
     limits = SensorLimits(recheck_seconds=3600, retry_seconds=30)
     now = time.time()

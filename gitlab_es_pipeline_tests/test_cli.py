@@ -15,7 +15,7 @@ import pytest
 from dagster import DagsterInstance
 
 from gitlab_es_pipeline.cli.main import main
-from gitlab_es_pipeline.hooks.receiver import ReceiverSettings
+from gitlab_es_pipeline.webhooks.receiver import ReceiverSettings
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.standins.elasticsearch import ElasticsearchStandIn
@@ -179,6 +179,32 @@ def test_status_reports_commits_heads_counts_and_failures(
     pipeline.gitlab.stop()
     assert run("status")[0] == 2
     assert f"cannot reach GitLab at {pipeline.gitlab.url}" in capsys.readouterr().err
+
+
+@ON_SQLITE
+def test_status_before_the_first_write_shows_never_indexed_not_an_error(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28, point 3: until a run first wrote, the index does not exist and `status`
+    failed (`no such index`, exit 2) exactly when a newcomer looks."""
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, APP)
+    pipeline.gitlab.add_project("team/app", str(repo))
+    pipeline.discover()
+    assert INDEX not in str(pipeline.es.indices)  # nothing written: no index yet
+    for name, value in {
+        "GITLAB_URL": pipeline.gitlab.url,
+        "GITLAB_TOKEN": pipeline.gitlab.token,
+        "ELASTICSEARCH_URL": pipeline.es.url,
+        "ELASTICSEARCH_API_KEY": pipeline.es.api_key or "",
+        "ELASTICSEARCH_INDEX": INDEX,
+    }.items():
+        monkeypatch.setenv(name, value)
+    code, output = run("status", "--json")
+    assert code == 0, output
+    (row,) = json.loads(output)
+    assert row["state"] == "never indexed" and row["documents"] == 0
+    assert row["head"] == run_git(repo, "rev-parse", "HEAD").strip()
 
 
 @ON_SQLITE

@@ -418,6 +418,29 @@ def test_searches_find_the_same_lines_of_real_source(clusters: list[Cluster]) ->
     assert all(ids for _, _, ids in seen), [text for text, _, ids in seen if not ids]
 
 
+def test_a_page_beyond_the_result_window_is_refused_and_search_after_is_not(
+    clusters: list[Cluster],
+) -> None:
+    """Issue 28, point 4: `size` above index.max_result_window (10,000) is refused; pages
+    joined by search_after are how the command line goes past it."""
+
+    def scenario(c: Cluster) -> list[Any]:
+        c.send("PUT", "lines-v1", {**index_body(), "aliases": {"lines": {}}})
+        c.send("POST", "lines/_bulk", ndjson=[{"index": {"_id": "a"}}, document(1)], refresh="true")
+        seen: list[Any] = []
+        for size in (10_000, 10_001):
+            status, answer = c.send("POST", "lines/_search", {"size": size})
+            causes = answer.get("error", {}).get("root_cause", [{}]) if status != 200 else [{}]
+            seen.append((status, error_type(answer), causes[0].get("type")))
+        body = {"size": 1, "sort": [{"repository_name": "asc"}, {"line_number": "asc"}]}
+        status, answer = c.send("POST", "lines/_search", {**body, "search_after": ["g/p", 0]})
+        seen.append((status, [hit["_id"] for hit in answer["hits"]["hits"]]))
+        return seen
+
+    seen = same_on_both(clusters, scenario)
+    assert seen[1] == (400, "search_phase_execution_exception", "illegal_argument_exception")
+
+
 def test_a_substring_ending_in_a_backslash_is_asked_so_that_the_engine_answers_it(
     clusters: list[Cluster],
 ) -> None:

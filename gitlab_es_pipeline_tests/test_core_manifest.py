@@ -29,7 +29,7 @@ def text(path: str, blob: str, lines: int) -> ManifestEntry:
 
 
 def fresh(path: str, blob: str) -> ManifestEntry:
-    """As list_tree makes it: content not known yet."""
+    """As the tree listing makes it (RepositoryScan._tree_entry): content not known yet."""
     return ManifestEntry(path, blob * 40, "100644")
 
 

@@ -72,7 +72,7 @@ def test_an_unknown_visibility_is_no_change_and_a_missing_one_indexes_as_private
     # Records from before visibility was recorded: unknown, left to the round.
     assert identity_changes(_indexed(visibility=None), _project(visibility="public")) == []
     assert not _indexed(visibility=None).identity_known
-    # GitLab left it out: a run indexes "private" (indexing.snapshot_now), so no change.
+    # GitLab left it out: a run indexes "private" (indexing/read.py, snapshot_now), so no change.
     assert identity_changes(_indexed(), _project(visibility=None)) == []
 
 

@@ -1,7 +1,7 @@
 """How requests become runs (pure core)."""
 
 from gitlab_es_pipeline.core.run_forming import Request, form_runs
-from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor, Want
+from gitlab_es_pipeline.core.sensor_cursor import SensorCursor, Want
 
 
 def _shape(runs: list[list[Request]]) -> list[list[str]]:
@@ -34,19 +34,19 @@ def test_a_batch_size_of_one_gives_every_repository_its_own_run() -> None:
 
 def test_a_cursor_written_before_sizes_were_kept_still_reads() -> None:
     old = '{"pending": [["g/a", "abc"]], "checked": {}, "requested": {}, "retries": {}}'
-    cursor = TrackerCursor.from_json(old)
+    cursor = SensorCursor.from_json(old)
     assert cursor.pending == [("g/a", "abc", None)]
-    assert TrackerCursor.from_json(cursor.to_json()).pending == cursor.pending
+    assert SensorCursor.from_json(cursor.to_json()).pending == cursor.pending
 
 
 def test_a_cursor_keeps_its_wants_and_reads_those_of_an_older_version() -> None:
     old = '{"requested": {"g/a": ["abc", "r7"]}, "checked": {}, "pending": [], "retries": {}}'
-    cursor = TrackerCursor.from_json(old)
+    cursor = SensorCursor.from_json(old)
     # Before wants were kept, only never-indexed partitions were remembered, without a run
     # key: such a want is looked at again at once.
     assert cursor.requested == {"g/a": Want("abc", "r7", "", 0.0, 0)}
     cursor.requested["g/b"] = Want("def", "", "g/b@def~1", 12.5, 40, reasks=1, force=True)
     cursor.listed_at, cursor.unsure, cursor.signals_after = 99.0, ["g/c"], 17
-    again = TrackerCursor.from_json(cursor.to_json())
+    again = SensorCursor.from_json(cursor.to_json())
     assert again.requested == cursor.requested
     assert (again.listed_at, again.unsure, again.signals_after) == (99.0, ["g/c"], 17)

@@ -178,8 +178,9 @@ def test_runs_log_json_lines_with_run_and_repository(
     )
 
 
+@pytest.mark.parametrize("formatter", ["JsonLogFormatter", "JsonLinesFormatter"])
 def test_a_dagster_yaml_copied_before_the_modules_moved_still_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, formatter: str
 ) -> None:
     """`dev` copies dagster.yaml into DAGSTER_HOME once and never overwrites it: a copy made
     before 2026-12-05 names the storage and the log formatter by their old module paths."""
@@ -189,10 +190,10 @@ def test_a_dagster_yaml_copied_before_the_modules_moved_still_loads(
         .replace("gitlab_es_pipeline.instance.storage", "gitlab_es_pipeline.storage")
         .replace(
             "gitlab_es_pipeline.instance.logs.JsonLinesFormatter",
-            "gitlab_es_pipeline.logs.JsonLogFormatter",
+            f"gitlab_es_pipeline.logs.{formatter}",
         )
     )
-    assert "gitlab_es_pipeline.storage" in old and "logs.JsonLogFormatter" in old
+    assert "gitlab_es_pipeline.storage" in old and f"gitlab_es_pipeline.logs.{formatter}" in old
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(old)

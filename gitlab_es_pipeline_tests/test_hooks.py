@@ -26,9 +26,9 @@ import uvicorn
 from dagster import DagsterInstance
 
 from gitlab_es_pipeline.defs.sensors import SensorLimits
-from gitlab_es_pipeline.hooks.heard import heard_since
-from gitlab_es_pipeline.hooks.receiver import Receiver, ReceiverSettings
 from gitlab_es_pipeline.runs.indexed import last_indexed
+from gitlab_es_pipeline.webhooks.heard import heard_since
+from gitlab_es_pipeline.webhooks.receiver import Receiver, ReceiverSettings
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.standins.gitlab import StandInProject

@@ -236,7 +236,7 @@ def test_a_run_killed_inside_es_index_leaves_the_old_commit_and_the_next_run_con
     }
     assert new_docs == {written}  # written, but not recorded as indexed
     assert last_indexed(pipeline.instance, "team/app").commit_sha == indexed_before
-    # The killed run's lease holds the repository until it expires (runs/claims.py).
+    # The killed run's lease holds the repository until it expires (runs/leases.py).
     time.sleep(lease_seconds())
 
     # new.txt (added by the killed run's commit) is gone again at HEAD: a comparison with the

@@ -120,7 +120,7 @@ TIGHT_LIMITS = replace(LIMITS, max_runs_per_tick=1, batch_size=2, max_head_looku
 # partition whose project had moved to another partition's path wrote that partition's stored
 # read: the project's documents went back to the old repository_name while the new path's
 # record said they were indexed, and discovery then deleted them all by (project id, old
-# name). Mended in indexing.write_repository (refused: another partition wrote the project
+# name). Mended in indexing/write.py (write_repository) (refused: another partition wrote the project
 # since the read, gitlab_es_pipeline_project_writers);
 # test_interleavings_a_stale_partitions_stored_read_is_not_written replays it.
 # INTERLEAVINGS_VERBOSE=1: each step on stderr as it ends, with its time.

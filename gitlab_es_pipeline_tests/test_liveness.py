@@ -115,9 +115,9 @@ def _until_quiet(pipeline: Pipeline, ticks: int = 6) -> list[list[str]]:
 
 
 def _awaited(pipeline: Pipeline) -> dict:
-    from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+    from gitlab_es_pipeline.core.sensor_cursor import SensorCursor
 
-    return TrackerCursor.from_json(pipeline.sensor_cursor).requested
+    return SensorCursor.from_json(pipeline.sensor_cursor).requested
 
 
 @pytest.mark.parametrize("holder", ["batch", "range"])
@@ -155,11 +155,11 @@ def test_a_push_while_the_daemon_was_away_longer_than_the_activity_window_is_see
     now = time.time()
     away = SensorLimits(recheck_seconds=0)
     # The last tick before the daemon went away, two hours ago, indexed it.
-    from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+    from gitlab_es_pipeline.core.sensor_cursor import SensorCursor
     from gitlab_es_pipeline.defs.sensors import evaluate_tick
 
     source = pipeline.resources()["gitlab"].source()
-    tick = evaluate_tick(pipeline.instance, source, [], TrackerCursor(), away, now - 7200)
+    tick = evaluate_tick(pipeline.instance, source, [], SensorCursor(), away, now - 7200)
     for key, _, _ in tick.requested:
         pipeline.index(key)
     # A push 70 minutes ago, while the daemon was away.

@@ -1,4 +1,4 @@
-"""Process-wide memory choices made when the package is imported (gitlab_es_pipeline/indexing/memory.py).
+"""Process-wide memory choices made when the package is imported (gitlab_es_pipeline/memory.py).
 
 Each case runs in a fresh interpreter: this test process has long since loaded pyarrow and
 pandas, so only a new process shows what importing the package does.

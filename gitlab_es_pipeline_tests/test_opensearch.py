@@ -22,7 +22,7 @@ import pytest
 import requests
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
-from gitlab_es_pipeline.cli.main import main
+from gitlab_es_pipeline.cli.main import PAGE, main
 from gitlab_es_pipeline.clients.engines import Connection, EngineError, detect_engine
 from gitlab_es_pipeline.core.mapping import index_body
 from gitlab_es_pipeline_tests.conftest import ROOT
@@ -305,6 +305,26 @@ def test_word_search_finds_identifier_parts_as_git_grep_does(searchable: dict[st
         expected = _git_grep(searchable, "-P", _word_part(word))
         assert len(expected) > 5, word  # the corpus has camelCase, snake_case and UPPER uses
         assert _search(word) == expected, word
+
+
+def test_more_lines_than_one_page_or_the_result_window_are_paged_as_git_grep_orders_them(
+    searchable: dict[str, Path],
+) -> None:
+    """Issue 28, point 4: `-n` above 10,000 (the engine's result window) was refused with
+    "all shards failed". The lines come a page at a time (search_after), in grep's order."""
+    expected = _git_grep(searchable, "-P", _word_part("self"))
+    assert len(expected) > PAGE  # more than one page: search_after is what joins them
+    out = io.StringIO()
+    code = main(["search", "-n", "20000", "self"], out=out)
+    assert code == 0, out.getvalue()
+    found = [line for line in out.getvalue().splitlines() if not line.startswith("    ")]
+    assert found == expected
+    # Fewer asked for than there are: exactly the first ones, and the rest counted.
+    capped = io.StringIO()
+    assert main(["search", "-n", str(PAGE + 7), "--json", "self"], out=capped) == 0
+    answer = json.loads(capped.getvalue())
+    assert answer["total"] == len(expected)
+    assert len(answer["matches"]) == PAGE + 7
 
 
 def test_exact_substrings_match_as_git_grep_does(searchable: dict[str, Path]) -> None:

@@ -29,7 +29,7 @@ from dagster import (
 )
 from dagster._core.remote_origin import RemoteJobOrigin
 
-from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.core.sensor_cursor import SensorCursor
 from gitlab_es_pipeline.defs.asset_keys import ES_INDEX
 from gitlab_es_pipeline.defs.assets import es_index, manifest_and_line_documents, repositories
 from gitlab_es_pipeline.defs.jobs import batch_run_key
@@ -82,7 +82,7 @@ def _tick(pipeline: Pipeline, limits: SensorLimits, now: float | None = None) ->
         pipeline.instance,
         pipeline.resources()["gitlab"].source(),
         pipeline.resources()["gitlab"].group_paths(),
-        TrackerCursor.from_json(pipeline.sensor_cursor),
+        SensorCursor.from_json(pipeline.sensor_cursor),
         limits,
         time.time() if now is None else now,
     )
@@ -253,7 +253,7 @@ def test_an_identity_want_first_seen_while_held_is_indexed_in_the_end(
     pipeline.discover()  # discovery does not want it again: its want is still 'waiting'
     for _ in range(3):
         _launch(pipeline, _tick(pipeline, limits))
-    want = TrackerCursor.from_json(pipeline.sensor_cursor).requested.get("g/vis")
+    want = SensorCursor.from_json(pipeline.sensor_cursor).requested.get("g/vis")
     assert pipeline.latest_metadata("es_index", "g/vis")["visibility"] == "private", (
         f"stuck on the old failed run's key: {want}"
     )
@@ -316,7 +316,7 @@ def test_a_want_is_not_dropped_by_a_record_of_an_older_commit(
     pipeline.gitlab.project("fleet/a").last_activity_at = _iso_now()
     tick = _tick(pipeline, limits)
     assert tick.requested == []  # held: the want for c2 waits for the holder
-    assert TrackerCursor.from_json(pipeline.sensor_cursor).requested["fleet/a"].commit == c2
+    assert SensorCursor.from_json(pipeline.sensor_cursor).requested["fleet/a"].commit == c2
     go_on.set()
     runner.join(120)
     assert results and results[0].success

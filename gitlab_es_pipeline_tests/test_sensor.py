@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetMaterialization, DagsterInstance, build_sensor_context
 
-from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor
+from gitlab_es_pipeline.core.sensor_cursor import SensorCursor
 from gitlab_es_pipeline.definitions import defs
 from gitlab_es_pipeline.defs.asset_keys import ES_INDEX
 from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
@@ -120,7 +120,7 @@ def test_a_batch_counts_as_one_run_against_the_cap(pipeline: Pipeline, tmp_path:
     _seven_new_repositories(pipeline, tmp_path)
     limits = SensorLimits(max_runs_per_tick=2, batch_size=3, recheck_seconds=0)
     source = pipeline.resources()["gitlab"].source()
-    cursor = TrackerCursor()
+    cursor = SensorCursor()
     shapes = []
     for _ in range(3):
         tick = evaluate_tick(pipeline.instance, source, [], cursor, limits, time.time())
@@ -145,7 +145,7 @@ def test_a_retry_carried_over_to_the_next_tick_still_runs_alone(
     pipeline.discover()
     # g/big (two files: large here) waits from an earlier tick; g/retry's run failed and its
     # retry is due.
-    cursor = TrackerCursor(
+    cursor = SensorCursor(
         pending=[("g/big", heads["g/big"], 2)],
         retries={"g/retry": (heads["g/retry"], 1, 0.0, 0.0)},
     )

@@ -2,7 +2,7 @@
 
 `dagster dev` started from the project folder with DAGSTER_HOME elsewhere warns that the
 folder's dagster.yaml "will not be used", which reads like a mistake in the set-up; and each
-run's processes print a BetaWarning about the yaml-defined JSON log handler. The launcher
+run's processes print a BetaWarning about the yaml-defined JSON log handler. `dev`
 prepares DAGSTER_HOME (default `./.dagster_home`, with the project's dagster.yaml copied in
 once, never overwritten), starts `dagster dev` from inside it, so the dagster.yaml Dagster sees
 there is the one it uses, and silences the few warnings that ask nothing of the user (QUIET,

@@ -41,7 +41,7 @@ from gitlab_es_pipeline.defs.resources import (
     GitLabResource,
     resources_from_env,
 )
-from gitlab_es_pipeline.hooks.heard import last_deliveries
+from gitlab_es_pipeline.webhooks.heard import last_deliveries
 
 FOUND, NOT_FOUND, TROUBLE = 0, 1, 2
 
@@ -100,9 +100,7 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
         engine = resource.search_engine()
         check = verify(options)
         if check is None:
-            response = engine.search(resource.index, body)
-            hits = [hit["_source"] for hit in response["hits"]["hits"]]
-            total = response["hits"]["total"]["value"]
+            hits, total = _hits(engine, resource.index, body, options.limit)
         else:
             hits, total = _checked_hits(engine, resource.index, body, check, options.limit)
     except (EngineError, EngineUnreachable) as exc:
@@ -120,6 +118,31 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
     return FOUND if hits else NOT_FOUND
 
 
+PAGE = 1000  # lines a search asks for at a time: well inside the result window (10,000)
+
+
+def _hits(
+    engine: SearchEngine, index: str, body: dict[str, Any], limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The first `limit` lines in grep order, a page at a time after the last one's sort
+    values (search_after): `-n` is not bounded by the engine's result window
+    (`index.max_result_window`, 10,000: a larger `size` is refused). And how many there are."""
+    first = engine.search(index, {**body, "size": min(limit, PAGE)})
+    total = first["hits"]["total"]["value"]
+    page = first["hits"]["hits"]
+    hits = [hit["_source"] for hit in page]
+    while len(hits) < limit and len(page) == PAGE:
+        later = {
+            **body,
+            "size": min(limit - len(hits), PAGE),
+            "track_total_hits": False,
+            "search_after": page[-1]["sort"],
+        }
+        page = engine.search(index, later)["hits"]["hits"]
+        hits += [hit["_source"] for hit in page]
+    return hits, total
+
+
 def _checked_hits(
     engine: SearchEngine,
     index: str,
@@ -131,7 +154,7 @@ def _checked_hits(
     the first `limit` of them, and how many there are."""
     hits: list[dict[str, Any]] = []
     total = 0
-    page_body = {**body, "size": 1000, "track_total_hits": False}
+    page_body = {**body, "size": PAGE, "track_total_hits": False}
     while True:
         page = engine.search(index, page_body)["hits"]["hits"]
         for hit in page:
@@ -174,7 +197,7 @@ def _table(statuses: list[RepositoryStatus], out: TextIO) -> None:
 def _dagster_home() -> None:
     """Without DAGSTER_HOME, the README's `.dagster_home` of the current folder, if it has one:
     `status` then works from the project folder in a new shell, as the README writes it."""
-    local = home_folder()  # the launcher's choice: DAGSTER_HOME, else ./.dagster_home
+    local = home_folder()  # dev's choice: DAGSTER_HOME, else ./.dagster_home
     if not os.environ.get("DAGSTER_HOME") and (local / "dagster.yaml").is_file():
         os.environ["DAGSTER_HOME"] = str(local)
 
@@ -216,7 +239,11 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
             def documents_of(repository: str, project_id: int | None) -> int:
                 try:
                     return index.count(project_id, repository)
-                except (EngineError, EngineUnreachable) as exc:
+                except EngineError as exc:
+                    if exc.error == "index_not_found_exception":  # no run has written yet
+                        return 0
+                    raise _unreachable("Elasticsearch", resource.url, exc) from None
+                except EngineUnreachable as exc:
                     raise _unreachable("Elasticsearch", resource.url, exc) from None
 
         statuses = [
@@ -344,7 +371,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _receiver(args: argparse.Namespace, out: TextIO) -> int:
-    from gitlab_es_pipeline.hooks.receiver import serve
+    from gitlab_es_pipeline.webhooks.receiver import serve
 
     _dagster_home()
     serve(args.host, args.port, exit_with_parent=args.exit_with_parent)

@@ -91,7 +91,7 @@ class IndexedIdentity:
 
 
 def current_identity(project: Project) -> dict[str, str | None]:
-    """A project's identity as a run would index it now (indexing.snapshot_now)."""
+    """A project's identity as a run would index it now (indexing/read.py, snapshot_now)."""
     return {
         "branch": project.default_branch,
         "web_url": project.web_url,

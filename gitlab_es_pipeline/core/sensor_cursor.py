@@ -34,7 +34,7 @@ class Want:
 
 
 @dataclass
-class TrackerCursor:
+class SensorCursor:
     # partition -> (last_activity_at seen, unix time of the last HEAD lookup)
     checked: dict[str, tuple[str, float]] = field(default_factory=dict)
     # partition -> what was asked for it, until it is recorded indexed
@@ -59,7 +59,7 @@ class TrackerCursor:
     asks: int = 0
     # partitions of `pending` asked for even at their indexed commit (a want)
     forced: list[str] = field(default_factory=list)
-    # storage id of the last hook event read (hooks/heard.py)
+    # storage id of the last hook event read (webhooks/heard.py)
     heard_after: int = 0
     # unix time of the last poll (the listing and the follow-ups); hook events between polls
     polled_at: float = 0.0
@@ -138,7 +138,7 @@ class TrackerCursor:
         )
 
     @classmethod
-    def from_json(cls, text: str | None) -> TrackerCursor:
+    def from_json(cls, text: str | None) -> SensorCursor:
         if not text:
             return cls()
         raw = json.loads(text)

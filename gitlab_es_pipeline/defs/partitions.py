@@ -26,7 +26,7 @@ warnings.filterwarnings(
 
 def repository_backfill_policy() -> BackfillPolicy:
     """A backfill's runs: up to BACKFILL_PARTITIONS_PER_RUN repositories each (1: a run per
-    repository), indexed one after the other by the range's step (batches.index_range)."""
+    repository), indexed one after the other by the range's step (runs/many.py, index_range)."""
     return BackfillPolicy.multi_run(int(os.environ.get("BACKFILL_PARTITIONS_PER_RUN", 50)))
 
 

@@ -22,11 +22,11 @@ from dagster import (
 )
 
 from gitlab_es_pipeline.clients.gitlab import GitLabError, GitLabSource
-from gitlab_es_pipeline.core.hooks import ZERO_SHA, ProjectNews, coalesce, in_groups
 from gitlab_es_pipeline.core.projects import is_indexable
 from gitlab_es_pipeline.core.run_forming import Request, form_runs
-from gitlab_es_pipeline.core.sensor_cursor import TrackerCursor, Want, dedupe
+from gitlab_es_pipeline.core.sensor_cursor import SensorCursor, Want, dedupe
 from gitlab_es_pipeline.core.timestamps import iso_utc
+from gitlab_es_pipeline.core.webhooks import ZERO_SHA, ProjectNews, coalesce, in_groups
 from gitlab_es_pipeline.defs.asset_keys import FILE_MANIFEST
 from gitlab_es_pipeline.defs.jobs import (
     BATCH_OP,
@@ -38,10 +38,10 @@ from gitlab_es_pipeline.defs.jobs import (
 from gitlab_es_pipeline.defs.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.defs.pools import ensure_pools
 from gitlab_es_pipeline.defs.resources import GitLabResource
-from gitlab_es_pipeline.hooks.heard import heard_since
 from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
 from gitlab_es_pipeline.runs.indexed import WANTED, FleetState, fleet_state, last_indexed
 from gitlab_es_pipeline.runs.leases import STEPS_ONLY, lease_seconds, repository_name, run_name
+from gitlab_es_pipeline.webhooks.heard import heard_since
 
 COMMIT_TAG = "gitlab_es_pipeline/commit"
 RUN_KEY_TAG = "dagster/run_key"  # Dagster's tag of a run a sensor asked for
@@ -83,7 +83,7 @@ class SensorLimits:
 class Tick:
     runs: list[tuple[str, str, str]]  # runs of one repository: partition, commit, run key
     batches: list[list[tuple[str, str, str]]]  # runs of several: their members, likewise
-    cursor: TrackerCursor
+    cursor: SensorCursor
     head_lookups: int
     errors: list[str]
     dead_runs: list[str] = field(default_factory=list)  # marked failed this tick
@@ -116,7 +116,7 @@ def evaluate_tick(
     instance: DagsterInstance,
     source: GitLabSource,
     groups: list[str],
-    cursor: TrackerCursor,
+    cursor: SensorCursor,
     limits: SensorLimits,
     now: float,
 ) -> Tick:
@@ -243,7 +243,7 @@ def _poll(
     instance: DagsterInstance,
     source: GitLabSource,
     groups: list[str],
-    cursor: TrackerCursor,
+    cursor: SensorCursor,
     fleet: FleetState,
     partitions: set[str],
     found: "_Wanted",
@@ -298,7 +298,7 @@ def _hooked(
     groups: list[str],
     news: list[ProjectNews],
     partitions: set[str],
-    cursor: TrackerCursor,
+    cursor: SensorCursor,
     found: "_Wanted",
     look: Callable[..., str | None],
     compare: Callable[[str, str], None],
@@ -361,7 +361,7 @@ def _discovery_in_progress(instance: DagsterInstance) -> bool:
 
 
 def _remember(
-    cursor: TrackerCursor,
+    cursor: SensorCursor,
     fleet: FleetState,
     key: str,
     commit: str,
@@ -392,7 +392,7 @@ def _held(instance: DagsterInstance, keys: list[str]) -> set[str]:
 
 
 def _read_signals(
-    instance: DagsterInstance, cursor: TrackerCursor, partitions: set[str], found: _Wanted
+    instance: DagsterInstance, cursor: SensorCursor, partitions: set[str], found: _Wanted
 ) -> None:
     """Wants recorded in Dagster's storage since the last tick (discovery's identity changes):
     each asked for again at its indexed commit, or HEAD when never indexed."""
@@ -419,7 +419,7 @@ def _read_signals(
 
 def _follow_up(
     instance: DagsterInstance,
-    cursor: TrackerCursor,
+    cursor: SensorCursor,
     fleet: FleetState,
     partitions: set[str],
     now: float,
@@ -542,7 +542,7 @@ def run_key(partition: str, commit: str, epoch: str, attempt: int = 0) -> str:
 
 
 def _note_failed_runs(
-    instance: DagsterInstance, cursor: TrackerCursor, now: float, limits: SensorLimits
+    instance: DagsterInstance, cursor: SensorCursor, now: float, limits: SensorLimits
 ) -> None:
     """Runs this sensor asked for that failed since the last look (also those that run
     monitoring marked failed after their process died): each gets a retry, later and later."""
@@ -606,7 +606,7 @@ def head_commit_sensor(context: SensorEvaluationContext, gitlab: GitLabResource)
         context.instance,
         source,
         gitlab.group_paths(),
-        TrackerCursor.from_json(context.cursor),
+        SensorCursor.from_json(context.cursor),
         SensorLimits.from_env(),
         time.time(),
     )

@@ -44,11 +44,11 @@ from gitlab_es_pipeline.defs.resources import (
     IndexingResource,
 )
 from gitlab_es_pipeline.defs.retries import step_failure
-from gitlab_es_pipeline.indexing.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.indexing.scan import RepositoryError, RepositoryScan, ScanSettings
 from gitlab_es_pipeline.indexing.step import (
     Step,
 )
+from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.runs.claims import (
     last_writer,
 )

@@ -10,8 +10,6 @@ from dagster import DagsterInstance
 
 from gitlab_es_pipeline.runs.leases import Lease
 
-MANIFEST_CHECK = "manifest_accounts_for_tree"
-DOCUMENT_COUNT_CHECK = "document_count_matches_manifest"
 FAILURES_SHOWN = 20  # repositories or files a failure's message lists, at most
 
 

@@ -40,11 +40,11 @@ from gitlab_es_pipeline.defs.resources import (
     IndexingResource,
 )
 from gitlab_es_pipeline.defs.retries import step_failure
-from gitlab_es_pipeline.indexing.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.indexing.step import (
     FAILURES_SHOWN,
     Step,
 )
+from gitlab_es_pipeline.memory import peak_rss_mb, use_returning_memory_pool
 from gitlab_es_pipeline.runs.claims import (
     begin_writing,
     fence,

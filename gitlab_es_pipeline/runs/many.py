@@ -39,7 +39,13 @@ from dagster import (
 from gitlab_es_pipeline.clients.elasticsearch import LineIndex
 from gitlab_es_pipeline.clients.gitlab import GitLabSource
 from gitlab_es_pipeline.dagster_private import record_planned, versioned
-from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
+from gitlab_es_pipeline.defs.asset_keys import (
+    DOCUMENT_COUNT_CHECK,
+    ES_INDEX,
+    FILE_MANIFEST,
+    LINE_DOCUMENTS,
+    MANIFEST_CHECK,
+)
 from gitlab_es_pipeline.defs.io_managers import ParquetFile, ParquetStore
 from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline.defs.resources import (
@@ -48,12 +54,7 @@ from gitlab_es_pipeline.defs.resources import (
     IndexingResource,
 )
 from gitlab_es_pipeline.indexing.read import ReadResult, read_repository
-from gitlab_es_pipeline.indexing.step import (
-    DOCUMENT_COUNT_CHECK,
-    FAILURES_SHOWN,
-    MANIFEST_CHECK,
-    Step,
-)
+from gitlab_es_pipeline.indexing.step import FAILURES_SHOWN, Step
 from gitlab_es_pipeline.indexing.write import DocumentsRejected, open_index, write_repository
 from gitlab_es_pipeline.runs.claims import (
     confirm,

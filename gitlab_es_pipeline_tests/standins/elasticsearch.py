@@ -67,6 +67,9 @@ class Index:
         return self.visible
 
 
+MAX_RESULT_WINDOW = 10_000  # index.max_result_window's default
+
+
 def _error(status: int, type_: str, reason: str, **extra: Any) -> Response:
     cause = {"type": type_, "reason": reason, **extra}
     return Response(status, {"error": {"root_cause": [cause], **cause}, "status": status})
@@ -696,6 +699,24 @@ class ElasticsearchStandIn(StandInServer):
         return out
 
     def _search(self, targets: list[Index], body: dict[str, Any]) -> Response:
+        window = int(body.get("from", 0)) + int(body.get("size", 10))
+        if window > MAX_RESULT_WINDOW:  # as index.max_result_window's default refuses it
+            cause = {
+                "type": "illegal_argument_exception",
+                "reason": "Result window is too large, from + size must be less than or equal "
+                f"to: [{MAX_RESULT_WINDOW}] but was [{window}]. See the scroll api for a more "
+                "efficient way to request large data sets. This limit can be set by changing "
+                "the [index.max_result_window] index level setting.",
+            }
+            error = {
+                "root_cause": [cause],
+                "type": "search_phase_execution_exception",
+                "reason": "all shards failed",
+                "phase": "query",
+                "grouped": True,
+                "failed_shards": [{"shard": 0, "index": targets[0].name, "reason": cause}],
+            }
+            return Response(400, {"error": error, "status": 400})
         hits = self._matching(targets, body.get("query"))
         aggs = body.get("aggs", body.get("aggregations"))
         aggregations = None

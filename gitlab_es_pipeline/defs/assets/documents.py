@@ -19,7 +19,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS, REPOSITORIES
+from gitlab_es_pipeline.defs.asset_keys import (
+    ES_INDEX,
+    FILE_MANIFEST,
+    LINE_DOCUMENTS,
+    MANIFEST_CHECK,
+    REPOSITORIES,
+)
 from gitlab_es_pipeline.defs.io_managers import ParquetStore
 from gitlab_es_pipeline.defs.partitions import (
     is_range_run,
@@ -34,7 +40,7 @@ from gitlab_es_pipeline.defs.resources import (
 )
 from gitlab_es_pipeline.defs.retries import step_retry_policy
 from gitlab_es_pipeline.indexing.read import read_repository
-from gitlab_es_pipeline.indexing.step import MANIFEST_CHECK, Step
+from gitlab_es_pipeline.indexing.step import Step
 from gitlab_es_pipeline.runs.claims import confirm, release, run_is_alive, take
 from gitlab_es_pipeline.runs.many import Services, fail_range, index_range
 

@@ -17,7 +17,12 @@ from dagster import (
     asset,
 )
 
-from gitlab_es_pipeline.defs.asset_keys import ES_INDEX, FILE_MANIFEST, LINE_DOCUMENTS
+from gitlab_es_pipeline.defs.asset_keys import (
+    DOCUMENT_COUNT_CHECK,
+    ES_INDEX,
+    FILE_MANIFEST,
+    LINE_DOCUMENTS,
+)
 from gitlab_es_pipeline.defs.io_managers import ParquetFile, ParquetStore
 from gitlab_es_pipeline.defs.partitions import (
     is_range_run,
@@ -27,7 +32,7 @@ from gitlab_es_pipeline.defs.partitions import (
 from gitlab_es_pipeline.defs.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.defs.resources import ElasticsearchResource, IndexingResource
 from gitlab_es_pipeline.defs.retries import step_retry_policy
-from gitlab_es_pipeline.indexing.step import DOCUMENT_COUNT_CHECK, Step
+from gitlab_es_pipeline.indexing.step import Step
 from gitlab_es_pipeline.indexing.write import DocumentsRejected, write_repository
 from gitlab_es_pipeline.runs.claims import confirm, release, run_is_alive, settle, take
 from gitlab_es_pipeline.runs.many import Services, fail_range, index_range

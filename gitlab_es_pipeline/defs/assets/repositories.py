@@ -280,7 +280,7 @@ def _converge(
     indexed: dict[str, IndexedIdentity],
 ) -> dict[str, Any]:
     """Identity changes and the round's slice of HEAD lookups; each repository found out of
-    step is wanted (state.want), unless a want of it is already waiting."""
+    step is wanted (runs/indexed.want), unless a want of it is already waiting."""
     settings = ReconcileSettings.from_env(os.environ)
     now = time.time()
     identity = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dagster import AssetObservation, AssetRecordsFilter, DagsterInstance
 
-from gitlab_es_pipeline.core.hooks import HookEvent
+from gitlab_es_pipeline.core.webhooks import HookEvent
 from gitlab_es_pipeline.defs.asset_keys import REPOSITORIES
 
 HEARD = "heard"  # the metadata key that marks an observation as a hook's

@@ -1,4 +1,4 @@
-"""core/hooks.py: what a delivery says, on GitLab's documented payload shapes."""
+"""core/webhooks.py: what a delivery says, on GitLab's documented payload shapes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gitlab_es_pipeline.core.hooks import (
+from gitlab_es_pipeline.core.webhooks import (
     ZERO_SHA,
     HookEvent,
     Kind,

@@ -29,9 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gitlab_es_pipeline.core.hooks import HookEvent, Kind, Malformed, delivery_id, parse
+from gitlab_es_pipeline.core.webhooks import HookEvent, Kind, Malformed, delivery_id, parse
 from gitlab_es_pipeline.defs.resources import is_loopback
-from gitlab_es_pipeline.hooks.heard import hear, note_delivery
+from gitlab_es_pipeline.webhooks.heard import hear, note_delivery
 
 _REMEMBERED = 10_000  # delivery ids and pushes kept in memory to drop duplicates
 _NOTE_SECONDS = 60  # a hook that brought nothing new is noted at most this often
