@@ -38,9 +38,9 @@ from gitlab_es_pipeline.defs.jobs import (
 from gitlab_es_pipeline.defs.partitions import PARTITION_TAG, REPOSITORIES_PARTITION
 from gitlab_es_pipeline.defs.pools import ensure_pools
 from gitlab_es_pipeline.defs.resources import GitLabResource
-from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE, leases_of
+from gitlab_es_pipeline.runs.claims import BATCH_TAG, BATCH_TAG_VALUE, fail_dead_runs, leases_of
 from gitlab_es_pipeline.runs.indexed import WANTED, FleetState, fleet_state, last_indexed
-from gitlab_es_pipeline.runs.leases import STEPS_ONLY, lease_seconds, repository_name, run_name
+from gitlab_es_pipeline.runs.leases import repository_name
 from gitlab_es_pipeline.webhooks.heard import heard_since
 
 COMMIT_TAG = "gitlab_es_pipeline/commit"
@@ -486,39 +486,6 @@ _UNFINISHED = {
     DagsterRunStatus.STARTED,
     DagsterRunStatus.CANCELING,
 }
-
-
-def fail_dead_runs(instance: DagsterInstance, now: float) -> list[str]:
-    """Runs still 'started' whose process stopped renewing its heartbeat more than a lease
-    ago: marked failed, so that Dagster frees what they held and the sensor's backoff asks
-    for their repositories again (the default run launcher cannot see a dead run worker)."""
-    records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]), limit=1000)
-    if not records:
-        return []
-    store, _ = leases_of(instance)
-    beats = store.beats([run_name(r.dagster_run.run_id) for r in records])
-    ttl = lease_seconds()
-    dead = []
-    for record in records:
-        run = record.dagster_run
-        holder, expires = beats.get(run_name(run.run_id), ("", now))
-        if expires >= now:
-            continue  # never said it works (Dagster's own monitoring), or alive
-        # Steps in processes of their own: nothing beats between two steps (a retry's wait of
-        # up to 6 minutes, a pool slot's, re-logged every 5): allow for it.
-        quiet = ttl if not holder.startswith(STEPS_ONLY) else max(4 * ttl, 1200)
-        if expires > now - quiet + ttl:
-            continue
-        latest = instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
-        if latest and latest[0].timestamp > now - quiet:
-            continue  # it still writes events: slow, not dead
-        instance.report_run_failed(
-            run,
-            message=f"its process stopped renewing its leases {now - expires + ttl:.0f} s ago "
-            "(killed, or its machine lost); its repositories are asked for again",
-        )
-        dead.append(run.run_id)
-    return dead
 
 
 def _tree_size(

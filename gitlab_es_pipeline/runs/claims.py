@@ -14,7 +14,8 @@ Every step that reads or writes a repository first takes the repository's lease
   its lease records nothing.
 
 The run's process renews what it holds (`Heartbeat`): a killed run's repositories are free
-within `LEASE_SECONDS` (300), and the sensor reads the run's own heartbeat to mark it failed.
+within `LEASE_SECONDS` (300), and the sensor reads the run's own heartbeat to mark it failed
+(`fail_dead_runs`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, cast
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy.engine import Connection
 
 from gitlab_es_pipeline.defs.partitions import is_range_run
 from gitlab_es_pipeline.defs.retries import step_failure
 from gitlab_es_pipeline.runs.leases import (
+    STEPS_ONLY,
     Heartbeat,
     Lease,
     LeaseStore,
@@ -207,3 +209,36 @@ def run_works(instance: DagsterInstance, run_id: str) -> bool:
     name = run_name(run_id)
     beats = store.last_beat([name])
     return name not in beats or beats[name] >= time.time()
+
+
+def fail_dead_runs(instance: DagsterInstance, now: float) -> list[str]:
+    """Runs still 'started' whose process stopped renewing its heartbeat more than a lease
+    ago: marked failed, so that Dagster frees what they held and the sensor's backoff asks
+    for their repositories again (the default run launcher cannot see a dead run worker)."""
+    records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]), limit=1000)
+    if not records:
+        return []
+    store, _ = leases_of(instance)
+    beats = store.beats([run_name(r.dagster_run.run_id) for r in records])
+    ttl = lease_seconds()
+    dead = []
+    for record in records:
+        run = record.dagster_run
+        holder, expires = beats.get(run_name(run.run_id), ("", now))
+        if expires >= now:
+            continue  # never said it works (Dagster's own monitoring), or alive
+        # Steps in processes of their own: nothing beats between two steps (a retry's wait of
+        # up to 6 minutes, a pool slot's, re-logged every 5): allow for it.
+        quiet = ttl if not holder.startswith(STEPS_ONLY) else max(4 * ttl, 1200)
+        if expires > now - quiet + ttl:
+            continue
+        latest = instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
+        if latest and latest[0].timestamp > now - quiet:
+            continue  # it still writes events: slow, not dead
+        instance.report_run_failed(
+            run,
+            message=f"its process stopped renewing its leases {now - expires + ttl:.0f} s ago "
+            "(killed, or its machine lost); its repositories are asked for again",
+        )
+        dead.append(run.run_id)
+    return dead

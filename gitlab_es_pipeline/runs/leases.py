@@ -305,7 +305,7 @@ class Heartbeat:
     def _beat_holder(self, run_id: str) -> str:
         """The run's id, marked when the run's steps run in processes of their own: then no
         process beats between two steps (a step retry's wait, a wait for a pool slot), and the
-        sensor allows for it (sensors.fail_dead_runs)."""
+        sensor allows for it (runs/claims.py, fail_dead_runs)."""
         return f"{STEPS_ONLY}{run_id}" if self.steps_only else run_id
 
     @property
