@@ -11,6 +11,7 @@ from dagster import AssetKey, DagsterInstance, QueuedRunCoordinator
 
 from gitlab_es_pipeline.definitions import defs
 from gitlab_es_pipeline.defs.pools import ensure_pools
+from gitlab_es_pipeline.defs.retries import step_retry_policy
 from gitlab_es_pipeline.instance.logs import JsonLinesFormatter
 from gitlab_es_pipeline.instance.storage import postgres_url_from_env, with_psycopg2_driver
 from gitlab_es_pipeline_tests.pipeline import Pipeline
@@ -207,3 +208,22 @@ def test_a_dagster_yaml_copied_before_the_modules_moved_still_loads(
         assert JsonLinesFormatter in formatters
     finally:
         instance.dispose()
+
+
+def test_the_step_retries_come_when_the_docs_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README and docs/operations.md give the retries' windows; Dagster computes the waits
+    (its own calculate_delay, many draws of its jitter). The defaults: the tests set both."""
+    monkeypatch.delenv("INDEX_STEP_RETRIES", raising=False)
+    monkeypatch.delenv("INDEX_STEP_RETRY_DELAY_SECONDS", raising=False)
+    policy = step_retry_policy()
+    assert policy.max_retries == 3
+    windows = {1: (0, 120), 2: (120, 240), 3: (360, 480)}
+    for attempt, (low, high) in windows.items():
+        waits = [policy.calculate_delay(attempt) for _ in range(2000)]
+        assert low <= min(waits) and max(waits) <= high, attempt
+        assert min(waits) < low + 10 and max(waits) > high - 10, attempt  # the whole window
+    for text in ((ROOT / "README.md").read_text(), (ROOT / "docs/operations.md").read_text()):
+        flat = " ".join(text.split())
+        assert "0-120 s, 120-240 s and 360-480 s" in flat or (
+            "0 to 120 s, 120 to 240 s and 360 to 480 s" in flat
+        )

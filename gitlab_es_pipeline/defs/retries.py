@@ -20,7 +20,9 @@ STEP_RETRY_DELAY_ENV = "INDEX_STEP_RETRY_DELAY_SECONDS"
 
 
 def step_retry_policy() -> RetryPolicy:
-    """3 retries, 60 s then doubling, ±50 % jitter; the environment may change both numbers."""
+    """3 retries from a 60 s delay; the environment may change both numbers. Dagster waits
+    (2^n - 1) x delay before the n-th retry, and its jitter adds +/- delay: 0-120 s, 120-240 s,
+    360-480 s by default (docs/operations.md, Faults)."""
     return RetryPolicy(
         max_retries=int(os.environ.get(STEP_RETRIES_ENV, "3")),
         delay=float(os.environ.get(STEP_RETRY_DELAY_ENV, "60")),
