@@ -203,14 +203,7 @@ class World:
                 resources=self.pipeline.resources(),
                 raise_on_error=False,
             )
-        return materialize(
-            assets,
-            selection=[es_index],
-            partition_key=key,
-            instance=self.instance,
-            resources=self.pipeline.resources(),
-            raise_on_error=False,
-        )
+        return self.pipeline.write_alone(key)
 
     def age_sensor_cursor(self, seconds: float) -> None:
         """The daemon away: the sensor's last tick (its listing, its lookups, its requests)

@@ -62,10 +62,13 @@ class Pipeline:
                 **{"archive_retry_seconds": 0.05, **self.gitlab_options},
             ),
             "elasticsearch": ElasticsearchResource(
-                url=self.es.url,
-                api_key=self.es.api_key,
-                index=INDEX,
-                **{"bulk_max_docs": 50, **self.es_options},
+                **{
+                    "url": self.es.url,
+                    "api_key": self.es.api_key,
+                    "index": INDEX,
+                    "bulk_max_docs": 50,
+                    **self.es_options,
+                }
             ),
             "indexing": IndexingResource(**self.indexing),
             "parquet_io_manager": ParquetIOManager(base_path=str(self.storage)),
@@ -122,6 +125,18 @@ class Pipeline:
             run_config={
                 "ops": {"manifest_and_line_documents": {"config": {"full_refresh": full_refresh}}}
             },
+        )
+
+    def write_alone(self, partition: str, raise_on_error: bool = False) -> ExecuteInProcessResult:
+        """es_index alone for one partition, as its page's Materialize launches it: from what
+        the last read stored."""
+        return materialize(
+            [manifest_and_line_documents, es_index, repositories],
+            selection=[es_index],
+            partition_key=partition,
+            instance=self.instance,
+            resources=self.resources(),
+            raise_on_error=raise_on_error,
         )
 
     def _evaluate(self, limits: SensorLimits | None) -> Tick:

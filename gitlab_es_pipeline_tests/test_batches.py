@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import (
@@ -205,7 +206,14 @@ def test_one_failing_repository_does_not_fail_the_others_of_its_batch(
     pipeline.index("fleet/b")
     assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
     assert failing_partitions(pipeline.instance, list(repos)) == []
-    assert repository_status(pipeline.instance, "fleet/b", None, None).state == "indexed"
+    status = repository_status(pipeline.instance, "fleet/b", None, None)
+    assert status.state == "indexed" and status.last_failure.mended
+    # The partition's latest word is no longer the batch's failure (issue 28, point 3).
+    latest, failed = _outcomes(pipeline, "fleet/b")
+    assert latest[OUTCOME].value == "indexed" and failed[OUTCOME].value == "failed"
+    assert repository_status(pipeline.instance, "fleet/a", None, None).last_failure is None
+    pipeline.index("fleet/b")  # said once: nothing more to mend
+    assert len(_outcomes(pipeline, "fleet/b")) == 2
 
 
 def _running_batch(pipeline: Pipeline, holding: str, kind: str = "batch") -> DagsterRun:
@@ -418,6 +426,21 @@ def test_a_backfill_range_run_records_each_repository_as_its_own_run_would(
     assert _range_check(pipeline, alone.run_id)["passed"] is True
     assert _range_check(pipeline, alone.run_id)["repositories_checked"] == 1
 
+    # es_index alone where the index holds the last read already (issue 28, point 2): a
+    # range and a run of one partition send nothing, say so, and still count.
+    pipeline.es.requests.clear()
+    assert pipeline.index_range("fleet/a", "fleet/c", es_index_only=True).success
+    assert pipeline.write_alone("fleet/b").success
+    assert [path for _, path in pipeline.es.requests if "_bulk" in path] == []
+    assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
+    for key, repo in repos.items():
+        meta = pipeline.latest_metadata("es_index", key)
+        assert meta["outcome"].startswith(f"up to date at {_head(repo)[:12]}: the index holds")
+        assert meta["documents_written"] == meta["documents_deleted"] == 0
+        assert meta["commit_sha"] == last_indexed(pipeline.instance, key).commit_sha
+    latest = pipeline.instance.event_log_storage.get_latest_asset_check_execution_by_key([check])
+    assert latest[check].status.value == "SUCCEEDED"
+
     # A push, then another range: incremental per repository, as its own run would be.
     history = {k: [_head(r)] for k, r in repos.items()}
     commit_files(repos["fleet/b"], {"src/main.py": "NAME = 'b2'\n"}, delete=("old.txt",))
@@ -472,3 +495,40 @@ def test_a_range_run_fails_for_its_failing_repository_alone(
     assert pipeline.index_range("fleet/a", "fleet/c").success
     assert pipeline.es.documents(INDEX) == _expected(pipeline, repos)
     assert failing_partitions(pipeline.instance, list(repos)) == []
+
+
+def test_es_index_alone_writes_a_read_that_was_stored_but_never_recorded(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch stores a repository's read, then fails to record it (the lease lost, storage
+    away): the stored read is newer than anything recorded, at the same commit but with
+    another identity (the project made private). es_index alone must write it, not take the
+    index for up to date because the last write's record is newer than the last read's."""
+    import gitlab_es_pipeline.runs.many as many
+
+    repo = init_repo(tmp_path / "vis")
+    commit_files(repo, {"a.py": "x = 1\ny = 2\n", "docs/b.md": "# b\n"})
+    pipeline.gitlab.add_project("g/vis", str(repo), visibility="public")
+    pipeline.discover()
+    assert pipeline.index("g/vis").success
+    pipeline.gitlab.project("g/vis").visibility = "private"
+    pipeline.discover()
+    real, calls = many.confirm, [0]
+
+    def lost_on_the_read_s_record(step: Any, lease: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 2:  # the first confirms the staged read; the second guards its record
+            raise RuntimeError("lease lost while recording the read")
+        real(step, lease)
+
+    monkeypatch.setattr(many, "confirm", lost_on_the_read_s_record)
+    assert not pipeline.index_batch(["g/vis"]).success
+    monkeypatch.setattr(many, "confirm", real)
+    assert pipeline.write_alone("g/vis").success
+    visibilities = {
+        d["visibility"]
+        for d in pipeline.es.documents(INDEX).values()
+        if d["repository_name"] == "g/vis"
+    }
+    assert visibilities == {pipeline.gitlab.project("g/vis").visibility}
+    assert pipeline.latest_metadata("es_index", "g/vis")["documents_written"] > 0

@@ -54,6 +54,12 @@ def fleet(pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         pipeline.gitlab.add_project(key, str(repo))
     pipeline.discover()
     pipeline.index_all()
+    point_the_cli_at(pipeline, monkeypatch)
+    return repos
+
+
+def point_the_cli_at(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment the README's Configuration sets, naming the pipeline's stand-ins."""
     for name, value in {
         "GITLAB_URL": pipeline.gitlab.url,
         "GITLAB_TOKEN": pipeline.gitlab.token,
@@ -62,7 +68,6 @@ def fleet(pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "ELASTICSEARCH_INDEX": INDEX,
     }.items():
         monkeypatch.setenv(name, value)
-    return repos
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -192,14 +197,7 @@ def test_status_before_the_first_write_shows_never_indexed_not_an_error(
     pipeline.gitlab.add_project("team/app", str(repo))
     pipeline.discover()
     assert INDEX not in str(pipeline.es.indices)  # nothing written: no index yet
-    for name, value in {
-        "GITLAB_URL": pipeline.gitlab.url,
-        "GITLAB_TOKEN": pipeline.gitlab.token,
-        "ELASTICSEARCH_URL": pipeline.es.url,
-        "ELASTICSEARCH_API_KEY": pipeline.es.api_key or "",
-        "ELASTICSEARCH_INDEX": INDEX,
-    }.items():
-        monkeypatch.setenv(name, value)
+    point_the_cli_at(pipeline, monkeypatch)
     code, output = run("status", "--json")
     assert code == 0, output
     (row,) = json.loads(output)
@@ -209,7 +207,10 @@ def test_status_before_the_first_write_shows_never_indexed_not_an_error(
 
 @ON_SQLITE
 def test_status_finds_the_readmes_instance_folder_without_dagster_home(
-    fleet: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fleet: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # A new shell in the project folder: DAGSTER_HOME is not exported, the README's first
     # command left the instance in ./.dagster_home.
@@ -225,8 +226,14 @@ def test_status_finds_the_readmes_instance_folder_without_dagster_home(
     # Elsewhere, without it: the one-line error says what is missing.
     monkeypatch.delenv("DAGSTER_HOME")
     monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
     code, _ = run("status")
     assert code == 2
+    assert capsys.readouterr().err == (
+        f"gitlab-es-pipeline status: no Dagster instance here: DAGSTER_HOME is not set and "
+        f"{tmp_path} has no .dagster_home (run it from the project folder, where `dev` made "
+        "one, or export DAGSTER_HOME)\n"
+    )
 
 
 def test_the_console_script_is_installed() -> None:
@@ -296,3 +303,224 @@ def test_status_shows_when_each_hook_last_delivered(
     assert lines[webhook].startswith(f"Push Hook {webhook}")
     stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(before))
     assert all(stamp in line or "s ago" in line for line in lines.values())
+
+
+# -- dev's look at the services before it starts ------------------------------------------------
+
+
+def _dev_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, list[str], list[list[str]]]:
+    """`dev` with `dagster dev` not started: its exit status, its lines, and what it would
+    have started (the command it would replace itself with)."""
+    from gitlab_es_pipeline.cli import dev as launcher
+
+    started: list[list[str]] = []
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOOK_RECEIVER_PORT", "0")
+    monkeypatch.setattr(launcher.os, "execve", lambda path, argv, env: started.append(argv))
+    monkeypatch.setattr(launcher.os, "chdir", lambda path: None)
+    code = main(["dev"], out=io.StringIO())
+    return code, capsys.readouterr().err.strip().splitlines(), started
+
+
+@ON_SQLITE
+def test_dev_says_what_it_found_at_gitlab_and_the_cluster_and_starts(
+    pipeline: Pipeline,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, APP)
+    pipeline.gitlab.add_project("team/app", str(repo))
+    point_the_cli_at(pipeline, monkeypatch)
+    code, lines, started = _dev_said(tmp_path, monkeypatch, capsys)
+    assert code == 0 and len(started) == 1 and started[0][1:3] == ["dev", "-m"]
+    assert lines[:2] == [
+        f"gitlab-es-pipeline dev: GitLab at {pipeline.gitlab.url}: ok (token accepted)",
+        f"gitlab-es-pipeline dev: Elasticsearch {_root_version(pipeline)} at {pipeline.es.url}: ok "
+        f"(elasticsearch {_version('elasticsearch')})",
+    ]
+    assert pipeline.gitlab.token not in "".join(lines)
+
+
+def _root_version(pipeline: Pipeline) -> str:
+    """The version the cluster's root answer gives."""
+    import requests
+
+    headers = {"Authorization": f"ApiKey {pipeline.es.api_key}"} if pipeline.es.api_key else {}
+    return str(
+        requests.get(pipeline.es.url, headers=headers, timeout=10).json()["version"]["number"]
+    )
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
+
+
+@ON_SQLITE
+def test_dev_does_not_start_on_a_refused_token_and_says_so_in_one_line(
+    pipeline: Pipeline,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    point_the_cli_at(pipeline, monkeypatch)
+    monkeypatch.setenv("GITLAB_TOKEN", "glpat-revoked")
+    code, lines, started = _dev_said(tmp_path, monkeypatch, capsys)
+    assert code == 2 and started == [] and not (tmp_path / "home").exists()
+    gitlab, cluster, verdict = lines
+    assert gitlab == (
+        f"gitlab-es-pipeline dev: GitLab at {pipeline.gitlab.url}: GitLab refused the project "
+        "list: HTTP 401 - the token is missing, expired or revoked: check GITLAB_TOKEN"
+    )
+    assert ": ok (" in cluster and "--skip-checks" in verdict
+    assert "glpat-revoked" not in "".join(lines)
+    # And a setting not given at all: named, for each service that needs it.
+    monkeypatch.delenv("ELASTICSEARCH_URL")
+    code, lines, started = _dev_said(tmp_path, monkeypatch, capsys)
+    assert code == 2 and started == []
+    assert lines[1] == (
+        "gitlab-es-pipeline dev: cluster: ELASTICSEARCH_URL not set (see the README's "
+        "Configuration)"
+    )
+
+
+@ON_SQLITE
+def test_dev_starts_while_a_service_does_not_answer_and_says_which(
+    pipeline: Pipeline,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A service that is down may come back by itself: the runs retry; dev starts."""
+    from gitlab_es_pipeline_tests.processes import free_port
+
+    point_the_cli_at(pipeline, monkeypatch)
+    closed = free_port()
+    monkeypatch.setenv("ELASTICSEARCH_URL", f"http://127.0.0.1:{closed}")
+    code, lines, started = _dev_said(tmp_path, monkeypatch, capsys)
+    assert code == 0 and len(started) == 1
+    assert lines[1] == (
+        f"gitlab-es-pipeline dev: cluster at http://127.0.0.1:{closed}: cannot reach it: "
+        "[Errno 111] Connection refused (starting anyway: runs retry until it answers)"
+    )
+
+
+def test_dev_help_is_its_own_and_prepares_nothing(tmp_path: Path) -> None:
+    """`dev --help` said `dagster dev`'s options and made ./.dagster_home (issue 28, 7)."""
+    env = {**os.environ, "DAGSTER_HOME": ""}
+    env.pop("DAGSTER_HOME")
+    script = Path(sys.executable).parent / "gitlab-es-pipeline"
+    done = subprocess.run(
+        [str(script), "dev", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: gitlab-es-pipeline dev")
+    assert "--skip-checks" in done.stdout and "--dagster-help" in done.stdout
+    assert list(tmp_path.iterdir()) == []  # no .dagster_home
+    done = subprocess.run(
+        [str(script), "dev", "--dagster-help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "--port" in done.stdout and "Usage: dagster dev" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- status: a run waiting to retry, and a failure mended since ----------------------------------
+
+
+@ON_SQLITE
+def test_status_shows_a_run_waiting_to_retry_and_a_mended_failure_as_history(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28, point 3: during an outage a repository read "up to date" or "failing" while
+    Dagster was about to retry its step; after recovery its old failure stood beside "up to
+    date" as if it were the state."""
+    from gitlab_es_pipeline_tests.run_partition import spec_of
+
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, APP)
+    pipeline.gitlab.add_project("team/app", str(repo))
+    pipeline.discover()
+    point_the_cli_at(pipeline, monkeypatch)
+    pipeline.es.faults.append(lambda request: Response.connection_reset())  # the cluster down
+    # A run in a process of its own, whose step retry waits 30 s (the tests' policy: 0.1 s).
+    env = {**os.environ, "INDEX_STEP_RETRY_DELAY_SECONDS": "30"}
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gitlab_es_pipeline_tests.run_partition",
+            spec_of(pipeline, "team/app"),
+        ],
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            code, output = run("status", "--json", "--no-heads")
+            (row,) = json.loads(output)
+            if row["state"] == "waiting to retry" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert row["state"] == "waiting to retry", row
+        # The cluster down: what Dagster knows is shown, the count is not; exit status 2.
+        assert code == 2 and row["documents"] is None
+        waiting = row["active_run"]
+        assert waiting["reason"].startswith(
+            f"team/app: cannot reach the cluster at {pipeline.es.url}: "
+        ), waiting
+        retry_at = time.mktime(time.strptime(waiting["retry_at"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert 0 < retry_at - (time.time() + time.timezone) <= 31  # Dagster's wait, from now
+        code, table = run("status", "--no-heads")
+        assert f"{waiting['reason']} (retry at {waiting['retry_at']})" in table, table
+        pipeline.es.faults.clear()  # the cluster back before the retry
+        assert child.wait(90) == 0
+    finally:
+        child.kill()
+    code, output = run("status", "--json")
+    (row,) = json.loads(output)
+    assert (
+        row["state"] == "up to date" and row["active_run"] is None and row["last_failure"] is None
+    )
+
+    # A run that fails for good, then one that indexes: the failure is history.
+    commit_files(repo, {"new.py": "x = 1\n"})
+    pipeline.es.faults.append(lambda request: Response.connection_reset())
+    assert not pipeline.index("team/app", raise_on_error=False).success
+    (row,) = json.loads(run("status", "--json")[1])
+    assert row["state"] == "failing" and row["last_failure"]["mended"] is False
+    assert "cannot reach the cluster at" in row["last_failure"]["message"]
+    pipeline.es.faults.clear()
+    assert pipeline.index("team/app").success
+    (row,) = json.loads(run("status", "--json")[1])
+    assert row["state"] == "up to date" and row["last_failure"]["mended"] is True
+    at = row["last_failure"]["at"]
+    assert run("status")[1].splitlines()[1].endswith(f"(failed {at}, indexed since)")
+
+
+def test_a_failure_is_said_by_its_own_words_not_dagsters_wrappers() -> None:
+    """status shows the step's own failure: a Failure's description; another exception with
+    its class; Dagster's retry and max-retries wrappers give way to their cause."""
+    from types import SimpleNamespace
+
+    from gitlab_es_pipeline.cli.status import _failure_said
+
+    def error(cls: str, message: str, cause: object = None) -> SimpleNamespace:
+        return SimpleNamespace(cls_name=cls, message=message, cause=cause, context=None)
+
+    failure = error("Failure", "dagster._core.definitions.events.Failure: team/a: gone\n")
+    other = error("KeyError", "KeyError: 'boom'\n")
+    assert _failure_said(failure) == "team/a: gone"
+    assert _failure_said(other) == "KeyError: 'boom'"
+    wrapped = error("RetryRequestedFromPolicy", "...RetryRequestedFromPolicy\n", failure)
+    assert _failure_said(wrapped) == "team/a: gone"
+    spent = error("DagsterMaxRetriesExceededError", "Exceeded max_retries of 3\n", other)
+    assert _failure_said(spent) == "KeyError: 'boom'"

@@ -181,7 +181,8 @@ def test_everything_the_image_copies_exists_and_the_compose_file_builds_it(compo
 
 # The Elasticsearch client is left to the install command: its major must match the cluster's.
 _ES_CLIENT = {"elasticsearch", "elastic-transport"}
-_IMAGE_ONLY = {"dagster-k8s", "dagster-aws"}
+# dagster-k8s is in the dev extra too (test_kubernetes.py builds the run Job with it).
+_IMAGE_ONLY = {"dagster-aws"}
 
 
 def _normalized(name: str) -> str:
@@ -466,6 +467,13 @@ _CHART_KEYS = {
     "pythonLogs": {"pythonLogLevel", "managedPythonLoggers", "dagsterHandlerConfig"},
     "computeLogManager": {"type", "config"},
     "serviceAccount": {"create", "name", "annotations"},
+    "global": {
+        "postgresqlSecretName",
+        "dagsterHome",
+        "serviceAccountName",
+        "celeryConfigSecretName",
+        "dagsterInstanceConfigMap",
+    },
 }
 
 

@@ -62,6 +62,28 @@ def test_an_opensearch_without_the_wildcard_field_is_refused(
         assert detect_engine(connection) == "opensearch"
 
 
+@pytest.mark.parametrize("status", [429, 502, 503])
+def test_a_root_answer_of_a_passing_fault_is_waited_out_not_a_setup_error(
+    es_server: ElasticsearchStandIn, status: int
+) -> None:
+    """A proxy's 502, a node starting (503), throttling: no engine header, nothing to set."""
+    _answering(es_server, Response(status, {"error": "try later"}))
+    with pytest.raises(EngineUnreachable, match=f"^GET / answered HTTP {status}$"):
+        detect_engine(Connection(es_server.url, api_key=es_server.api_key))
+
+
+def test_refused_credentials_are_said_as_such_not_as_an_unknown_engine(
+    es_server: ElasticsearchStandIn,
+) -> None:
+    """Elasticsearch leaves X-Elastic-Product off an unauthenticated answer; OpenSearch never
+    sends it: a 401 without it is about the credentials, whichever the engine."""
+    _answering(es_server, Response(401, {"error": "unauthorized"}))
+    with pytest.raises(EngineError) as refused:
+        detect_engine(Connection(es_server.url, api_key="wrong"))
+    assert refused.value.status == 401 and "refused the credentials" in refused.value.reason
+    assert "ELASTICSEARCH_ENGINE" not in str(refused.value)
+
+
 def test_an_unknown_setting_and_an_unreachable_cluster_are_said_plainly() -> None:
     with pytest.raises(EngineError, match="ELASTICSEARCH_ENGINE must be one of auto"):
         detect_engine(Connection("http://127.0.0.1:1"), "solr")

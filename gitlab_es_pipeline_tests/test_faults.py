@@ -9,6 +9,8 @@ with the same mark).
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from gitlab_es_pipeline.defs.sensors import SensorLimits
 from gitlab_es_pipeline.runs.indexed import last_indexed
 from gitlab_es_pipeline_tests.corpus import expected_after_runs
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
+from gitlab_es_pipeline_tests.processes import free_port
 from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.standins.gitlab import RecordedRequest
 from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
@@ -341,6 +344,34 @@ def test_elasticsearch_down_for_a_whole_run_keeps_the_old_commit_and_the_next_ru
     fleet.assert_exact()
 
 
+def test_a_cluster_that_does_not_answer_is_named_with_its_url_in_the_runs_log(
+    fleet: Fleet,
+) -> None:
+    """The log of a run that cannot reach the cluster says which service and where (as the
+    command line does), never the credentials in its URL; the read goes on, and the write is
+    retried."""
+    closed = free_port()  # nothing listens there: connection refused, as a cluster that is down
+    fleet.pipeline.es_options.update(url=f"http://elastic:hunter2@127.0.0.1:{closed}")
+    result = fleet.index(APP)
+    assert not result.success
+    assert _step_attempts(result, "es_index") == 2  # transient: retried (tests' policy: once)
+    said = (
+        f"cannot reach the cluster at http://***@127.0.0.1:{closed}: [Errno 111] Connection refused"
+    )
+    retried = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+    failed = result.get_step_failure_events()
+    assert [e.step_key for e in [*retried, *failed]] == ["es_index", "es_index"]
+    for event in [*retried, *failed]:
+        assert f"{APP}: {said}" in str(event.event_specific_data), event
+    # The read step said it too, and read: its manifest is stored for the write's retry.
+    logs = fleet.pipeline.instance.all_logs(result.run_id)
+    told = [r.user_message for r in logs if isinstance(r.level, int) and r.level >= logging.WARNING]
+    assert any(m.startswith(f"{APP}: {said}; reading anyway") for m in told), told
+    assert all("hunter2" not in r.message for r in logs)
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert materialized == {AssetKey("file_manifest"), AssetKey("line_documents")}
+
+
 def test_elasticsearch_going_down_mid_write_leaves_nothing_stale_after_the_next_run(
     fleet: Fleet,
 ) -> None:
@@ -357,7 +388,17 @@ def test_elasticsearch_going_down_mid_write_leaves_nothing_stale_after_the_next_
         return None
 
     fleet.pipeline.es.faults.append(down_after_two_bulks)
-    assert not fleet.index(APP).success
+    failed = fleet.index(APP)
+    assert not failed.success
+    # One line naming the cluster, not the client's chain of wrapped exceptions.
+    (message,) = [
+        str(e.step_failure_data.user_failure_data.description)
+        for e in failed.get_step_failure_events()
+    ]
+    said = re.fullmatch(
+        rf"{APP}: cannot reach the cluster at {re.escape(fleet.pipeline.es.url)}: (.*)", message
+    )
+    assert said and len(said[1]) < 60 and "(" not in said[1], message
     # Half the new commit is in the index, none of it marked indexed.
     fleet.assert_still_at_the_last_indexed_commit(APP)
     fleet.pipeline.es.faults.clear()

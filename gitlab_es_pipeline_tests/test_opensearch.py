@@ -381,11 +381,12 @@ def test_without_the_opensearch_client_the_cli_says_what_to_install(
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert "is OpenSearch and the opensearch-py client is not installed" in error
-    assert "pip install 'gitlab_es_pipeline[opensearch]'" in error
+    # The environment's own pip, not a registry lookup of the project's name.
+    assert f"{sys.executable} -m pip install 'opensearch-py>=2.8,<4'" in error
 
 
 @ON_SQLITE
-def test_without_the_opensearch_client_a_run_fails_at_once_naming_the_repository(
+def test_without_the_opensearch_client_a_run_fails_before_reading_naming_the_repository(
     pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dagster import DagsterEventType
@@ -394,16 +395,36 @@ def test_without_the_opensearch_client_a_run_fails_at_once_naming_the_repository
     commit_files(repo, {"a.py": "a = 1\n"})
     pipeline.gitlab.add_project("team/one", str(repo))
     pipeline.discover()
+    pipeline.gitlab.requests.clear()
     monkeypatch.setitem(sys.modules, "opensearchpy", None)  # as if not installed
     result = pipeline.index("team/one", raise_on_error=False)
     assert not result.success
     starts = [
-        e
+        e.step_key
         for e in result.all_events
-        if e.step_key == "es_index"
-        and e.event_type in (DagsterEventType.STEP_START, DagsterEventType.STEP_RESTARTED)
+        if e.event_type in (DagsterEventType.STEP_START, DagsterEventType.STEP_RESTARTED)
     ]
-    assert len(starts) == 1  # permanent: not retried
+    assert starts == ["manifest_and_line_documents"]  # permanent: not retried, nothing after
     message = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "team/one" in message and "pip install 'gitlab_es_pipeline[opensearch]'" in message
+    assert "team/one: the cluster is OpenSearch and the opensearch-py client" in message
+    assert "-m pip install 'opensearch-py" in message and "nothing read" in message
+    assert pipeline.gitlab.requests == []  # GitLab was not asked for anything
     assert pipeline.partitions() == ["team/one"] and not pipeline.es.documents(INDEX)
+
+
+@ON_SQLITE
+def test_without_the_opensearch_client_a_batch_fails_before_reading_any_repository(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("team/one", "team/two"):
+        repo = init_repo(tmp_path / name.replace("/", "_"))
+        commit_files(repo, {"a.py": "a = 1\n"})
+        pipeline.gitlab.add_project(name, str(repo))
+    pipeline.discover()
+    pipeline.gitlab.requests.clear()
+    monkeypatch.setitem(sys.modules, "opensearchpy", None)  # as if not installed
+    result = pipeline.index_batch(["team/one", "team/two"], raise_on_error=False)
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "2 repositories: the cluster is OpenSearch and the opensearch-py client" in message
+    assert pipeline.gitlab.requests == [] and not pipeline.es.documents(INDEX)

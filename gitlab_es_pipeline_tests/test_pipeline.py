@@ -14,7 +14,7 @@ from dagster import AssetKey
 from gitlab_es_pipeline.defs.partitions import REPOSITORIES_PARTITION
 from gitlab_es_pipeline_tests.corpus import expected_documents
 from gitlab_es_pipeline_tests.pipeline import INDEX, Pipeline
-from gitlab_es_pipeline_tests.repos import commit_files, init_repo
+from gitlab_es_pipeline_tests.repos import commit_files, init_repo, run_git
 from gitlab_es_pipeline_tests.standins.http import Request, Response, StandInServer
 
 BRANCHES = {"other/lib": "develop"}
@@ -86,13 +86,20 @@ def test_every_line_of_every_repository_is_indexed_field_by_field(
         "node_modules/pkg/index.js": "excluded",
         "dist/app.min.js": "excluded",
     }
+    tree = run_git(edge, "ls-tree", "-r", "--name-only", "HEAD").splitlines()
+    # On file_manifest, and on es_index too: the index's page explains its own file count.
+    for asset in ("file_manifest", "es_index"):
+        meta = pipeline.latest_metadata(asset, "acme/backend")
+        assert meta["skipped_binary"] == 2 and meta["skipped_too_large"] == 1, asset
+        assert (
+            meta["skipped_symlink"] == 1
+            and meta["skipped_submodule"] == 1
+            and meta["skipped_excluded"] == 2
+        ), asset
+        assert meta["tree_entries"] == len(tree), asset
+        assert meta["tree_entries_skipped"] == len(expected.skipped), asset
+        assert meta["files_indexed"] == len(tree) - len(expected.skipped), asset
     meta = pipeline.latest_metadata("file_manifest", "acme/backend")
-    assert meta["skipped_binary"] == 2 and meta["skipped_too_large"] == 1
-    assert (
-        meta["skipped_symlink"] == 1
-        and meta["skipped_submodule"] == 1
-        and meta["skipped_excluded"] == 2
-    )
     assert meta["lines"] == len(expected.documents)
     assert meta["commit_sha"] == expected.documents[next(iter(expected.documents))]["commit_sha"]
     es_meta = pipeline.latest_metadata("es_index", "acme/backend")

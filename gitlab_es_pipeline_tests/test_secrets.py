@@ -166,6 +166,8 @@ def test_secrets_appear_nowhere_the_pipeline_writes(
             "es app, password": {_basic(ES_USER, ES_PASSWORD)},
             "es lib, wrong password": {_basic(ES_USER, WRONG_PASSWORD)},
             "es lib, API key": {f"ApiKey {ES_SECRET}"},
+            # A run looks at the cluster before it reads (a client missing fails it there).
+            "es denied, API key": {f"ApiKey {ES_SECRET}"},
             "es cli": {_basic(ES_USER, ES_PASSWORD)},
             "es cli, wrong password": {_basic(ES_USER, WRONG_PASSWORD)},
         }

@@ -7,6 +7,11 @@ prepares DAGSTER_HOME (default `./.dagster_home`, with the project's dagster.yam
 once, never overwritten), starts `dagster dev` from inside it, so the dagster.yaml Dagster sees
 there is the one it uses, and silences the few warnings that ask nothing of the user (QUIET,
 each with its reason). Other warnings still show.
+
+Before all that it looks at GitLab and the cluster (cli/services.py) and says in a line each
+what it found: a newcomer learns of a wrong token or a missing client now, not from the first
+run's failure minutes later; and a problem that no waiting mends stops the start, so that no
+run fails on it and waits out its retry delay after the fix.
 """
 
 from __future__ import annotations
@@ -64,8 +69,40 @@ def dev_command(home: Path, extra: Sequence[str]) -> tuple[list[str], dict[str, 
     return [dagster, "dev", "-m", "gitlab_es_pipeline.definitions", *extra], env
 
 
-def dev(extra: Sequence[str]) -> int:
-    """Replaces this process with `dagster dev`, run from inside DAGSTER_HOME."""
+def dev_help() -> int:
+    """`dagster dev --help`, without preparing anything."""
+    dagster = str(Path(sys.executable).parent / "dagster")
+    return subprocess.run([dagster, "dev", "--help"]).returncode
+
+
+def look_at_services() -> bool:
+    """GitLab and the cluster, a line each; False when a problem stops the start."""
+    from gitlab_es_pipeline.cli.services import look_at_cluster, look_at_gitlab
+
+    findings = []
+    for look in (look_at_gitlab, look_at_cluster):  # each said as soon as it is known
+        finding = look()
+        then = ""
+        if not finding.ok and not finding.blocking:
+            then = " (starting anyway: runs retry until it answers)"
+        print(f"gitlab-es-pipeline dev: {finding.line}{then}", file=sys.stderr, flush=True)
+        findings.append(finding)
+    if any(f.blocking for f in findings):
+        print(
+            "gitlab-es-pipeline dev: not started: mend the above (docs/operations.md), or start "
+            "anyway with --skip-checks",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    return True
+
+
+def dev(extra: Sequence[str], check: bool = True) -> int:
+    """Replaces this process with `dagster dev`, run from inside DAGSTER_HOME; first, unless
+    told not to, looks at GitLab and the cluster (2: a problem no waiting mends)."""
+    if check and not look_at_services():
+        return 2
     home = home_folder()
     copied = prepare_home(home)
     said = " (the project's dagster.yaml copied in)" if copied else ""
@@ -73,7 +110,7 @@ def dev(extra: Sequence[str]) -> int:
     command, env = dev_command(home, extra)
     os.chdir(home)
     port = env.get("HOOK_RECEIVER_PORT", "8765")
-    if "--help" not in extra and port != "0":
+    if port != "0":
         # Beside the UI, on loopback (no secret needed there); it ends with `dagster dev`.
         receiver = [sys.executable, "-m", "gitlab_es_pipeline.cli.main", "receiver"]
         options = ["--host", "127.0.0.1", "--port", port, "--exit-with-parent"]

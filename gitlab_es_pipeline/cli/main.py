@@ -10,24 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 from dagster import DagsterInstance
 from requests import RequestException
 
-from gitlab_es_pipeline.cli.dev import dev, home_folder
-from gitlab_es_pipeline.cli.status import RepositoryStatus, repository_status, selected_repositories
-from gitlab_es_pipeline.clients.engines import (
-    EngineError,
-    EngineUnreachable,
-    SearchEngine,
-    unreachable_reason,
+from gitlab_es_pipeline.cli.dev import LOCAL_HOME, dev, dev_help, home_folder
+from gitlab_es_pipeline.cli.services import Trouble, from_env, unreachable
+from gitlab_es_pipeline.cli.status import (
+    RepositoryStatus,
+    active_runs,
+    repository_status,
+    selected_repositories,
 )
+from gitlab_es_pipeline.clients.engines import EngineError, EngineUnreachable, SearchEngine
 from gitlab_es_pipeline.clients.gitlab import GitLabError
 from gitlab_es_pipeline.core.search import (
     SearchError,
@@ -36,47 +36,10 @@ from gitlab_es_pipeline.core.search import (
     search_body,
     verify,
 )
-from gitlab_es_pipeline.defs.resources import (
-    ElasticsearchResource,
-    GitLabResource,
-    resources_from_env,
-)
+from gitlab_es_pipeline.defs.resources import ElasticsearchResource, GitLabResource
 from gitlab_es_pipeline.webhooks.heard import last_deliveries
 
 FOUND, NOT_FOUND, TROUBLE = 0, 1, 2
-
-
-class Trouble(Exception):
-    """Said to the user in one line, exit status 2."""
-
-
-def _setting_problem(exc: Exception) -> str:
-    """One line from Dagster's configuration error: which variable, never its value."""
-    text = str(exc)
-    missing = sorted(set(re.findall(r'environment variable "(\w+)" which is not set', text)))
-    if missing:
-        return f"{', '.join(missing)} not set (see the README's Configuration)"
-    for line in text.splitlines():
-        if "Value error" in line:
-            return line.split("Value error,", 1)[-1].strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _resource(name: str) -> Any:
-    """The pipeline's own resource, its environment variables resolved (never printed)."""
-    try:
-        return resources_from_env()[name].process_config_and_initialize()
-    except Exception as exc:
-        raise Trouble(_setting_problem(exc)) from None
-
-
-def _unreachable(service: str, url: str, exc: Exception) -> Trouble:
-    """The service, where, and why, in one line; credentials in a URL are left out."""
-    parts = urlsplit(url)
-    where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    if isinstance(exc, EngineError):
-        return Trouble(f"{service} at {where} refused the request: {exc.reason or exc.error}")
-    return Trouble(f"cannot reach {service} at {where}: {unreachable_reason(exc)}")
 
 
 def search(args: argparse.Namespace, out: TextIO) -> int:
@@ -95,7 +58,7 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
         body = search_body(options)
     except SearchError as exc:
         raise Trouble(str(exc)) from None
-    resource: ElasticsearchResource = _resource("elasticsearch")
+    resource: ElasticsearchResource = from_env("elasticsearch")
     try:
         engine = resource.search_engine()
         check = verify(options)
@@ -104,7 +67,7 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
         else:
             hits, total = _checked_hits(engine, resource.index, body, check, options.limit)
     except (EngineError, EngineUnreachable) as exc:
-        raise _unreachable("Elasticsearch", resource.url, exc) from None
+        raise unreachable("Elasticsearch", resource.url, exc) from None
     if args.json:
         json.dump({"total": total, "matches": hits}, out, indent=2)
         out.write("\n")
@@ -171,11 +134,30 @@ def _short(sha: str | None) -> str:
     return sha[:12] if sha else "-"
 
 
+def _failure_cell(status: RepositoryStatus) -> str:
+    """The failure that is the state now, in full words; one mended since, as history."""
+    run, failure = status.active_run, status.last_failure
+    if run is not None and run.status == "waiting to retry":
+        return f"{run.reason or 'failed'} (retry at {run.retry_at})"
+    if failure is None:
+        return "-"
+    if failure.mended:
+        return f"(failed {failure.at}, indexed since)"
+    return _cut(f"{failure.at} {failure.message}", 160)
+
+
+def _cut(text: str, width: int) -> str:
+    """At most `width` characters, cut between words."""
+    if len(text) <= width:
+        return text
+    return text[: width - 1].rsplit(" ", 1)[0] + " …"
+
+
 def _table(statuses: list[RepositoryStatus], out: TextIO) -> None:
-    header = ("repository", "state", "indexed", "at", "head", "documents", "lines", "last failure")
+    header = ("repository", "state", "indexed", "at", "head", "documents", "lines", "failure")
     rows = [header]
     for s in statuses:
-        failure = f"{s.last_failure.at} {s.last_failure.message}" if s.last_failure else "-"
+        failure = _failure_cell(s)
         rows.append(
             (
                 s.repository,
@@ -185,7 +167,7 @@ def _table(statuses: list[RepositoryStatus], out: TextIO) -> None:
                 _short(s.head),
                 "-" if s.documents is None else str(s.documents),
                 "-" if s.lines is None else str(s.lines),
-                failure[:100],
+                failure,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -203,8 +185,17 @@ def _dagster_home() -> None:
 
 
 def status(args: argparse.Namespace, out: TextIO) -> int:
+    """What Dagster's storage says is always shown; a service that does not answer leaves its
+    columns empty (`-`), is named on stderr, and makes the exit status 2."""
     problems: list[str] = []
+    unanswered: dict[str, str] = {}  # service -> the one line that says so
     _dagster_home()
+    if not os.environ.get("DAGSTER_HOME"):
+        raise Trouble(
+            f"no Dagster instance here: DAGSTER_HOME is not set and {Path.cwd()} has no "
+            f"{LOCAL_HOME} (run it from the project folder, where `dev` made one, or export "
+            "DAGSTER_HOME)"
+        )
     try:
         instance = DagsterInstance.get()
     except Exception as exc:
@@ -213,41 +204,49 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
         repositories = selected_repositories(instance, args.repositories)
         head_of = None
         if not args.no_heads and repositories:
-            gitlab: GitLabResource = _resource("gitlab")
+            gitlab: GitLabResource = from_env("gitlab")
             source = gitlab.source()
             # Someone is waiting at a terminal: two quick retries, not the pipeline's ten
             # (python-gitlab backs off up to about 100 s in all, connection errors included).
             source.max_retries = 2
 
             def head_of(repository: str) -> str | None:
+                if "GitLab" in unanswered:
+                    return None
                 try:
                     return source.default_branch_head(repository)
                 except RequestException as exc:  # no answer at all: stop asking
-                    raise _unreachable("GitLab", gitlab.url, exc) from None
+                    unanswered["GitLab"] = str(unreachable("GitLab", gitlab.url, exc))
                 except GitLabError as exc:  # an answer about this repository
                     problems.append(f"{repository}: {exc}")
-                    return None
+                return None
 
         documents_of = None
         if repositories:
-            resource: ElasticsearchResource = _resource("elasticsearch")
+            resource: ElasticsearchResource = from_env("elasticsearch")
+            index = None
             try:
                 index = resource.line_index()
             except (EngineError, EngineUnreachable) as exc:
-                raise _unreachable("Elasticsearch", resource.url, exc) from None
+                unanswered["Elasticsearch"] = str(unreachable("Elasticsearch", resource.url, exc))
 
-            def documents_of(repository: str, project_id: int | None) -> int:
+            def documents_of(repository: str, project_id: int | None) -> int | None:
+                if index is None or "Elasticsearch" in unanswered:
+                    return None
                 try:
                     return index.count(project_id, repository)
                 except EngineError as exc:
                     if exc.error == "index_not_found_exception":  # no run has written yet
                         return 0
-                    raise _unreachable("Elasticsearch", resource.url, exc) from None
+                    said = unreachable("Elasticsearch", resource.url, exc)
                 except EngineUnreachable as exc:
-                    raise _unreachable("Elasticsearch", resource.url, exc) from None
+                    said = unreachable("Elasticsearch", resource.url, exc)
+                unanswered["Elasticsearch"] = str(said)
+                return None
 
+        active = active_runs(instance)
         statuses = [
-            repository_status(instance, repository, head_of, documents_of)
+            repository_status(instance, repository, head_of, documents_of, active.get(repository))
             for repository in repositories
         ]
         deliveries = last_deliveries(instance)
@@ -262,6 +261,10 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
         _hooks_table(deliveries, time.time(), out)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
+    for said in unanswered.values():
+        print(f"gitlab-es-pipeline status: {said} (its columns show -)", file=sys.stderr)
+    if unanswered:
+        return TROUBLE
     return FOUND if statuses else NOT_FOUND
 
 
@@ -330,15 +333,25 @@ def parser() -> argparse.ArgumentParser:
     state.add_argument("--json", action="store_true", help="one JSON object per repository")
     state.set_defaults(run=status)
 
-    start = commands.add_parser(  # no -h of its own: `dagster dev` has -h (host) and --help
+    start = commands.add_parser(  # no -h of its own: `dagster dev` has -h (host)
         "dev",
         add_help=False,
         help="the Dagster UI and daemon on ./.dagster_home (or DAGSTER_HOME)",
-        description="Prepares DAGSTER_HOME (default ./.dagster_home, the project's dagster.yaml "
-        "copied in once) and starts `dagster dev` on the pipeline's definitions from there; "
-        "any further arguments go to `dagster dev` (e.g. -p 3001; --help for its options).",
+        description="Looks at GitLab and the cluster (one line each; a problem that no "
+        "waiting mends, such as a missing setting, a refused token or a missing client, "
+        "stops it here), prepares DAGSTER_HOME (default ./.dagster_home, the project's "
+        "dagster.yaml copied in once) and starts `dagster dev` on the pipeline's "
+        "definitions from there, with the hook receiver beside it. Further arguments go to "
+        "`dagster dev`, e.g. -p 3001 or -h 0.0.0.0 (--dagster-help lists them).",
     )
-    start.set_defaults(run=_dev)
+    start.add_argument("--help", action="store_true", help="this help")
+    start.add_argument(
+        "--skip-checks", action="store_true", help="start without looking at GitLab and the cluster"
+    )
+    start.add_argument(
+        "--dagster-help", action="store_true", help="the options of `dagster dev` itself"
+    )
+    start.set_defaults(run=_dev, dev_help_text=start.format_help)
 
     receive = commands.add_parser(
         "receiver",
@@ -387,7 +400,7 @@ def install_hooks(args: argparse.Namespace, out: TextIO) -> int:
     secret = os.environ.get("GITLAB_HOOK_SECRET")
     if not secret:
         raise Trouble("GITLAB_HOOK_SECRET not set: the receiver refuses hooks without it")
-    gl = _resource("gitlab").source().gl
+    gl = from_env("gitlab").source().gl
     attrs = {"url": args.url, "token": secret, "enable_ssl_verification": True, **_HOOK_EVENTS}
     owners: list[tuple[str, Any]] = []
     try:
@@ -423,8 +436,13 @@ def install_hooks(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _dev(args: argparse.Namespace, out: TextIO) -> int:
+    if args.help:  # nothing prepared, nothing started
+        out.write(args.dev_help_text())
+        return FOUND
+    if args.dagster_help:
+        return dev_help()
     try:
-        return dev(args.passed_on)
+        return dev(args.passed_on, check=not args.skip_checks)
     except FileNotFoundError as exc:  # no dagster.yaml to put in DAGSTER_HOME
         raise Trouble(str(exc)) from None
 

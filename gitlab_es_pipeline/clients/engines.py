@@ -10,6 +10,7 @@ out as EngineError (the cluster answered) or EngineUnreachable (it did not).
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -283,10 +284,11 @@ class OpenSearchEngine(SearchEngine):
             from opensearchpy import OpenSearch
             from opensearchpy.serializer import JSONSerializer
         except ImportError:
+            # A dependency of the package: missing only from an environment set up otherwise.
             raise EngineSetupError(
                 "client_missing",
-                "the cluster is OpenSearch and the opensearch-py client is not installed: "
-                "pip install 'gitlab_es_pipeline[opensearch]'",
+                "the cluster is OpenSearch and the opensearch-py client is not installed in "
+                f"this environment: {sys.executable} -m pip install 'opensearch-py>=2.8,<4'",
             ) from None
         if connection.api_key:
             raise EngineSetupError(
@@ -472,6 +474,18 @@ def detect_engine(connection: Connection, setting: str = "auto") -> Engine:
     if said is None:
         if setting != "auto":
             return setting  # type: ignore[return-value]
+        # Answers that say nothing of the engine (Elasticsearch leaves its header off
+        # unauthenticated answers; a proxy or a starting node answers for the cluster):
+        # a passing fault is waited out, refused credentials are said as such.
+        if answer.status_code == 429 or answer.status_code >= 500:
+            raise EngineUnreachable(f"GET / answered HTTP {answer.status_code}")
+        if answer.status_code == 401:
+            raise EngineError(
+                401,
+                "security_exception",
+                "the cluster refused the credentials (HTTP 401): check ELASTICSEARCH_API_KEY, "
+                "or ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD",
+            )
         raise EngineSetupError(
             "engine_unknown",
             f"cannot tell whether the cluster is Elasticsearch or OpenSearch (GET / answered "
@@ -493,8 +507,16 @@ def detect_engine(connection: Connection, setting: str = "auto") -> Engine:
 def unreachable_reason(exc: Exception) -> str:
     """Why a connection failed, in a few words ("[Errno 111] Connection refused"), not the
     client's whole chain of wrapped exceptions."""
-    found = re.search(r"\[Errno -?\d+\][^'\")\]]*|timed out|certificate verify failed", str(exc))
-    return found.group(0).strip() if found else type(exc).__name__
+    text = str(exc)
+    found = re.search(
+        r"\[Errno -?\d+\][^'\")\]]*|timed out|certificate verify failed|"
+        r"Remote end closed connection without response|GET / answered HTTP \d+",
+        text,
+    )
+    if found:
+        return found.group(0).strip()
+    # A short message of its own (not a client's chain of wrapped exceptions), else the type.
+    return text if text and len(text) <= 80 and "(" not in text else type(exc).__name__
 
 
 def _release(version: str) -> tuple[int, ...]:

@@ -112,8 +112,9 @@ class ManifestHeader:
         return meta
 
     @classmethod
-    def of(cls, table: pa.Table) -> ManifestHeader:
-        raw: Mapping[bytes, bytes] = table.schema.metadata or {}
+    def of(cls, table: pa.Table | pa.Schema) -> ManifestHeader:
+        schema = table if isinstance(table, pa.Schema) else table.schema
+        raw: Mapping[bytes, bytes] = schema.metadata or {}
         meta = {k.decode(): v.decode() for k, v in raw.items()}
         return cls(
             snapshot=RepositorySnapshot(

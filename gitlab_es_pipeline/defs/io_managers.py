@@ -79,6 +79,12 @@ class ParquetFile:
             yield from parquet.iter_batches(batch_size=batch_size, use_threads=False)
 
     @property
+    def schema(self) -> pa.Schema:
+        """The columns and the schema's metadata (a manifest's header), without the rows."""
+        with self.path.open("rb") as f:
+            return pq.read_schema(f)
+
+    @property
     def num_rows(self) -> int:
         with self.path.open("rb") as f:
             return pq.ParquetFile(f).metadata.num_rows

@@ -1,10 +1,14 @@
 """The jobs: index one repository, index many small ones (a batch), discover the fleet."""
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 from dagster import (
     AssetSelection,
     Config,
+    DagsterRun,
+    DagsterRunStatus,
     OpExecutionContext,
     ResourceParam,
     define_asset_job,
@@ -84,6 +88,25 @@ def index_batch(
 )
 def index_repositories_job() -> None:
     index_batch()
+
+
+# Dagster's statuses of a run that has not finished.
+IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def batch_members(run: DagsterRun) -> dict[str, str]:
+    """A batch run's repositories and the commits it was asked for (its config, as the run
+    was given it); {} for any other run."""
+    if run.tags.get(BATCH_TAG) != BATCH_TAG_VALUE:
+        return {}
+    run_config: Mapping[str, Any] = run.run_config  # nested mappings
+    members = run_config.get("ops", {}).get(BATCH_OP, {}).get("config", {})
+    return dict(members.get("repositories") or {})
 
 
 def batch_run_key(run_keys: list[str]) -> str:

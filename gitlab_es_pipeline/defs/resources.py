@@ -219,6 +219,10 @@ class ElasticsearchResource(ConfigurableResource):
             timeout=self.request_timeout_seconds,
         )
 
+    def shown_url(self) -> str:
+        """The URL as logs may show it: credentials in it left out."""
+        return _without_userinfo(self.url)
+
     def search_engine(self) -> SearchEngine:
         """Elasticsearch or OpenSearch, as the cluster says (or ELASTICSEARCH_ENGINE)."""
         return connect(self.connection(), self.engine)

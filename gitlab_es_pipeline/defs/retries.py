@@ -1,8 +1,11 @@
 """What Dagster does when a repository's step fails.
 
 A transient fault that outlasted the clients' own retries (GitLab or Elasticsearch down for
-minutes) fails the step, and Dagster runs it again later with exponential backoff and
-jitter, so that a fleet's runs do not all come back at once. A permanent one (a revoked
+minutes) fails the step, and Dagster runs it again later with exponential backoff. Without
+jitter: Dagster's jitter spreads a retry by a whole delay either way, so a first retry could
+come at once, when the service has had no time to come back; a fleet's retries are spread by
+when each run failed, and the concurrency pools limit how many meet the service at once. A
+permanent one (a revoked
 token, a deleted project, documents Elasticsearch refuses, an index with the wrong mapping)
 fails at once: trying again would only repeat it.
 """
@@ -13,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from dagster import Backoff, Failure, Jitter, RetryPolicy
+from dagster import Backoff, Failure, RetryPolicy
 
 STEP_RETRIES_ENV = "INDEX_STEP_RETRIES"
 STEP_RETRY_DELAY_ENV = "INDEX_STEP_RETRY_DELAY_SECONDS"
@@ -21,13 +24,13 @@ STEP_RETRY_DELAY_ENV = "INDEX_STEP_RETRY_DELAY_SECONDS"
 
 def step_retry_policy() -> RetryPolicy:
     """3 retries from a 60 s delay; the environment may change both numbers. Dagster waits
-    (2^n - 1) x delay before the n-th retry, and its jitter adds +/- delay: 0-120 s, 120-240 s,
-    360-480 s by default (docs/operations.md, Faults)."""
+    (2^n - 1) x delay before the n-th retry: 60 s, 180 s and 420 s by default
+    (docs/operations.md, Faults)."""
     return RetryPolicy(
         max_retries=int(os.environ.get(STEP_RETRIES_ENV, "3")),
         delay=float(os.environ.get(STEP_RETRY_DELAY_ENV, "60")),
         backoff=Backoff.EXPONENTIAL,
-        jitter=Jitter.PLUS_MINUS,
+        jitter=None,
     )
 
 

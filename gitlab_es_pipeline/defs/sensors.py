@@ -2,10 +2,9 @@
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -30,6 +29,8 @@ from gitlab_es_pipeline.core.webhooks import ZERO_SHA, ProjectNews, coalesce, in
 from gitlab_es_pipeline.defs.asset_keys import FILE_MANIFEST
 from gitlab_es_pipeline.defs.jobs import (
     BATCH_OP,
+    IN_PROGRESS,
+    batch_members,
     batch_run_key,
     discover_repositories_job,
     index_repositories_job,
@@ -344,17 +345,11 @@ def _hooked(
 
 
 _PATH_CHANGES = {"project_destroy", "project_rename", "project_transfer"}
-_IN_PROGRESS = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
 
 
 def _discovery_in_progress(instance: DagsterInstance) -> bool:
     runs = instance.get_run_records(
-        RunsFilter(job_name=discover_repositories_job.name, statuses=_IN_PROGRESS),
+        RunsFilter(job_name=discover_repositories_job.name, statuses=IN_PROGRESS),
         limit=1,
     )
     return bool(runs)
@@ -543,12 +538,8 @@ def _repositories_of(
     commit = run.tags.get(COMMIT_TAG)
     if key and commit:
         return [(key, commit)]
-    if run.tags.get(BATCH_TAG) != BATCH_TAG_VALUE:
-        return []
-    run_config: Mapping[str, Any] = run.run_config  # nested mappings, as the run was given
-    members = run_config.get("ops", {}).get(BATCH_OP, {}).get("config", {})
     left = []
-    for key, commit in (members.get("repositories") or {}).items():
+    for key, commit in batch_members(run).items():
         state = last_indexed(instance, key)
         if state is None or started is None or state.timestamp < started:
             left.append((key, commit))

@@ -5,7 +5,8 @@ deleted, exactly, under the repository's lease; then its state recorded. A run o
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,12 +14,17 @@ import pyarrow as pa
 from dagster import Failure, MetadataValue
 
 from gitlab_es_pipeline.clients.elasticsearch import IndexSetupError, LineIndex, SweepError
-from gitlab_es_pipeline.clients.engines import EngineSetupError
+from gitlab_es_pipeline.clients.engines import (
+    EngineSetupError,
+    EngineUnreachable,
+    unreachable_reason,
+)
 from gitlab_es_pipeline.core.bulk import delete_operations, index_operations
 from gitlab_es_pipeline.core.dead_letters import dead_letter_table
 from gitlab_es_pipeline.core.documents import (
     REPEATED_COLUMNS,
 )
+from gitlab_es_pipeline.core.filtering import Skipped
 from gitlab_es_pipeline.core.manifest import (
     BuildMode,
     ManifestHeader,
@@ -54,7 +60,7 @@ from gitlab_es_pipeline.runs.claims import (
     run_works,
     take_project,
 )
-from gitlab_es_pipeline.runs.indexed import STAGED
+from gitlab_es_pipeline.runs.indexed import STAGED, last_indexed, written_since_read
 from gitlab_es_pipeline.runs.leases import Lease
 
 
@@ -88,15 +94,43 @@ class DocumentsRejected(Exception):
     check_metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def cannot_reach(elasticsearch: ElasticsearchResource, exc: EngineUnreachable) -> str:
+    """The cluster, where, and why: what the run's log says when it does not answer."""
+    return f"cannot reach the cluster at {elasticsearch.shown_url()}: {unreachable_reason(exc)}"
+
+
+@contextmanager
+def failing_if_unreachable(elasticsearch: ElasticsearchResource, key: str) -> Iterator[None]:
+    """A cluster that did not answer (after the client's own retries) fails the step, to be
+    retried, with the repository, the cluster's URL and the reason in its message."""
+    try:
+        yield
+    except EngineUnreachable as exc:
+        raise step_failure(f"{key}: {cannot_reach(elasticsearch, exc)}", permanent=False) from exc
+
+
+def check_before_reading(step: Step, elasticsearch: ElasticsearchResource, where: str) -> None:
+    """A cluster this installation cannot write to (its client not installed, a refused
+    setting) fails the run before GitLab is read, not after every repository was read. One
+    that does not answer is only said: the write waits for it, and is retried."""
+    try:
+        elasticsearch.search_engine()
+    except EngineSetupError as exc:
+        raise step_failure(f"{where}: {exc.reason}; nothing read", permanent=True) from None
+    except EngineUnreachable as exc:
+        step.log.warning(f"{where}: {cannot_reach(elasticsearch, exc)}; reading anyway")
+
+
 def open_index(
     step: Step, elasticsearch: ElasticsearchResource, key: str
 ) -> tuple[LineIndex, bool]:
     """The line index, created or checked once (for a batch: once for all its repositories);
     True when it was created now (its first load then runs with the bulk-load settings)."""
     try:
-        index = elasticsearch.line_index()
-        # A first load noted in the index is repaired only once its run no longer works.
-        ensured = index.ensure(load_alive=lambda run_id: run_works(step.instance, run_id))
+        with failing_if_unreachable(elasticsearch, key):
+            index = elasticsearch.line_index()
+            # A first load noted in the index is repaired only once its run no longer works.
+            ensured = index.ensure(load_alive=lambda run_id: run_works(step.instance, run_id))
         created = ensured == "created"
     except (IndexSetupError, EngineSetupError) as exc:
         reason = exc.reason if isinstance(exc, EngineSetupError) else exc
@@ -135,33 +169,36 @@ def write_repository(
     came back) is not written, and the read plan (core/read_plan.py) reads this path in full
     next time.
     """
-    if step.lease is None:
-        return _write(step, key, elasticsearch, indexing, store, manifest, line_documents, opened)
-    project = take_project(step, ManifestHeader.of(manifest).snapshot.project_id)
-    try:
-        if not step.instance.has_dynamic_partition(REPOSITORIES_PARTITION, key):
-            # Removed (renamed or moved: its new path may be written already): writing would
-            # overwrite the new path's documents, which have the same ids.
-            raise step_failure(
-                f"{key}: discovery removed this repository before the run wrote; nothing "
-                "written, nothing recorded",
-                permanent=True,
+    with failing_if_unreachable(elasticsearch, key):
+        if step.lease is None:
+            return _write(
+                step, key, elasticsearch, indexing, store, manifest, line_documents, opened
             )
-        header = ManifestHeader.of(manifest)
-        writer, writes = last_writer(step, header.snapshot.project_id)
-        if writer != key and header.writes_seen not in (None, writes):
-            raise step_failure(
-                f"{key}: project {header.snapshot.project_id} was written under {writer} after "
-                "this read (renamed or moved?): nothing written, nothing recorded; the next "
-                "run reads it again",
-                permanent=True,
+        project = take_project(step, ManifestHeader.of(manifest).snapshot.project_id)
+        try:
+            if not step.instance.has_dynamic_partition(REPOSITORIES_PARTITION, key):
+                # Removed (renamed or moved: its new path may be written already): writing
+                # would overwrite the new path's documents, which have the same ids.
+                raise step_failure(
+                    f"{key}: discovery removed this repository before the run wrote; nothing "
+                    "written, nothing recorded",
+                    permanent=True,
+                )
+            header = ManifestHeader.of(manifest)
+            writer, writes = last_writer(step, header.snapshot.project_id)
+            if writer != key and header.writes_seen not in (None, writes):
+                raise step_failure(
+                    f"{key}: project {header.snapshot.project_id} was written under {writer} "
+                    "after this read (renamed or moved?): nothing written, nothing recorded; "
+                    "the next run reads it again",
+                    permanent=True,
+                )
+            note_writer(step, project, header.snapshot.project_id, key)
+            return _write(
+                step, key, elasticsearch, indexing, store, manifest, line_documents, opened, project
             )
-        note_writer(step, project, header.snapshot.project_id, key)
-        return _write(
-            step, key, elasticsearch, indexing, store, manifest, line_documents, opened, project
-        )
-    finally:
-        release(step, project)
+        finally:
+            release(step, project)
 
 
 def _write(
@@ -271,17 +308,32 @@ def _write(
     index.refresh()
     in_index = index.count(snapshot.project_id, snapshot.repository_name)
     fenced()  # what was written is recorded only by the leases' holder
+    words = outcome_in_words(
+        snapshot.commit_sha,
+        header.base_commit,
+        outcome["documents_written"],
+        outcome["documents_deleted"],
+        summary.changes,
+    )
+    return _result(elasticsearch, manifest, words, outcome, in_index, started)
+
+
+def _result(
+    elasticsearch: ElasticsearchResource,
+    manifest: pa.Table,
+    words: str,
+    outcome: dict[str, int],
+    in_index: int,
+    started: float,
+) -> WriteResult:
+    """What es_index records: the manifest of what the index holds, and its metadata."""
+    header = ManifestHeader.of(manifest)
+    snapshot, summary = header.snapshot, summarize(manifest)
     return WriteResult(
         commit_sha=snapshot.commit_sha,
         present=present_rows(manifest),
         metadata={
-            "outcome": outcome_in_words(
-                snapshot.commit_sha,
-                header.base_commit,
-                outcome["documents_written"],
-                outcome["documents_deleted"],
-                summary.changes,
-            ),
+            "outcome": words,
             "commit": MetadataValue.url(f"{snapshot.web_url}/-/commit/{snapshot.commit_sha}"),
             "commit_sha": snapshot.commit_sha,
             "project_id": snapshot.project_id,
@@ -291,7 +343,12 @@ def _write(
             "mode": header.mode.value,
             "base_commit": header.base_commit or "",
             "index": elasticsearch.index,
+            # The tree's entries and why those not indexed are not, as on file_manifest: the
+            # page of the index explains its own file count.
+            "tree_entries": summary.files,
             "files_indexed": summary.indexed_files,
+            "tree_entries_skipped": summary.files - summary.indexed_files,
+            **{f"skipped_{r.value}": summary.skipped.get(r.value, 0) for r in Skipped},
             "lines": summary.lines,
             "bytes": summary.indexed_bytes,
             **{f"tree_entries_{change}": n for change, n in summary.changes.items()},
@@ -302,3 +359,51 @@ def _write(
         documents_in_index=in_index,
         lines_in_manifest=summary.lines,
     )
+
+
+def held_already(
+    step: Step,
+    key: str,
+    elasticsearch: ElasticsearchResource,
+    store: ParquetStore,
+    manifest: pa.Table,
+    opened: tuple[LineIndex, bool] | None = None,
+) -> WriteResult | None:
+    """es_index alone (a run that does not read): when the index already holds what the last
+    read stored, nothing is sent, and the index's count is still checked; None otherwise.
+
+    It holds it when the last write was recorded after the last read, at that read's commit;
+    the write's stored value (withdrawn before any write, so missing after one that failed
+    part-way) carries the very header of the stored read (its commit, identity, mode, base
+    and settings: a read stored but never recorded, e.g. a batch killed between the two, has
+    another); no dead letters are kept; and the index counts as many of the repository's
+    documents as the manifest has lines."""
+    started = time.monotonic()
+    header = ManifestHeader.of(manifest)
+    snapshot = header.snapshot
+    state = last_indexed(step.instance, key)
+    written = store.partition_path(ES_INDEX, key)
+    if (
+        state is None
+        or state.commit_sha != snapshot.commit_sha
+        or not written_since_read(step.instance, key)
+        or not written.exists()
+        or ManifestHeader.of(ParquetFile(written).schema) != header
+        or store.partition_path(DEAD_LETTERS, key).exists()
+    ):
+        return None
+    index, _ = opened or open_index(step, elasticsearch, key)
+    with failing_if_unreachable(elasticsearch, key):
+        in_index = index.count(snapshot.project_id, snapshot.repository_name)
+    if in_index != summarize(manifest).lines:  # documents lost since (deleted by hand?)
+        return None  # written again from the stored read
+    words = (
+        f"up to date at {snapshot.commit_sha[:12]}: the index holds the last read already "
+        "(es_index alone sends what the last read stored; a run with file_manifest reads HEAD)"
+    )
+    outcome = dict.fromkeys(
+        ("documents_written", "documents_deleted", "documents_failed", "dead_letters_retried"), 0
+    )
+    outcome.update(items_retried=0, bulk_requests=0, bulk_bytes=0)
+    step.log.info(f"{key}: {words}")
+    return _result(elasticsearch, manifest, words, outcome, in_index, started)

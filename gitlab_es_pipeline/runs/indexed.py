@@ -62,6 +62,19 @@ def last_indexed(instance: DagsterInstance, partition: str) -> IndexedState | No
     )
 
 
+def written_since_read(instance: DagsterInstance, partition: str) -> bool:
+    """The repository's last write (es_index) was recorded after its last read (file_manifest):
+    what the read stored is what the index holds, and es_index alone has nothing to send."""
+    latest = {
+        key: instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        ).records
+        for key in (FILE_MANIFEST, ES_INDEX)
+    }
+    read, written = latest[FILE_MANIFEST], latest[ES_INDEX]
+    return bool(read and written and written[0].storage_id > read[0].storage_id)
+
+
 @dataclass(frozen=True)
 class FleetState:
     indexed: set[str]  # partitions with a materialization newer than any removal

@@ -30,6 +30,7 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetObservation,
+    AssetRecordsFilter,
     DagsterLogManager,
     Failure,
     MetadataValue,
@@ -55,7 +56,13 @@ from gitlab_es_pipeline.defs.resources import (
 )
 from gitlab_es_pipeline.indexing.read import ReadResult, read_repository
 from gitlab_es_pipeline.indexing.step import FAILURES_SHOWN, Step
-from gitlab_es_pipeline.indexing.write import DocumentsRejected, open_index, write_repository
+from gitlab_es_pipeline.indexing.write import (
+    DocumentsRejected,
+    check_before_reading,
+    held_already,
+    open_index,
+    write_repository,
+)
 from gitlab_es_pipeline.runs.claims import (
     confirm,
     release,
@@ -66,7 +73,7 @@ from gitlab_es_pipeline.runs.claims import (
 from gitlab_es_pipeline.runs.leases import Lease
 
 TAKEN = "indexing it in this batch"  # said once the repository is the batch's alone
-OUTCOME = "batch_outcome"  # failed, or left (another run has the repository)
+OUTCOME = "batch_outcome"  # failed, left (another run has it), or indexed (since then)
 _ASSETS = (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX)
 
 
@@ -121,6 +128,25 @@ def _record_outcome(context: OpExecutionContext, key: str, outcome: str, reason:
             metadata={OUTCOME: outcome, "reason": MetadataValue.md(reason[:4000])},
         )
     )
+
+
+def mend_outcome(context: OpExecutionContext, key: str) -> None:
+    """A repository read at HEAD and written after a batch or range failed it: its
+    file_manifest partition's latest word says so, so that the UI does not show the old
+    failure as its state. Called under the repository's lease (a failure is recorded under
+    it too, so none can come between); read first (a lookup, cheaper than a write), written
+    only then."""
+    only = AssetRecordsFilter(asset_key=FILE_MANIFEST, asset_partitions=[key])
+    try:
+        for record in context.instance.fetch_observations(only, limit=10).records:
+            observed = record.asset_observation
+            said = observed.metadata.get(OUTCOME) if observed is not None else None
+            if said is not None:
+                if said.value == "failed":
+                    _record_outcome(context, key, "indexed", f"indexed since run {record.run_id}")
+                return
+    except Exception as exc:  # a word for the UI: never the repository's failure
+        context.log.warning(f"{key}: the earlier failure not marked as mended: {exc}")
 
 
 @dataclass(frozen=True)
@@ -220,7 +246,7 @@ class _ManyRepositories:
                 )
             manifest = stored
         if self.services.elasticsearch is not None:
-            self._write(step, key, manifest)
+            self._write(step, key, manifest, alone=source is None)
 
     def _check(
         self,
@@ -277,8 +303,9 @@ class _ManyRepositories:
             )
         return read
 
-    def _write(self, step: Step, key: str, manifest: pa.Table) -> None:
-        """es_index, written, stored and recorded as the asset's step would."""
+    def _write(self, step: Step, key: str, manifest: pa.Table, alone: bool) -> None:
+        """es_index, written, stored and recorded as the asset's step would (alone: nothing
+        sent when the index holds the stored read already)."""
         elasticsearch, store = self.services.elasticsearch, self.services.store
         assert elasticsearch is not None
         if not self.opened:  # once for the run; the first load of a new index, once
@@ -286,7 +313,9 @@ class _ManyRepositories:
         else:
             self.opened[0] = (self.opened[0][0], False)
         try:
-            written = write_repository(
+            written = (
+                alone and held_already(step, key, elasticsearch, store, manifest, self.opened[0])
+            ) or write_repository(
                 step,
                 key,
                 elasticsearch,
@@ -325,6 +354,8 @@ def index_each(
     step_key = context.get_step_execution_context().step.key
     partitions = set(instance.get_dynamic_partitions(REPOSITORIES_PARTITION))
     source = services.gitlab.source() if services.gitlab is not None else None
+    if services.gitlab is not None and services.elasticsearch is not None:
+        check_before_reading(step, services.elasticsearch, f"{len(keys)} repositories")
     outcome = Outcome(len(keys))
     work = _ManyRepositories(context, services, full_refresh, outcome)
     for number, key in enumerate(keys, start=1):
@@ -346,12 +377,12 @@ def index_each(
             with _GatheredLog(context.log, taken, services.indexing.progress_seconds) as gathered:
                 work.index(replace(step, log=gathered, lease=lease), key, source)
             if services.elasticsearch is not None:
+                if source is not None:  # read at HEAD and written: a failure before is history
+                    mend_outcome(context, key)
                 settle(step, lease)  # its state is recorded
             else:
                 release(step, lease)  # read only: a half-done write stays marked
         except Exception as exc:  # one repository's failure is its own
-            if isinstance(lease, Lease):
-                release(step, lease)
             message = (
                 exc.description
                 if isinstance(exc, Failure) and exc.description
@@ -361,7 +392,10 @@ def index_each(
                 context.log.error(traceback.format_exc())
             context.log.error(message)
             outcome.failures[key] = message
+            # Said while the lease still holds: no later run's success can come before it.
             _record_outcome(context, key, "failed", message)
+            if isinstance(lease, Lease):
+                release(step, lease)
             continue
         outcome.indexed.append(key)
     context.log.info(outcome.summary())

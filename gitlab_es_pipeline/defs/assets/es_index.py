@@ -33,9 +33,9 @@ from gitlab_es_pipeline.defs.pools import ELASTICSEARCH_POOL
 from gitlab_es_pipeline.defs.resources import ElasticsearchResource, IndexingResource
 from gitlab_es_pipeline.defs.retries import step_retry_policy
 from gitlab_es_pipeline.indexing.step import Step
-from gitlab_es_pipeline.indexing.write import DocumentsRejected, write_repository
+from gitlab_es_pipeline.indexing.write import DocumentsRejected, held_already, write_repository
 from gitlab_es_pipeline.runs.claims import confirm, release, run_is_alive, settle, take
-from gitlab_es_pipeline.runs.many import Services, fail_range, index_range
+from gitlab_es_pipeline.runs.many import Services, fail_range, index_range, mend_outcome
 
 
 @asset(
@@ -72,6 +72,8 @@ def es_index(
     parquet_io_manager: ResourceParam[ParquetStore],
 ) -> Iterator[Any]:
     """Writes the new documents, deletes exactly the stale ones, records the indexed commit.
+    Selected alone (no read in the run), it brings the index to what the last read stored,
+    and sends nothing when the index holds that already.
 
     Its stored value is the manifest of what the index now holds for the repository: the base
     that the next incremental run compares against. A backfill's run of many partitions that
@@ -89,15 +91,20 @@ def es_index(
     # manifest and documents are read under it, so they are one read's pair.
     lease = take(step, context.partition_key)
     step = replace(step, lease=lease)
+    key = context.partition_key
+    alone = FILE_MANIFEST not in context.job_def.asset_layer.selected_asset_keys
     try:
-        written = write_repository(
+        manifest = cast(ParquetFile, file_manifest).read()  # one partition: a file, not a dict
+        # Alone, the step writes what the last read stored: nothing, if the index holds it.
+        written = (
+            alone and held_already(step, key, elasticsearch, parquet_io_manager, manifest)
+        ) or write_repository(
             step,
-            context.partition_key,
+            key,
             elasticsearch,
             indexing,
             parquet_io_manager,
-            # One partition's run: one file per input, not a range's dict.
-            cast(ParquetFile, file_manifest).read(),
+            manifest,
             cast(ParquetFile, line_documents),
         )
     except DocumentsRejected as rejected:
@@ -117,6 +124,8 @@ def es_index(
         yield Output(
             written.present, data_version=DataVersion(written.commit_sha), metadata=written.metadata
         )
+        if not alone:  # read at HEAD and written: a batch's failure of it is history
+            mend_outcome(context.op_execution_context, key)
     except BaseException:
         release(step, lease)
         raise
