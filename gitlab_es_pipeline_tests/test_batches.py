@@ -386,6 +386,13 @@ def test_a_backfill_range_run_records_each_repository_as_its_own_run_would(
     # no inputs given, was skipped.
     skipped = [e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"]
     assert skipped == ["es_index"]
+    # Said before Dagster says it, so that its "Skipping step es_index" reads as intended.
+    said = [
+        r.event_log_entry.user_message
+        for r in pipeline.instance.get_records_for_run(result.run_id).records
+    ]
+    told = next(i for i, m in enumerate(said) if m.startswith("es_index was written in this step"))
+    assert told < next(i for i, m in enumerate(said) if m.startswith("Skipping step es_index"))
     for key, repo in repos.items():
         for asset in (FILE_MANIFEST, LINE_DOCUMENTS, ES_INDEX):
             (record,) = _materializations(pipeline, asset, key)
