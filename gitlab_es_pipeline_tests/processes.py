@@ -98,7 +98,7 @@ def _launch(url: str, mutation: str, params: dict[str, Any], success: str) -> di
     return launched
 
 
-# What the UI's "Materialize all partitions" sends for the selected assets.
+# What the UI sends for the selected assets when its launch dialog backfills *All* partitions.
 LAUNCH_BACKFILL = """
 mutation Launch($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {

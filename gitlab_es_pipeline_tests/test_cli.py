@@ -390,6 +390,32 @@ def test_dev_does_not_start_on_a_refused_token_and_says_so_in_one_line(
 
 
 @ON_SQLITE
+def test_dev_names_a_group_of_gitlab_groups_that_gitlab_does_not_know(
+    pipeline: Pipeline,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = init_repo(tmp_path / "app")
+    commit_files(repo, APP)
+    pipeline.gitlab.add_project("team/app", str(repo))
+    point_the_cli_at(pipeline, monkeypatch)
+    monkeypatch.setenv("GITLAB_GROUPS", "team, nosuch")
+    code, lines, started = _dev_said(tmp_path, monkeypatch, capsys)
+    assert code == 2 and started == []
+    assert lines[0] == (
+        f"gitlab-es-pipeline dev: GitLab at {pipeline.gitlab.url} (group nosuch): GitLab "
+        "refused the project list: HTTP 404 - not found (deleted, moved, or not visible to "
+        "the token)"
+    )
+    asked = [r.path for r in pipeline.gitlab.requests if "/groups/" in r.path]
+    assert [p.split("/")[2] for p in asked] == ["team", "nosuch"]  # each group, once
+    monkeypatch.setenv("GITLAB_GROUPS", "team")
+    code, lines, started = _dev_said(tmp_path, monkeypatch, capsys)
+    assert code == 0 and lines[0].endswith(": ok (token accepted)")
+
+
+@ON_SQLITE
 def test_dev_starts_while_a_service_does_not_answer_and_says_which(
     pipeline: Pipeline,
     tmp_path: Path,

@@ -84,6 +84,9 @@ def test_the_readmes_first_command_indexes_into_opensearch_on_a_fresh_install(
         ELASTICSEARCH_URL=opensearch.url,
         HOOK_RECEIVER_PORT=str(free_port()),
         DAGSTER_DISABLE_TELEMETRY="yes",
+        # The sensor's listing every 5 s, not every minute: discovery's new partitions are
+        # taken up at the next listing, and the test need not wait a minute for it.
+        HEAD_SENSOR_POLL_SECONDS="5",
     )
     log = tmp_path / "first-command.log"
     with log.open("wb") as sink:

@@ -75,8 +75,8 @@ class Finding:
 
 
 def look_at_gitlab() -> Finding:
-    """One request, the first project of the listing discovery makes: the URL, the token and
-    its access at once."""
+    """The first page of the listing discovery makes (one request; one per group of
+    GITLAB_GROUPS, each group named if it is refused): the URL, the token and its access."""
     try:
         gitlab: GitLabResource = from_env("gitlab")
     except Trouble as exc:
@@ -85,12 +85,16 @@ def look_at_gitlab() -> Finding:
     source = gitlab.source()
     source.max_retries = 0  # someone waits at a terminal: an answer now, not after backoff
     source.gl.timeout = 10
-    try:
-        first = next(source.list_projects(gitlab.group_paths()), None)
-    except GitLabError as exc:
-        return Finding("GitLab", f"{where}: {exc}", blocking=exc.permanent)
-    except RequestException as exc:
-        return _unanswered("GitLab", where, exc)
+    groups = gitlab.group_paths()
+    first = None
+    for listing in [[group] for group in groups] or [[]]:
+        named = f" (group {listing[0]})" if listing else ""
+        try:
+            first = next(source.list_projects(listing), None) or first
+        except GitLabError as exc:
+            return Finding("GitLab", f"{where}{named}: {exc}", blocking=exc.permanent)
+        except RequestException as exc:
+            return _unanswered("GitLab", where, exc)
     seen = "token accepted" + ("" if first else ", but it sees no project")
     return Finding("GitLab", f"{where}: ok ({seen})", ok=True)
 
