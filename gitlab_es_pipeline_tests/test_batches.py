@@ -539,3 +539,40 @@ def test_es_index_alone_writes_a_read_that_was_stored_but_never_recorded(
     }
     assert visibilities == {pipeline.gitlab.project("g/vis").visibility}
     assert pipeline.latest_metadata("es_index", "g/vis")["documents_written"] > 0
+
+
+def test_a_failure_recorded_once_the_lease_is_let_go_is_not_marked_mended(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mend of an old batch failure is said under the repository's lease: a batch that
+    takes the repository the moment it is let go, and fails it, has the last word."""
+    from importlib import import_module
+
+    from dagster import AssetObservation, MetadataValue
+
+    # The step's module (its package's attribute of that name is the asset).
+    es_index_step = import_module("gitlab_es_pipeline.defs.assets.es_index")
+
+    repo = init_repo(tmp_path / "a")
+    commit_files(repo, {"a.py": "x = 1\n"})
+    pipeline.gitlab.add_project("g/a", str(repo))
+    pipeline.discover()
+    failed: dict[str, Any] = {
+        OUTCOME: "failed",
+        "reason": MetadataValue.md("g/a: GitLab answered 500"),
+    }
+    pipeline.instance.report_runless_asset_event(
+        AssetObservation(asset_key=FILE_MANIFEST, partition="g/a", metadata=failed)
+    )
+    real = es_index_step.settle
+
+    def let_go_then_another_batch_fails_it(step: Any, lease: Any) -> None:
+        real(step, lease)
+        pipeline.instance.report_runless_asset_event(
+            AssetObservation(asset_key=FILE_MANIFEST, partition="g/a", metadata=failed)
+        )
+
+    monkeypatch.setattr(es_index_step, "settle", let_go_then_another_batch_fails_it)
+    assert pipeline.index("g/a").success
+    newest, before, first = (o[OUTCOME].value for o in _outcomes(pipeline, "g/a")[:3])
+    assert (newest, before, first) == ("failed", "indexed", "failed")
